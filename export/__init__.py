@@ -1,0 +1,1 @@
+"""Export: ONNX, INT8 quantisation, TensorRT engine builder."""

@@ -1,0 +1,1 @@
+"""PyTorch training: datasets, backbones, triplet/MLS losses, mining, trainer."""
