@@ -1,0 +1,87 @@
+// pybind11 bindings of the kernels as sdk._kernels. The typed, documented
+// Python API is sdk/kernels.py: it converts inputs to C-contiguous float32,
+// so these bindings accept exactly that and never copy silently.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cstdint>
+#include <string>
+
+#include "facesdk/kernels.h"
+
+namespace py = pybind11;
+
+namespace {
+
+using Embeddings = py::array_t<float, py::array::c_style>;
+
+struct Shape {
+  std::size_t rows, dim;
+};
+
+Shape shape_of(const Embeddings& a, const char* name) {
+  if (a.ndim() != 2)
+    throw py::value_error(std::string(name) + " must be 2-D [rows, dim], got " + std::to_string(a.ndim()) + "-D");
+  return {std::size_t(a.shape(0)), std::size_t(a.shape(1))};
+}
+
+std::size_t common_dim(const Shape& q, const Shape& g) {
+  if (q.dim != g.dim)
+    throw py::value_error("Q and G dims differ: " + std::to_string(q.dim) + " vs " + std::to_string(g.dim));
+  return q.dim;
+}
+
+template <class T>
+py::array_t<T> to_numpy(const std::vector<T>& v) {
+  return py::array_t<T>(py::ssize_t(v.size()), v.data());
+}
+
+py::array_t<float> sq_l2(const Embeddings& Q, const Embeddings& G) {
+  const Shape q = shape_of(Q, "Q"), g = shape_of(G, "G");
+  const std::size_t dim = common_dim(q, g);
+  py::array_t<float> out({q.rows, g.rows});
+  float* o = out.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    facesdk::sq_l2(Q.data(), q.rows, G.data(), g.rows, dim, o);
+  }
+  return out;
+}
+
+py::tuple match(const Embeddings& Q, const Embeddings& G, float threshold) {
+  const Shape q = shape_of(Q, "Q"), g = shape_of(G, "G");
+  const std::size_t dim = common_dim(q, g);
+  facesdk::Matches m;
+  {
+    py::gil_scoped_release nogil;
+    m = facesdk::match(Q.data(), q.rows, G.data(), g.rows, dim, threshold);
+  }
+  return py::make_tuple(to_numpy(m.query), to_numpy(m.gallery), to_numpy(m.distance));
+}
+
+py::tuple topk(const Embeddings& Q, const Embeddings& G, std::size_t k) {
+  const Shape q = shape_of(Q, "Q"), g = shape_of(G, "G");
+  const std::size_t dim = common_dim(q, g);
+  py::array_t<std::int64_t> idx({q.rows, k});
+  py::array_t<float> dist({q.rows, k});
+  std::int64_t* i = idx.mutable_data();
+  float* d = dist.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    facesdk::topk(Q.data(), q.rows, G.data(), g.rows, dim, k, i, d);
+  }
+  return py::make_tuple(idx, dist);
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_kernels, m) {
+  m.doc() = "C++ kernels: batched squared-L2 distances, threshold match, top-k (see sdk.kernels)";
+  m.def("sq_l2", &sq_l2, py::arg("Q"), py::arg("G"));
+  m.def("match", &match, py::arg("Q"), py::arg("G"), py::arg("threshold"));
+  m.def("topk", &topk, py::arg("Q"), py::arg("G"), py::arg("k"));
+  m.def("isa", &facesdk::isa);
+  m.def("available_isas", &facesdk::available_isas);
+  m.def("set_isa", &facesdk::set_isa, py::arg("name"));
+}
