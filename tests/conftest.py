@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
+from sdk.data import data_dir
+
 REPO = Path(__file__).resolve().parents[1]
-
-
-def data_dir() -> Path:
-    """The shared data folder: $FACESDK_DATA, else ../shared/data beside the repo."""
-    return Path(os.environ.get("FACESDK_DATA", REPO.parent / "shared" / "data"))
 
 
 @pytest.fixture(scope="session")

@@ -56,7 +56,7 @@ const TileKernels* initial_kernels() {
 std::atomic<const TileKernels*> g_kernels{initial_kernels()};
 
 // Pairs x dim below which one thread is faster than waking a team.
-constexpr double kWorkPerThread = 1 << 22;
+constexpr double kWorkPerThread = 1 << 20;
 // Bytes of packed gallery a thread keeps hot while it sweeps all queries.
 constexpr size_t kTileBytes = 256 * 1024;
 
