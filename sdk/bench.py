@@ -50,7 +50,9 @@ def probe_queries(rng: np.random.Generator, gallery: np.ndarray, nq: int) -> np.
 
 
 def timed(fn: Callable[[], object], repeat: int, pause: float = 0.5) -> float:
-    """Median wall time in ms over `repeat` runs, after a pause and one warm-up.
+    """Best wall time in ms of `repeat` runs, after a pause and one warm-up.
+
+    Best, not median: on a shared machine noise only ever adds time.
 
     The pause lets the previous library's thread pool (OpenBLAS, OpenMP) stop
     spinning: on 2 cores a spinning pool halves the next library's speed.
@@ -62,7 +64,7 @@ def timed(fn: Callable[[], object], repeat: int, pause: float = 0.5) -> float:
         start = time.perf_counter()
         fn()
         times.append((time.perf_counter() - start) * 1e3)
-    return float(np.median(times))
+    return min(times)
 
 
 def copy_bandwidth(repeat: int, nbytes: int) -> float:
@@ -233,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="what", required=True)
     k = sub.add_parser("kernels", help="matching kernels vs numpy and faiss")
     k.add_argument("--json", type=Path, help="also write the figures to this JSON file")
-    k.add_argument("--repeat", type=int, default=5, help="timed runs per case (median is reported)")
+    k.add_argument("--repeat", type=int, default=5, help="timed runs per case (the best is reported)")
     k.add_argument("--isa", choices=kernels.available_isas(), help="instruction set for our kernels")
     k.add_argument("--quick", action="store_true", help="small sizes, a smoke run in seconds")
     k.add_argument("--pause", type=float, default=0.5, help="seconds of rest before each timing (see timed)")

@@ -26,7 +26,13 @@ from typing import NamedTuple
 import numpy as np
 from numpy.typing import ArrayLike
 
-from sdk import _kernels
+try:
+    from sdk import _kernels
+except ImportError as e:  # typically a source checkout shadowing the installed package
+    raise ImportError(
+        f"the C++ extension sdk._kernels is not built next to {__file__}: "
+        "build it in place with `pip install -e .`, or run from outside the source checkout"
+    ) from e
 
 __all__ = ["Matches", "sq_l2", "match", "topk", "isa", "available_isas", "set_isa"]
 

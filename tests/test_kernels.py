@@ -216,13 +216,14 @@ def test_bad_input_gets_a_clear_error(call, error, message):
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf, 1e30])
 @pytest.mark.parametrize("nq", [0, 1, 9])
-def test_non_finite_embeddings_are_rejected(isa, bad, nq):
+@pytest.mark.parametrize("ng,row", [(500, 321), (60_000, 40_321)])  # one thread; several
+def test_non_finite_embeddings_are_rejected(isa, bad, nq, ng, row):
     rng = np.random.default_rng(6)
-    q, g = embeddings(rng, max(nq, 1), 16), embeddings(rng, 500, 16)
-    g[321, 5] = bad
-    with pytest.raises(ValueError, match="G row 321 contains NaN or Inf"):
+    q, g = embeddings(rng, max(nq, 1), 16), embeddings(rng, ng, 16)
+    g[row, 5] = bad
+    with pytest.raises(ValueError, match=f"G row {row} contains NaN or Inf"):
         kernels.topk(q[:nq], g, 2)
-    with pytest.raises(ValueError, match="G row 321"):
+    with pytest.raises(ValueError, match=f"G row {row}"):
         kernels.match(q[:nq], g, 1.0)
     q[0, 3] = bad
     with pytest.raises(ValueError, match="Q row 0 contains NaN or Inf"):

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <exception>
 #include <limits>
 #include <stdexcept>
 #include <string>
@@ -102,11 +103,13 @@ void scan(const TileKernels& K, const float* Q, size_t nq, const float* qnorms, 
 #endif
   sink.start(threads);
   const size_t tile_panels = std::max<size_t>(1, kTileBytes / (NR * dim * sizeof(float)));
-  constexpr size_t kNone = std::numeric_limits<size_t>::max();
-  std::atomic<size_t> bad_row{kNone};  // first non-finite gallery row seen
+  // No exception may leave an OpenMP region: the first one stops every thread
+  // and is rethrown after it.
+  std::exception_ptr error;
+  std::atomic<bool> stop{false};
 
 #pragma omp parallel num_threads(threads) if (threads > 1)
-  {
+  try {
     int t = 0;
 #ifdef _OPENMP
     t = omp_get_thread_num();
@@ -115,14 +118,11 @@ void scan(const TileKernels& K, const float* Q, size_t nq, const float* qnorms, 
     std::vector<float> packed(direct ? 0 : tile_panels * NR * dim), gnorms(tile_panels * NR), dist(MR * NR);
     std::vector<std::uint32_t> hits(MR);
     const float* bound = sink.bound(t);
-    auto check_norms = [&](const float* gn, size_t j0, size_t rows) {
+    auto check_norms = [](const float* gn, size_t j0, size_t rows) {
       for (size_t r = 0; r < rows; ++r)
-        if (!std::isfinite(gn[r])) {
-          size_t none = kNone;
-          bad_row.compare_exchange_strong(none, j0 + r);
-        }
+        if (!std::isfinite(gn[r])) throw_not_finite("G", j0 + r);
     };
-    for (size_t p0 = p_begin; p0 < p_end && bad_row.load() == kNone; p0 += tile_panels) {
+    for (size_t p0 = p_begin; p0 < p_end && !stop.load(std::memory_order_relaxed); p0 += tile_panels) {
       const size_t np = std::min(tile_panels, p_end - p0);
       if (direct) {  // few queries: straight from the gallery, no packing
         for (size_t p = p0; p < p0 + np; ++p) {
@@ -139,7 +139,6 @@ void scan(const TileKernels& K, const float* Q, size_t nq, const float* qnorms, 
         K.pack(G + j0 * dim, rows, dim, packed.data() + p * NR * dim, gnorms.data() + p * NR);
         check_norms(gnorms.data() + p * NR, j0, rows);
       }
-      if (bad_row.load() != kNone) break;
       for (size_t i0 = 0; i0 < nq; i0 += MR) {
         const size_t mr = std::min(MR, nq - i0);
         for (size_t p = 0; p < np; ++p) {
@@ -151,8 +150,12 @@ void scan(const TileKernels& K, const float* Q, size_t nq, const float* qnorms, 
         }
       }
     }
+  } catch (...) {
+#pragma omp critical(facesdk_scan_error)
+    if (!error) error = std::current_exception();
+    stop = true;
   }
-  if (bad_row.load() != kNone) throw_not_finite("G", bad_row.load());
+  if (error) std::rethrow_exception(error);
 }
 
 // sq_l2: copies every block into the full matrix.
