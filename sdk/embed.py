@@ -1,0 +1,208 @@
+"""Embedders: aligned face chips in, embeddings out, whatever engine runs the network.
+
+Every backend implements :class:`Embedder`. Model files are self-describing ONNX, written by
+``export.onnx``; the runtime reads how to feed and compare a model from the model itself:
+
+* input ``chip``: uint8 ``[N, H, W, 3]``, aligned RGB chips in NHWC, exactly as an aligner cuts
+  them. The cast to float, the NCHW transpose and the network's own normalisation are inside the
+  graph, so every runtime (ONNX Runtime, INT8, TensorRT) preprocesses identically.
+* output ``embedding``: float32 ``[N, D]``, L2-normalised in the graph; faces are compared by
+  squared L2 distance (0 = same direction, 4 = opposite), as in FaceNet.
+* metadata_props (all strings), all required but ``threshold``:
+
+  ============================ ==============================================================
+  model_name, model_version     identity of the weights
+  input_size                    ``"HxW"`` (rows x cols), e.g. ``"150x150"``
+  input_layout, input_color     ``"NHWC"``, ``"RGB"`` (the only ones this runtime accepts)
+  chip_scheme                   how chips are cut, e.g. ``"dlib5_150_0.25"`` (dlib's 5-point
+                                template, 150 px, padding 0.25); the aligner must match it
+  embedding_dim                 D
+  embedding_normalized          ``"1"``: the output has unit L2 norm
+  distance                      ``"squared_l2"``
+  source                        where the weights came from (file name and sha256)
+  threshold                     optional: squared-L2 verification threshold from calibration
+  ============================ ==============================================================
+
+The runtime never downloads anything: the default model is exported once, locally, with
+``python -m export.onnx default`` into :func:`default_model_path`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import onnxruntime as ort
+
+__all__ = ["Embedder", "OnnxEmbedder", "default_model_path", "parse_metadata", "REQUIRED_KEYS"]
+
+logger = logging.getLogger(__name__)
+
+INPUT_NAME = "chip"
+OUTPUT_NAME = "embedding"
+DLIB_CHIP_SCHEME = "dlib5_150_0.25"
+DEFAULT_MODEL_FILE = "dlib_resnet_v1.onnx"
+REQUIRED_KEYS = (
+    "model_name",
+    "model_version",
+    "input_size",
+    "input_layout",
+    "input_color",
+    "chip_scheme",
+    "embedding_dim",
+    "embedding_normalized",
+    "distance",
+    "source",
+)
+# Values this runtime supports; anything else would be fed or compared wrongly.
+_FIXED = {"input_layout": "NHWC", "input_color": "RGB", "embedding_normalized": "1", "distance": "squared_l2"}
+
+
+class Embedder(Protocol):
+    """Maps aligned uint8 RGB chips [N, H, W, 3] to embeddings float32 [N, D]."""
+
+    name: str  # model_name from the metadata
+    backend: str  # engine, e.g. "onnxruntime"
+    providers: list[str]  # devices/providers actually in use
+    metadata: dict[str, str]
+    input_size: tuple[int, int]  # chip rows, cols
+    embedding_dim: int
+
+    def embed(self, chips: np.ndarray) -> np.ndarray: ...
+
+
+def default_model_path() -> Path:
+    """Where the default model lives: ``$FACESDK_HOME`` or ``~/.cache/facesdk``, then ``models/``."""
+    home = os.environ.get("FACESDK_HOME")
+    root = Path(home) if home else Path.home() / ".cache" / "facesdk"
+    return root / "models" / DEFAULT_MODEL_FILE
+
+
+def parse_metadata(metadata: Mapping[str, str], source: str) -> tuple[tuple[int, int], int]:
+    """Check a model's metadata against the contract above; return (input_size, embedding_dim).
+
+    ``source`` names the model in error messages.
+    """
+    missing = [key for key in REQUIRED_KEYS if key not in metadata]
+    if missing:
+        raise ValueError(
+            f"{source}: not a facesdk embedding model, metadata lacks {', '.join(missing)}; "
+            "export models with `python -m export.onnx`"
+        )
+    for key, expected in _FIXED.items():
+        if metadata[key] != expected:
+            found = metadata[key]
+            raise ValueError(f"{source}: metadata {key}={found!r}; this runtime supports {expected!r}")
+    size = re.fullmatch(r"([1-9]\d*)x([1-9]\d*)", metadata["input_size"])
+    if size is None:
+        raise ValueError(f"{source}: metadata input_size={metadata['input_size']!r} is not 'HxW'")
+    dim = metadata["embedding_dim"]
+    if not dim.isdigit() or int(dim) < 1:
+        raise ValueError(f"{source}: metadata embedding_dim={dim!r} is not a positive integer")
+    if "threshold" in metadata:
+        try:
+            threshold = float(metadata["threshold"])
+        except ValueError:
+            threshold = math.nan
+        if not (math.isfinite(threshold) and threshold >= 0):
+            raise ValueError(f"{source}: metadata threshold={metadata['threshold']!r} is not a number >= 0")
+    return (int(size[1]), int(size[2])), int(dim)
+
+
+def _provider_name(provider: str | tuple[str, dict[str, Any]]) -> str:
+    return provider if isinstance(provider, str) else provider[0]
+
+
+class OnnxEmbedder:
+    """An ONNX embedding model run by ONNX Runtime.
+
+    ``providers``: ONNX Runtime execution providers in priority order, names or
+    ``(name, options)`` pairs; default CPU only. A requested provider that this onnxruntime build
+    lacks, or that fails to start, raises RuntimeError: ONNX Runtime's own behaviour would be
+    to run on the CPU, silently and many times slower. ``threads``: intra-op threads (default:
+    ONNX Runtime's, one per physical core). ``embed`` may be called from several threads at once.
+    """
+
+    backend = "onnxruntime"
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str] | None = None,
+        providers: Sequence[str | tuple[str, dict[str, Any]]] | None = None,
+        threads: int | None = None,
+    ) -> None:
+        self.path = default_model_path() if path is None else Path(path)
+        if not self.path.is_file():
+            if self.path == default_model_path():
+                raise FileNotFoundError(
+                    f"default model {self.path} not found; create it once with "
+                    f"`python -m export.onnx default -o {self.path}` (the runtime never downloads models)"
+                )
+            raise FileNotFoundError(f"model file {self.path} not found")
+        requested = list(providers) if providers is not None else ["CPUExecutionProvider"]
+        names = [_provider_name(p) for p in requested]
+        available = ort.get_available_providers()
+        absent = [n for n in names if n not in available]
+        if absent:
+            raise RuntimeError(
+                f"{', '.join(absent)} not available in this onnxruntime {ort.__version__} "
+                f"(available: {', '.join(available)}); CUDA needs the onnxruntime-gpu package"
+            )
+        options = ort.SessionOptions()
+        if threads is not None:
+            if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+                raise ValueError(f"threads must be a positive integer, got {threads!r}")
+            options.intra_op_num_threads = threads
+        self._session = ort.InferenceSession(str(self.path), options, providers=requested)
+        self.providers: list[str] = self._session.get_providers()
+        # A provider whose libraries fail to load (e.g. CUDA without cuDNN) is dropped with a log line.
+        failed = [n for n in names if n not in self.providers]
+        if failed:
+            raise RuntimeError(
+                f"onnxruntime could not start {', '.join(failed)} for {self.path} (see its log above); "
+                f"it would run on {', '.join(self.providers)}"
+            )
+        self.metadata: dict[str, str] = dict(self._session.get_modelmeta().custom_metadata_map)
+        self.input_size, self.embedding_dim = parse_metadata(self.metadata, str(self.path))
+        self._check_graph()
+        self.name: str = self.metadata["model_name"]
+        logger.info(
+            "embedder %s %s (%s) on %s",
+            self.name,
+            self.metadata["model_version"],
+            self.path,
+            ", ".join(self.providers),
+        )
+
+    def _check_graph(self) -> None:
+        """The graph's input and output agree with the metadata (catches a hand-edited file)."""
+        h, w = self.input_size
+        inputs, outputs = self._session.get_inputs(), self._session.get_outputs()
+        found_in = [(i.name, i.type, i.shape[1:]) for i in inputs]
+        if found_in != [(INPUT_NAME, "tensor(uint8)", [h, w, 3])]:
+            expected = f"one input {INPUT_NAME!r} uint8 [N, {h}, {w}, 3]"
+            raise ValueError(f"{self.path}: expected {expected}, found {found_in}")
+        found_out = [(o.name, o.type, o.shape[1:]) for o in outputs]
+        if (OUTPUT_NAME, "tensor(float)", [self.embedding_dim]) not in found_out:
+            expected = f"output {OUTPUT_NAME!r} float32 [N, {self.embedding_dim}]"
+            raise ValueError(f"{self.path}: expected {expected}, found {found_out}")
+
+    def embed(self, chips: np.ndarray) -> np.ndarray:
+        """Embeddings float32 [N, D] of aligned uint8 RGB chips [N, H, W, 3]."""
+        h, w = self.input_size
+        if not isinstance(chips, np.ndarray):
+            raise TypeError(f"chips must be a numpy array, got {type(chips).__name__}")
+        if chips.dtype != np.uint8:
+            raise TypeError(f"chips must be uint8 RGB pixels, got dtype {chips.dtype}")
+        if chips.ndim != 4 or chips.shape[1:] != (h, w, 3):
+            raise ValueError(f"chips must be [N, {h}, {w}, 3] (aligned RGB, NHWC), got shape {chips.shape}")
+        if len(chips) == 0:
+            return np.zeros((0, self.embedding_dim), np.float32)
+        (embeddings,) = self._session.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(chips)})
+        return embeddings

