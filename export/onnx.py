@@ -13,7 +13,7 @@ vectors: dlib's raw norms vary from 1.2 to 1.6 on LFW. Normalising in the graph 
 (ONNX Runtime, INT8, TensorRT) and every caller from forgetting or varying that step. No raw second
 output: nothing in the SDK uses the norm, and dlib's own threshold (0.6, plain L2 on raw vectors)
 does not carry over anyway; ours is calibrated on normalised vectors and stored with
-:func:`set_metadata`.
+:func:`sdk.embed.set_metadata`.
 """
 
 from __future__ import annotations
@@ -38,13 +38,11 @@ from sdk.embed import (
     REQUIRED_KEYS,
     default_model_path,
     parse_metadata,
+    save_model_atomic,
 )
 
 OPSET = 17
-# Keys that describe the graph itself: set_metadata refuses them, re-export to change them.
-GRAPH_KEYS = frozenset(
-    {"input_size", "input_layout", "input_color", "chip_scheme", "embedding_dim", "embedding_normalized", "distance"}
-)
+
 
 
 class ChipEmbedding(nn.Module):
@@ -58,18 +56,6 @@ class ChipEmbedding(nn.Module):
         x = self.model(chip.to(torch.float32).permute(0, 3, 1, 2))
         # F.normalize exports through Expand, which loses the static width D in the ONNX shapes.
         return x / torch.linalg.vector_norm(x, dim=1, keepdim=True).clamp_min(1e-12)
-
-
-def _save_atomic(proto: onnx.ModelProto, path: Path) -> None:
-    """Write then rename, so a reader never sees a half-written model."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        onnx.save_model(proto, tmp)
-        if path.exists():
-            os.chmod(tmp, path.stat().st_mode)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def export_onnx(
@@ -136,7 +122,7 @@ def export_onnx(
     parse_metadata(meta, str(path))
     onnx.helper.set_model_props(proto, meta)
     onnx.checker.check_model(proto, full_check=True)
-    _save_atomic(proto, path)
+    save_model_atomic(proto, path)
     return path
 
 
@@ -155,27 +141,6 @@ def export_dlib_default(path: str | os.PathLike[str] | None = None) -> Path:
         source=f"{DEFAULT_MODEL} sha256:{digest}",
         metadata={"license": "CC0-1.0"},
     )
-
-
-def set_metadata(path: str | os.PathLike[str], **values: str | float | None) -> None:
-    """Set metadata keys of an exported model in place (None removes a key), e.g. ``threshold=1.05``.
-
-    The result is checked as the runtime checks it, and replaces the file atomically.
-    """
-    path = Path(path)
-    fixed = sorted(values.keys() & GRAPH_KEYS)
-    if fixed:
-        raise ValueError(f"{', '.join(fixed)} describe the graph; export the model again to change them")
-    proto = onnx.load_model(path)
-    meta = {p.key: p.value for p in proto.metadata_props}
-    for key, value in values.items():
-        if value is None:
-            meta.pop(key, None)
-        else:
-            meta[key] = str(value)
-    parse_metadata(meta, str(path))
-    onnx.helper.set_model_props(proto, meta)
-    _save_atomic(proto, path)
 
 
 def _ms_per_face(fn: Callable[[np.ndarray], object], chips: np.ndarray, repeat: int) -> float:

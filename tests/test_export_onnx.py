@@ -36,17 +36,8 @@ EXPECTED_METADATA = {
 
 
 @pytest.fixture(scope="module")
-def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    pytest.importorskip("torch")
-    from sdk.dlib_format import dlib_model_path
-
-    try:
-        dlib_model_path()
-    except FileNotFoundError as e:
-        pytest.skip(str(e))
-    from export.onnx import export_dlib_default
-
-    return export_dlib_default(tmp_path_factory.mktemp("models") / "dlib_resnet_v1.onnx")
+def model_path(default_onnx: Path) -> Path:
+    return default_onnx
 
 
 @pytest.fixture(scope="module")
@@ -208,7 +199,7 @@ def test_default_model_path(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> 
 
 
 def test_set_metadata_round_trip(model_path: Path, tmp_path: Path) -> None:
-    from export.onnx import set_metadata
+    from sdk.embed import set_metadata
 
     path = copy_of(model_path, tmp_path)
     set_metadata(path, threshold=1.05, calibrated_on="lfw pairsDevTrain")
@@ -230,7 +221,7 @@ def test_set_metadata_round_trip(model_path: Path, tmp_path: Path) -> None:
     ],
 )
 def test_set_metadata_refuses_bad_values(model_path: Path, tmp_path: Path, values: dict, match: str) -> None:
-    from export.onnx import set_metadata
+    from sdk.embed import set_metadata
 
     path = copy_of(model_path, tmp_path)
     before = path.read_bytes()

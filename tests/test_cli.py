@@ -1,0 +1,64 @@
+"""`facesdk` end to end on small real slices: eval lfw on 100 DevTest pairs, calibrate, errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from sdk import cli
+from sdk.embed import OnnxEmbedder
+
+
+@pytest.fixture(scope="module")
+def small_pairs(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """50 matched + 50 mismatched pairs of LFW's pairsDevTest.txt, in its own format."""
+    source = data / "lfw" / "pairsDevTest.txt"
+    if not source.is_file():
+        pytest.skip(f"LFW not found under {data}")
+    lines = source.read_text().splitlines()
+    picked = lines[1:51] + lines[501:551]
+    path = tmp_path_factory.mktemp("pairs") / "pairs100.txt"
+    path.write_text("50\n" + "\n".join(picked) + "\n")
+    return path
+
+
+def test_eval_lfw_on_a_real_slice(data, small_pairs, default_onnx, tmp_path, capsys):
+    out = tmp_path / "out"
+    code = cli.main(
+        ["eval", "lfw", "--data", str(data), "--pairs", str(small_pairs), "--model", str(default_onnx),
+         "--detector", "yunet", "--json", str(out / "lfw.json"), "--plot", str(out / "roc.png"),
+         "--distances", str(out / "pairs.csv")]
+    )  # fmt: skip
+    assert code == 0
+    result = json.loads((out / "lfw.json").read_text())
+    (ours,) = result["pipelines"].values()
+    assert ours["accuracy"] >= 0.95 and ours["auc"] >= 0.98
+    assert len(ours["fold_accuracy"]) == 10 and ours["images_without_face"] == 0
+    assert set(ours["ms_per_face"]) == {"decode", "detect", "align", "embed", "total"}
+    assert (out / "roc.png").read_bytes()[:4] == b"\x89PNG"
+    assert len((out / "pairs.csv").read_text().splitlines()) == 101
+    assert "10-fold mean" in capsys.readouterr().out
+
+
+def test_calibrate_writes_the_threshold_into_the_model(data, default_onnx, tmp_path, capsys):
+    model = Path(shutil.copy(default_onnx, tmp_path / "model.onnx"))
+    code = cli.main(
+        ["calibrate", "--data", str(data), "--set", "celeba", "--max-images", "120", "--model", str(model),
+         "--detector", "yunet", "--far", "0.01", "--write"]
+    )  # fmt: skip
+    assert code == 0
+    meta = OnnxEmbedder(model).metadata
+    assert 0 < float(meta["threshold"]) < 4 and meta["threshold_far"] == "0.01"
+    assert "celeba, 120 images" in meta["threshold_calibrated_on"]
+    assert "stored in" in capsys.readouterr().out
+
+
+def test_errors_exit_with_1_and_a_message(tmp_path, capsys):
+    assert cli.main(["eval", "lfw", "--data", str(tmp_path), "--model", str(tmp_path / "none.onnx")]) == 1
+    assert "facesdk: error:" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as bad_usage:
+        cli.main(["eval", "lfw", "--detector", "nope"])
+    assert bad_usage.value.code == 2
