@@ -137,12 +137,14 @@ def plot_roc(results: dict, path: Path, title: str) -> None:
     except ImportError as e:
         raise SystemExit(f"--plot needs matplotlib: pip install matplotlib ({e})") from e
     fig, ax = plt.subplots(figsize=(6, 4.5))
+    # Below one impostor pair the ROC says nothing: start the axis there.
+    floor = min(float(v.roc_far[v.roc_far > 0].min()) for _, _, v in results.values())
     for name, (_, _, v) in results.items():
-        ax.plot(np.maximum(v.roc_far, 1e-4), v.roc_tar, label=f"{name}: acc {100 * v.accuracy:.2f}%, AUC {v.auc:.4f}")
+        ax.plot(np.maximum(v.roc_far, floor), v.roc_tar, label=f"{name}: acc {100 * v.accuracy:.2f}%, AUC {v.auc:.4f}")
     ax.set_xscale("log")
-    ax.set_xlim(1e-4, 1)
+    ax.set_xlim(floor, 1)
     # Zoom on the part that differs: good models sit near TAR 1 over the whole range.
-    low = min(float(np.interp(1e-4, v.roc_far, v.roc_tar)) for _, _, v in results.values())
+    low = min(float(np.interp(floor, v.roc_far, v.roc_tar)) for _, _, v in results.values())
     ax.set_ylim(max(0.0, low - 0.05), 1.002)
     ax.set_xlabel("false accept rate (impostor pairs)")
     ax.set_ylabel("true accept rate (genuine pairs)")

@@ -184,7 +184,7 @@ def central_face(detections: list, shape: tuple[int, ...]):
 
 
 def embed_images(paths: list[Path], detector, embedder, batch: int = 32, progress: bool = True) -> Embedded:
-    """Detect, align and embed the central face of every image.
+    """Detect, align and embed the central face of every image, streaming in batches.
 
     Images where the detector finds no face are counted as failed and aligned with the mean
     landmarks of the images where it did (LFW images are centred, so this is a fixed crop):
@@ -196,34 +196,51 @@ def embed_images(paths: list[Path], detector, embedder, batch: int = 32, progres
     from sdk.align import align
 
     seconds = dict.fromkeys(("decode", "detect", "align", "embed"), 0.0)
-    images, landmarks = [], []
-    scheme = None
-    for path in tqdm(paths, desc=f"detect ({detector.name})", unit="img", disable=not progress):
+    rows: list[int] = []  # image index of each embedded chip, in embedding order
+    chips: list[np.ndarray] = []
+    parts: list[np.ndarray] = []
+
+    def decode(path: Path) -> np.ndarray:
         with _timed(seconds, "decode"):
             image = cv2.imread(str(path), cv2.IMREAD_COLOR)
         if image is None:
             raise ValueError(f"cannot read image {path}")
+        return image
+
+    def add(index: int, image: np.ndarray, landmarks: np.ndarray) -> None:
+        with _timed(seconds, "align"):
+            chips.append(align(cv2.cvtColor(image, cv2.COLOR_BGR2RGB), landmarks, detector.scheme))
+        rows.append(index)
+        if len(chips) == batch:
+            flush()
+
+    def flush() -> None:
+        if chips:
+            with _timed(seconds, "embed"):
+                parts.append(embedder.embed(np.stack(chips)))
+            chips.clear()
+
+    failed: list[int] = []
+    landmark_sum, found = 0.0, 0
+    for i, path in enumerate(tqdm(paths, desc=f"faces ({detector.name})", unit="img", disable=not progress)):
+        image = decode(path)
         with _timed(seconds, "detect"):
             face = central_face(detector.detect(image), image.shape)
-        images.append(image)
-        landmarks.append(None if face is None else face.landmarks)
-        scheme = scheme or (face.scheme if face is not None else None)
-    failed = np.array([lm is None for lm in landmarks])
-    if failed.all():
+        if face is None:
+            failed.append(i)
+            continue
+        landmark_sum, found = landmark_sum + face.landmarks, found + 1
+        add(i, image, face.landmarks)
+    if found == 0:
         raise RuntimeError(f"{detector.name} found no face in any of {len(paths)} images")
-    mean = np.mean([lm for lm in landmarks if lm is not None], axis=0)
-    out = []
-    for start in tqdm(range(0, len(images), batch), desc="align+embed", unit="batch", disable=not progress):
-        with _timed(seconds, "align"):
-            chips = np.stack(
-                [
-                    align(cv2.cvtColor(img, cv2.COLOR_BGR2RGB), mean if lm is None else lm, scheme)
-                    for img, lm in zip(images[start : start + batch], landmarks[start : start + batch])
-                ]
-            )
-        with _timed(seconds, "embed"):
-            out.append(embedder.embed(chips))
-    return Embedded(np.concatenate(out), failed, seconds)
+    for i in failed:  # second pass, now that the mean landmarks are known
+        add(i, decode(paths[i]), landmark_sum / found)
+    flush()
+    embeddings = np.empty((len(paths), parts[0].shape[1]), np.float32)
+    embeddings[rows] = np.concatenate(parts)
+    is_failed = np.zeros(len(paths), bool)
+    is_failed[failed] = True
+    return Embedded(embeddings, is_failed, seconds)
 
 
 @contextlib.contextmanager

@@ -100,3 +100,46 @@ def test_bad_distances_are_refused():
     dist[3] = np.nan
     with pytest.raises(ValueError, match="finite"):
         lfw.evaluate(dist, pairs)
+
+
+class ChipMeans:
+    """A stand-in embedder: each chip's mean colour, enough to check which chip went where."""
+
+    def embed(self, chips: np.ndarray) -> np.ndarray:
+        return chips.reshape(len(chips), -1, 3).mean(1).astype(np.float32)
+
+
+def test_images_without_a_face_get_the_mean_landmarks_and_keep_their_place(data):
+    cv2 = pytest.importorskip("cv2")
+    from sdk.align import align
+    from sdk.detect import YuNetDetector
+
+    root = lfw_root(data)
+    pairs = lfw.read_pairs(root / "pairsDevTest.txt", root / "images_deepfunneled")
+    paths = pairs.images()[:9]
+    yunet = YuNetDetector()
+    blind = {paths[2], paths[7]}
+
+    class Blind:  # YuNet, except that it finds nothing in two of the images
+        name, scheme = "blind", yunet.scheme
+
+        def __init__(self):
+            self.calls = 0
+
+        def detect(self, image):
+            path = paths[min(self.calls, len(paths) - 1)]
+            self.calls += 1
+            return [] if path in blind else yunet.detect(image)
+
+    got = lfw.embed_images(paths, Blind(), ChipMeans(), batch=4, progress=False)
+    assert got.failed.tolist() == [p in blind for p in paths]
+    landmarks = {}
+    for p in paths:
+        image = cv2.imread(str(p))
+        landmarks[p] = lfw.central_face(yunet.detect(image), image.shape).landmarks
+    mean = np.mean([landmarks[p] for p in paths if p not in blind], axis=0)
+    for i, p in enumerate(paths):
+        rgb = cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB)
+        expected = align(rgb, mean if p in blind else landmarks[p], "yunet5")
+        np.testing.assert_allclose(got.embeddings[i], ChipMeans().embed(expected[None])[0], rtol=1e-6)
+    assert set(got.ms_per_face()) == {"decode", "detect", "align", "embed", "total"}
