@@ -1,12 +1,15 @@
 """Verification thresholds that meet a target false-accept rate on a labelled set.
 
 Every pair of faces in the set is scored (squared L2, through the C++ kernels): pairs of one
-identity are genuine, all others impostors. The threshold is the largest distance that accepts
-at most `far` of the impostor pairs; it is stored in the model's metadata for the Verifier.
+identity are genuine, all others impostors. The threshold for a target FAR is the largest
+distance that accepts at most that fraction of the impostor pairs. The thresholds for several
+FARs are stored in the model's metadata (``threshold_table``, JSON {far: threshold}), and the
+one for the default FAR as ``threshold``, for the Verifier.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,28 +54,32 @@ class Calibration:
     impostor_pairs: int
 
 
-def calibrate(embeddings: np.ndarray, labels: np.ndarray, far: float) -> Calibration:
-    """The largest threshold with FAR <= far over all pairs of the set."""
-    if not 0 < far < 1:
-        raise ValueError(f"far must be in (0, 1), got {far}")
+def calibrate(embeddings: np.ndarray, labels: np.ndarray, fars: Sequence[float]) -> list[Calibration]:
+    """For each target FAR, the largest threshold with FAR <= far over all pairs of the set."""
+    if not all(0 < far < 1 for far in fars):
+        raise ValueError(f"every far must be in (0, 1), got {list(fars)}")
     labels = np.asarray(labels)
     dist = kernels.sq_l2(embeddings, embeddings)
     upper = np.triu(np.ones(dist.shape, bool), k=1)
     same = labels[:, None] == labels[None, :]
-    genuine, impostor = dist[upper & same], dist[upper & ~same]
+    genuine, impostor = dist[upper & same], np.sort(dist[upper & ~same])
     if len(genuine) == 0 or len(impostor) == 0:
         raise ValueError("calibration needs identities with at least two images and at least two identities")
-    allowed = int(np.floor(far * len(impostor)))  # impostor pairs we may accept
-    if allowed >= len(impostor):
-        threshold = float(impostor.max())
-    else:
-        kth = float(np.partition(impostor, allowed)[allowed])  # the first impostor we must reject
-        threshold = float(np.nextafter(np.float32(kth), np.float32(0)))
-    return Calibration(
-        threshold=threshold,
-        target_far=far,
-        far=float(np.mean(impostor <= threshold)),
-        tar=float(np.mean(genuine <= threshold)),
-        genuine_pairs=len(genuine),
-        impostor_pairs=len(impostor),
-    )
+    out = []
+    for far in fars:
+        allowed = int(np.floor(far * len(impostor)))  # impostor pairs we may accept
+        if allowed >= len(impostor):
+            threshold = float(impostor[-1])
+        else:  # just below the first impostor we must reject
+            threshold = float(np.nextafter(np.float32(impostor[allowed]), np.float32(0)))
+        out.append(
+            Calibration(
+                threshold=threshold,
+                target_far=far,
+                far=float(np.searchsorted(impostor, threshold, side="right") / len(impostor)),
+                tar=float(np.mean(genuine <= threshold)),
+                genuine_pairs=len(genuine),
+                impostor_pairs=len(impostor),
+            )
+        )
+    return out

@@ -1,6 +1,14 @@
-"""`facesdk` command line. Long work shows progress; results print as tables; exit codes:
-0 success, 1 failure of the work, 2 bad usage (argparse).
+"""`facesdk` command line. Long work shows progress; results print as tables (--json for
+machines). Exit codes scripts can rely on: 0 success (verify: same person; match: a face was
+accepted; identify: the best candidate is within the threshold), 3 the same commands' "no",
+1 an error (message on stderr), 2 bad usage.
 
+    facesdk enroll NAME IMAGE... [--gallery PATH]
+    facesdk match IMAGE|DIR|VIDEO [--far F | --threshold T] [--every N]
+    facesdk verify A B
+    facesdk identify IMAGE [-k K]
+    facesdk cluster DIR [--threshold T]
+    facesdk gallery list | remove NAME | export PATH.npz
     facesdk eval lfw [--data DIR] [--model PATH] [--detector auto|yunet|dlib] [--pairs FILE]
                      [--json PATH] [--plot PNG] [--distances CSV] [--compare-dlib]
     facesdk calibrate [--data DIR] [--model PATH] [--set celeba|lfw-devtrain] [--far 1e-3] [--write]
@@ -19,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from sdk.data import data_dir
+from sdk.errors import FaceSDKError
 
 log = logging.getLogger("sdk")
 
@@ -189,22 +198,27 @@ def calibrate_cmd(args: argparse.Namespace) -> int:
         paths, labels = [paths[i] for i in keep], labels[keep]
     detector, embedder = make_detector(args.detector), make_embedder(args.model)
     embedded = lfw.embed_images(paths, detector, embedder, batch=args.batch)
-    c = calibration.calibrate(embedded.embeddings, labels, args.far)
+    fars = sorted({args.far, *args.table}, reverse=True)
+    results = calibration.calibrate(embedded.embeddings, labels, fars)
+    first = results[0]
     print(
-        f"{args.set}: {len(paths)} images, {len(np.unique(labels))} identities, {int(embedded.failed.sum())} without a face; "
-        f"{c.genuine_pairs:,} genuine and {c.impostor_pairs:,} impostor pairs"
+        f"{args.set}: {len(paths)} images, {len(np.unique(labels))} identities, "
+        f"{int(embedded.failed.sum())} without a face; {first.genuine_pairs:,} genuine and "
+        f"{first.impostor_pairs:,} impostor pairs; detector {detector.name}"
     )
-    print(
-        f"threshold {c.threshold:.4f} (squared L2): FAR {c.far:.2e} (target {c.target_far:g}), TAR {100 * c.tar:.2f}%"
-    )
+    print(f"{'target FAR':>10} {'threshold':>10} {'FAR':>10} {'TAR %':>7}")
+    for c in results:
+        print(f"{c.target_far:>10g} {c.threshold:10.4f} {c.far:10.2e} {100 * c.tar:7.2f}")
     if args.write:
+        main = next(c for c in results if c.target_far == args.far)
         set_metadata(
             embedder.path,
-            threshold=f"{c.threshold:.6f}",
-            threshold_far=f"{c.target_far:g}",
+            threshold=f"{main.threshold:.6f}",
+            threshold_far=f"{args.far:g}",
+            threshold_table=json.dumps({f"{c.target_far:g}": round(c.threshold, 6) for c in results}),
             threshold_calibrated_on=f"{args.set}, {len(paths)} images, detector {detector.name}",
         )
-        print(f"stored in {embedder.path}")
+        print(f"stored in {embedder.path}: threshold {main.threshold:.4f} at FAR {args.far:g}, and the table")
     return 0
 
 
@@ -212,6 +226,169 @@ def export_cmd(args: argparse.Namespace) -> int:
     from export import onnx  # torch lives there, never in the runtime
 
     onnx.main(args.rest)
+    return 0
+
+
+# --- the Verifier's commands ----------------------------------------------------------------------
+
+NO = 3  # exit code of a well-formed "no" (different people, nobody recognised)
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".ppm", ".tif", ".tiff", ".webp"}
+VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm"}
+
+
+def make_verifier(args: argparse.Namespace):
+    from sdk.verifier import Verifier
+
+    return Verifier(
+        model=args.model,
+        detector=args.detector,
+        gallery="default" if args.gallery is None else args.gallery,
+        threshold=getattr(args, "threshold", None),
+        far=getattr(args, "far", None),
+    )
+
+
+def emit(args: argparse.Namespace, payload: object, lines: list[str]) -> None:
+    """Print JSON with --json, else the human-readable lines."""
+    if args.json:
+        print(json.dumps(payload, indent=2, default=_jsonable))
+    else:
+        print("\n".join(lines))
+
+
+def _jsonable(value: object) -> object:
+    if isinstance(value, np.ndarray):
+        return value.round(2).tolist()
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    return str(value)
+
+
+def image_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def enroll_cmd(args: argparse.Namespace) -> int:
+    with make_verifier(args) as v:
+        added = v.enroll(args.name, args.images)
+        total = v.gallery.count(args.name)
+    emit(args, {"identity": args.name, "added": added, "total": total},
+         [f"enrolled {added} face(s) for {args.name!r} ({total} in the gallery)"])  # fmt: skip
+    return 0
+
+
+def frames(source: Path, every: int):
+    """(label, frame) of an image, every image of a folder, or every `every`-th frame of a video."""
+    import cv2
+
+    if source.is_dir():
+        for path in image_files(source):
+            yield str(path), path
+    elif source.suffix.lower() in VIDEO_SUFFIXES:
+        video = cv2.VideoCapture(str(source))
+        if not video.isOpened():
+            raise ValueError(f"cannot open video {source}")
+        index = 0
+        while True:
+            ok, frame = video.read()
+            if not ok:
+                break
+            if index % every == 0:
+                yield f"{source.name}#{index}", frame
+            index += 1
+        video.release()
+    else:
+        yield str(source), source
+
+
+def match_cmd(args: argparse.Namespace) -> int:
+    results, lines, accepted = [], [], 0
+    with make_verifier(args) as v:
+        lines.append(f"{'source':<40} {'face':>4} {'identity':<24} {'distance':>8} {'accepted':>8}  box")
+        for label, frame in frames(Path(args.source), args.every):
+            found = v.match(frame)
+            for i, m in enumerate(found):
+                accepted += m.accepted
+                results.append({"source": label, "face": i, "identity": m.identity, "distance": m.distance,
+                                "accepted": m.accepted, "score": m.score, "box": m.box, "landmarks": m.landmarks})  # fmt: skip
+                lines.append(f"{label[-40:]:<40} {i:>4} {m.identity or '-':<24} {m.distance:8.4f} "
+                             f"{'yes' if m.accepted else 'no':>8}  {np.round(m.box).astype(int).tolist()}")  # fmt: skip
+            if not found:
+                lines.append(f"{label[-40:]:<40} {'-':>4} no face")
+    emit(args, results, lines)
+    return 0 if accepted else NO
+
+
+def verify_cmd(args: argparse.Namespace) -> int:
+    with make_verifier(args) as v:
+        r = v.verify(args.a, args.b)
+    emit(args, {"same": r.same, "distance": r.distance, "threshold": r.threshold},
+         [f"{'same person' if r.same else 'different people'}: distance {r.distance:.4f}, threshold {r.threshold:.4f}"])  # fmt: skip
+    return 0 if r.same else NO
+
+
+def identify_cmd(args: argparse.Namespace) -> int:
+    with make_verifier(args) as v:
+        candidates, limit = v.identify(args.image, k=args.k), v.threshold
+    lines = [f"{'rank':>4} {'identity':<24} {'distance':>8} {'within threshold':>16}"]
+    lines += [f"{r:>4} {n:<24} {d:8.4f} {'yes' if d <= limit else 'no':>16}" for r, (n, d) in enumerate(candidates, 1)]
+    emit(args, {"threshold": limit, "candidates": [{"identity": n, "distance": d} for n, d in candidates]}, lines)
+    return 0 if candidates and candidates[0][1] <= limit else NO
+
+
+def gallery_cmd(args: argparse.Namespace) -> int:
+    with make_verifier(args) as v:
+        g = v.gallery
+        if args.action == "list":
+            rows = [(name, g.count(name)) for name in g.identities()]
+            emit(args, [{"identity": n, "faces": c} for n, c in rows],
+                 [f"{n:<32} {c:>5}" for n, c in rows] + [f"{len(rows)} identities, {len(g)} faces"])  # fmt: skip
+        elif args.action == "remove":
+            if not args.name:
+                raise ValueError("gallery remove needs the identity to remove")
+            removed = g.remove(args.name)
+            emit(args, {"removed": removed}, [f"{'removed' if removed else 'not enrolled:'} {args.name!r}"])
+            return 0 if removed else NO
+        else:
+            if not args.name:
+                raise ValueError("gallery export needs an output path (.npz)")
+            g.export(Path(args.name))
+            emit(args, {"exported": args.name}, [f"wrote {args.name}"])
+    return 0
+
+
+def cluster_cmd(args: argparse.Namespace) -> int:
+    from sdk import cluster
+
+    folder = Path(args.folder)
+    paths = image_files(folder)
+    if not paths:
+        raise ValueError(f"no images in {folder}")
+    v = make_verifier(args)
+    try:
+        vectors, kept = [], []
+        for path in paths:
+            frame, found = v.faces(path)
+            if found:
+                largest = max(found, key=lambda d: (d.box[2] - d.box[0]) * (d.box[3] - d.box[1]))
+                vectors.append(v.embed(frame, [largest])[0])
+                kept.append(path)
+        threshold = args.threshold if args.threshold is not None else v.threshold
+    finally:
+        v.close()
+    labels = cluster.cluster_embeddings(np.array(vectors), threshold)
+    groups: dict[int, list[str]] = {}
+    for path, label in zip(kept, labels):
+        groups.setdefault(int(label), []).append(str(path.relative_to(folder)))
+    payload = {"threshold": threshold, "clusters": list(groups.values()), "no_face": [str(p) for p in paths if p not in kept]}
+    lines = [f"{len(kept)} faces in {len(groups)} clusters (threshold {threshold:.4f}); {len(paths) - len(kept)} images without a face"]
+    lines += [f"cluster {k}: {', '.join(members)}" for k, members in groups.items()]
+    truth = [p.relative_to(folder).parts[0] for p in kept]
+    if all(len(p.relative_to(folder).parts) > 1 for p in kept):  # subfolders name the people
+        precision, recall, f1 = cluster.pairwise_precision_recall(np.unique(truth, return_inverse=True)[1], labels)
+        payload.update(precision=precision, recall=recall, f1=f1, identities=len(set(truth)))
+        lines.append(f"against the subfolders ({len(set(truth))} people): pairwise precision {precision:.3f}, recall {recall:.3f}, F1 {f1:.3f}")
+    emit(args, payload, lines)
     return 0
 
 
@@ -240,13 +417,55 @@ def build_parser() -> argparse.ArgumentParser:
     cal = sub.add_parser("calibrate", help="the threshold that meets a target FAR on a labelled set")
     cal.add_argument("--data", type=Path, default=data_dir(), help="data folder (default $FACESDK_DATA)")
     cal.add_argument("--set", choices=calibration_sets(), default="celeba", help="labelled set to calibrate on")
-    cal.add_argument("--far", type=float, default=1e-3, help="target false accept rate")
+    cal.add_argument("--far", type=float, default=1e-3, help="target false accept rate of `threshold`")
+    cal.add_argument(
+        "--table", type=float, nargs="*", default=[1e-2, 1e-3, 1e-4],
+        help="FARs of the stored threshold table (per-call FAR in the Verifier)",
+    )
     cal.add_argument("--model", help="ONNX model (default: the cached default model)")
     cal.add_argument("--detector", choices=["auto", "yunet", "dlib"], default="auto")
     cal.add_argument("--batch", type=int, default=32, help="faces per embedding batch")
     cal.add_argument("--max-images", type=int, help="calibrate on a random subset of this many images")
     cal.add_argument("--write", action="store_true", help="store the threshold in the model's metadata")
     cal.set_defaults(run=calibrate_cmd)
+
+    def runtime(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--model", help="ONNX model (default: the cached default model)")
+        p.add_argument("--detector", choices=["auto", "yunet", "dlib"], default="auto")
+        p.add_argument("--gallery", help="gallery file (default $FACESDK_HOME/gallery.sqlite)")
+        p.add_argument("--json", action="store_true", help="print JSON")
+        return p
+
+    def decision(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        group = p.add_mutually_exclusive_group()
+        group.add_argument("--far", type=float, help="use the model's threshold calibrated for this FAR")
+        group.add_argument("--threshold", type=float, help="squared-L2 threshold")
+        return p
+
+    p = runtime(sub.add_parser("enroll", help="add a person's faces to the gallery"))
+    p.add_argument("name")
+    p.add_argument("images", nargs="+")
+    p.set_defaults(run=enroll_cmd)
+    p = decision(runtime(sub.add_parser("match", help="identify every face of an image, folder or video")))
+    p.add_argument("source")
+    p.add_argument("--every", type=int, default=1, help="video: match every N-th frame")
+    p.set_defaults(run=match_cmd)
+    p = decision(runtime(sub.add_parser("verify", help="are two images the same person?")))
+    p.add_argument("a")
+    p.add_argument("b")
+    p.set_defaults(run=verify_cmd)
+    p = decision(runtime(sub.add_parser("identify", help="nearest enrolled identities of a face")))
+    p.add_argument("image")
+    p.add_argument("-k", type=int, default=5)
+    p.set_defaults(run=identify_cmd)
+    p = runtime(sub.add_parser("cluster", help="group the faces of a folder by identity"))
+    p.add_argument("folder")
+    p.add_argument("--threshold", type=float, help="squared-L2 linkage threshold (default: the model's)")
+    p.set_defaults(run=cluster_cmd)
+    p = runtime(sub.add_parser("gallery", help="list, remove from or export the gallery"))
+    p.add_argument("action", choices=["list", "remove", "export"])
+    p.add_argument("name", nargs="?", help="remove: the identity; export: the .npz path")
+    p.set_defaults(run=gallery_cmd)
 
     bench = sub.add_parser("bench", help="benchmarks (see python -m sdk.bench -h)", add_help=False)
     bench.add_argument("rest", nargs=argparse.REMAINDER)
@@ -264,7 +483,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
     try:
         return args.run(args)
-    except (FileNotFoundError, ValueError, RuntimeError, ImportError) as e:
+    except (FaceSDKError, FileNotFoundError, ValueError, RuntimeError, ImportError) as e:
         print(f"facesdk: error: {e}", file=sys.stderr)
         return 1
 

@@ -73,7 +73,8 @@ class Detector(Protocol):
     def detect(self, image: np.ndarray) -> list[Detection]: ...
 
 
-def _detection(box: np.ndarray, score: float, landmarks: np.ndarray, scheme: str) -> Detection:
+def make_detection(box: np.ndarray, score: float, landmarks: np.ndarray, scheme: str) -> Detection:
+    """A Detection with float32, read-only box and landmarks."""
     box = np.asarray(box, np.float32)
     landmarks = np.asarray(landmarks, np.float32).reshape(5, 2)
     box.setflags(write=False)
@@ -201,7 +202,7 @@ class YuNetDetector:
         nms = cv2.dnn.NMSBoxes(xywh.tolist(), scores.tolist(), self.score_threshold, self.nms_threshold, top_k=self.top_k)
         keep = np.asarray(nms, int).ravel()
         keep = keep[np.argsort(-scores[keep], kind="stable")]
-        return [_detection(boxes[i] / scale, scores[i], kps[i] / scale, self.scheme) for i in keep]
+        return [make_detection(boxes[i] / scale, scores[i], kps[i] / scale, self.scheme) for i in keep]
 
     def _decode(self, outs: list[np.ndarray], pad_h: int, pad_w: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Boxes [n, 4] x1y1x2y2, scores [n], landmarks [n, 5, 2] of cells above the threshold."""
@@ -260,7 +261,7 @@ class DlibHogDetector:
         for rect, score in zip(rects, scores):
             points = [(p.x, p.y) for p in self._predictor(rgb, rect).parts()]
             box = (rect.left(), rect.top(), rect.right() + 1, rect.bottom() + 1)
-            found.append(_detection(np.array(box), score, np.array(points), self.scheme))
+            found.append(make_detection(np.array(box), score, np.array(points), self.scheme))
         return sorted(found, key=lambda d: -d.score)
 
 
