@@ -32,6 +32,10 @@ EXPECTED_METADATA = {
     "embedding_normalized": "1",
     "distance": "squared_l2",
     "license": "CC0-1.0",
+    "threshold": "0.140188",
+    "threshold_far": "0.001",
+    "threshold_table": '{"0.1": 0.233562, "0.01": 0.176365, "0.001": 0.140188, "0.0001": 0.103603, "1e-05": 0.061144}',
+    "threshold_calibrated_on": "celeba, 5093 images, detector yunet_n_dynamic",
 }
 
 
