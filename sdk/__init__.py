@@ -1,3 +1,25 @@
-"""Face-recognition SDK for edge devices (FaceNet embeddings, PFE scoring)."""
+"""Face-recognition SDK for edge devices (FaceNet embeddings, PFE scoring).
+
+    import sdk
+    v = sdk.Verifier()                  # default model, best detector, gallery file
+    v.enroll("alice", ["alice1.jpg", "alice2.jpg"])
+    for m in v.match(frame):            # frame: BGR uint8 array or image path
+        print(m.identity, m.distance, m.accepted)
+"""
+
+from sdk.errors import BackendUnavailableError, FaceSDKError, GalleryError, InvalidImageError, ModelMismatchError
+from sdk.verifier import Match, NoFaceError, Verification, Verifier
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "BackendUnavailableError",
+    "FaceSDKError",
+    "GalleryError",
+    "InvalidImageError",
+    "Match",
+    "ModelMismatchError",
+    "NoFaceError",
+    "Verification",
+    "Verifier",
+]
