@@ -392,6 +392,71 @@ def cluster_cmd(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- open-set identification and the demo ---------------------------------------------------------
+
+
+def openset_cmd(args: argparse.Namespace) -> int:
+    from sdk import openset
+    from sdk.verifier import Verifier
+
+    protocol = openset.att_protocol(args.data) if args.set == "att" else openset.lfw_protocol(args.data, args.min_images)
+    with Verifier(args.model, detector=args.detector, gallery=None, far=args.far, threshold=args.threshold) as v:
+        labels, thresholds = calibrated_thresholds(v)
+        result = openset.run(v, protocol, thresholds)
+    emit(args, {**result.__dict__, "figures": [f.__dict__ for f in result.figures]}, result.lines(labels))
+    return 0
+
+
+def calibrated_thresholds(v) -> tuple[list[str], list[float]]:
+    """The Verifier's threshold and the model's calibrated table, as (labels, thresholds)."""
+    table = json.loads(v.embedder.metadata.get("threshold_table", "{}"))
+    rows = sorted(((float(t), f"FAR {far}") for far, t in table.items()), reverse=True)
+    if all(abs(t - v.threshold) > 1e-9 for t, _ in rows):
+        rows.append((v.threshold, "chosen"))
+    return [label for _, label in rows], [t for t, _ in rows]
+
+
+def ensure_default_model() -> None:
+    """Export the default model once if it is missing and torch is here to do it."""
+    from sdk.embed import default_model_path
+
+    path = default_model_path()
+    if path.is_file():
+        return
+    try:
+        from export.onnx import export_dlib_default
+    except ImportError as e:
+        raise FileNotFoundError(
+            f"the default model {path} is missing and cannot be exported here ({e}); "
+            'install the exporter with `pip install -e ".[train]"` and run `python -m export.onnx default`'
+        ) from e
+    print(f"exporting the default model once to {path} ...", file=sys.stderr)
+    export_dlib_default(path)
+
+
+def demo_cmd(args: argparse.Namespace) -> int:
+    """The main job on the embedded default: enrol AT&T people, match their unseen images."""
+    from sdk import openset
+    from sdk.verifier import Verifier
+
+    ensure_default_model()
+    if not (args.data / "att").is_dir():
+        print(
+            f"no AT&T faces under {args.data}: set FACESDK_DATA to a folder holding att/, or use your own images:\n"
+            "  facesdk enroll alice alice1.jpg alice2.jpg\n  facesdk match photo.jpg"
+        )
+        return 1
+    with Verifier(gallery=None) as v:
+        print("Verifier:", ", ".join(f"{k} {val}" for k, val in v.info().items() if k != "model_path"))
+        labels, thresholds = calibrated_thresholds(v)
+        result = openset.run(v, openset.att_protocol(args.data), thresholds)
+        print("\n".join(result.lines(labels)))
+        probe = args.data / "att" / "s3" / "9.pgm"
+        for m in v.match(probe):
+            print(f"match {probe}: identity {m.identity}, distance {m.distance:.4f}, accepted {m.accepted}")
+    return 0
+
+
 # --- entry point ----------------------------------------------------------------------------------
 
 
@@ -466,6 +531,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["list", "remove", "export"])
     p.add_argument("name", nargs="?", help="remove: the identity; export: the .npz path")
     p.set_defaults(run=gallery_cmd)
+
+    p = ev.add_parser("openset", help="open-set identification: enrolled people vs strangers")
+    p.add_argument("--data", type=Path, default=data_dir(), help="data folder (default $FACESDK_DATA)")
+    p.add_argument("--set", choices=["lfw", "att"], default="lfw")
+    p.add_argument("--min-images", type=int, default=10, help="lfw: people with at least this many images")
+    p.add_argument("--model", help="ONNX model (default: the cached default model)")
+    p.add_argument("--detector", choices=["auto", "yunet", "dlib"], default="auto")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    decision(p).set_defaults(run=openset_cmd)
+
+    p = sub.add_parser("demo", help="the Verifier on real faces: enrol AT&T people, match unseen images")
+    p.add_argument("--data", type=Path, default=data_dir(), help="data folder holding att/ (default $FACESDK_DATA)")
+    p.set_defaults(run=demo_cmd)
 
     bench = sub.add_parser("bench", help="benchmarks (see python -m sdk.bench -h)", add_help=False)
     bench.add_argument("rest", nargs=argparse.REMAINDER)
