@@ -230,6 +230,66 @@ def print_kernels(result: dict) -> None:
         )
 
 
+def bench_pipeline(args: argparse.Namespace) -> dict:
+    """Per-stage latency of Verifier.match on a 1-face image and an 8-face frame (LFW faces),
+    against a gallery of `args.gallery_size` random identities plus the 8 people."""
+    import cv2
+
+    from sdk import align
+    from sdk.data import data_dir
+    from sdk.verifier import Verifier
+
+    root = data_dir() / "lfw" / "images_deepfunneled"
+    people = ["Colin_Powell", "Tony_Blair", "Donald_Rumsfeld", "Gerhard_Schroeder",
+              "Ariel_Sharon", "Hugo_Chavez", "Jacques_Chirac", "Jean_Chretien"]  # fmt: skip
+    tiles = [cv2.imread(str(root / n / f"{n}_0002.jpg")) for n in people]
+    if any(t is None for t in tiles):
+        raise FileNotFoundError(f"LFW images not found under {root} (set FACESDK_DATA)")
+    frames = {
+        "1 face (250x250)": cv2.imencode(".jpg", tiles[0])[1],
+        "8 faces (1000x500)": cv2.imencode(".jpg", np.concatenate([np.concatenate(tiles[:4], 1), np.concatenate(tiles[4:], 1)], 0))[1],
+    }
+    rng = np.random.default_rng(0)
+    with Verifier(gallery=None) as v:
+        for i in range(args.gallery_size):
+            v.gallery.add(f"random_{i}", unit_rows(rng, 1))
+        for n in people:
+            v.enroll(n, [root / n / f"{n}_0001.jpg"])
+        out = {"gallery_identities": len(v.identities()), "info": {k: str(x) for k, x in v.info().items()}, "frames": {}}
+        for label, jpeg in frames.items():
+            times: dict[str, list[float]] = {k: [] for k in ("decode", "detect", "align", "embed", "match", "total")}
+            for _ in range(args.repeat + 1):  # the first run warms up
+                t0 = time.perf_counter()
+                frame = cv2.imdecode(jpeg, cv2.IMREAD_COLOR)
+                t1 = time.perf_counter()
+                _, found = v.faces(frame)
+                t2 = time.perf_counter()
+                rgb = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+                chips = np.stack([align.align(rgb, d.landmarks, d.scheme) for d in found])
+                t3 = time.perf_counter()
+                emb = v.embedder.embed(chips)
+                t4 = time.perf_counter()
+                v.gallery.search(emb, k=1)
+                t5 = time.perf_counter()
+                for k, a, b in (("decode", t0, t1), ("detect", t1, t2), ("align", t2, t3), ("embed", t3, t4), ("match", t4, t5), ("total", t0, t5)):
+                    times[k].append((b - a) * 1e3)
+            out["frames"][label] = {
+                "faces": len(found),
+                **{k: {"p50": float(np.percentile(t[1:], 50)), "p95": float(np.percentile(t[1:], 95))} for k, t in times.items()},
+            }
+    return out
+
+
+def print_pipeline(result: dict) -> None:
+    print(f"pipeline: {result['info']['detector']} + {result['info']['backend']} {result['info']['providers']}; "
+          f"gallery of {result['gallery_identities']:,} identities")  # fmt: skip
+    stages = ("decode", "detect", "align", "embed", "match", "total")
+    print(f"{'frame':<20} {'faces':>5} " + " ".join(f"{s + ' p50/p95 ms':>20}" for s in stages))
+    for label, r in result["frames"].items():
+        cells = " ".join(f"{r[s]['p50']:>11.2f} /{r[s]['p95']:>7.2f}" for s in stages)
+        print(f"{label:<20} {r['faces']:>5} {cells}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sdk.bench", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="what", required=True)
@@ -239,11 +299,19 @@ def main(argv: list[str] | None = None) -> int:
     k.add_argument("--isa", choices=kernels.available_isas(), help="instruction set for our kernels")
     k.add_argument("--quick", action="store_true", help="small sizes, a smoke run in seconds")
     k.add_argument("--pause", type=float, default=0.5, help="seconds of rest before each timing (see timed)")
+    pl = sub.add_parser("pipeline", help="per-stage latency of Verifier.match, 1 face and 8 faces")
+    pl.add_argument("--json", type=Path, help="also write the figures to this JSON file")
+    pl.add_argument("--repeat", type=int, default=30, help="timed runs per frame")
+    pl.add_argument("--gallery-size", type=int, default=10_000, help="random identities in the gallery")
     args = parser.parse_args(argv)
     if args.repeat < 1:
         parser.error("--repeat must be >= 1")
-    result = bench_kernels(args)
-    print_kernels(result)
+    if args.what == "kernels":
+        result = bench_kernels(args)
+        print_kernels(result)
+    else:
+        result = bench_pipeline(args)
+        print_pipeline(result)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2))

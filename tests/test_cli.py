@@ -62,3 +62,47 @@ def test_errors_exit_with_1_and_a_message(tmp_path, capsys):
     with pytest.raises(SystemExit) as bad_usage:
         cli.main(["eval", "lfw", "--detector", "nope"])
     assert bad_usage.value.code == 2
+
+
+def test_demo_enrols_att_people_and_recognises_them(data, default_onnx, monkeypatch, capsys):
+    if not (data / "att").is_dir():
+        pytest.skip(f"AT&T not found under {data}")
+    monkeypatch.setenv("FACESDK_HOME", str(default_onnx.parent.parent))  # models/ holds the export
+    assert cli.main(["demo", "--data", str(data)]) == 0
+    out = capsys.readouterr().out
+    assert "30 people enrolled; 150 genuine and 100 stranger probes" in out
+    row = next(line for line in out.splitlines() if line.strip().startswith("FAR 0.0001"))
+    rank1, tar, misid, far = (float(x) for x in row.split()[-4:])
+    assert rank1 >= 99 and tar >= 95 and misid == 0 and far <= 5
+
+
+def test_enroll_match_verify_identify_gallery_commands(data, default_onnx, tmp_path, capsys):
+    common = ["--model", str(default_onnx), "--detector", "yunet", "--gallery", str(tmp_path / "g.sqlite")]
+    img = lambda name, i: str(data / "lfw" / "images_deepfunneled" / name / f"{name}_{i:04d}.jpg")  # noqa: E731
+    if not (data / "lfw").is_dir():
+        pytest.skip("LFW not found")
+    assert cli.main(["enroll", "Tony_Blair", img("Tony_Blair", 1), img("Tony_Blair", 2), *common]) == 0
+    assert cli.main(["verify", img("Tony_Blair", 3), img("Tony_Blair", 4), *common, "--far", "0.01"]) == 0
+    assert cli.main(["verify", img("Tony_Blair", 3), img("Colin_Powell", 1), *common]) == 3
+    assert cli.main(["identify", img("Tony_Blair", 5), *common, "--threshold", "0.19"]) == 0
+    capsys.readouterr()
+    assert cli.main(["match", img("Tony_Blair", 6), *common, "--threshold", "0.19", "--json"]) == 0
+    faces = json.loads(capsys.readouterr().out)
+    assert any(f["identity"] == "Tony_Blair" and f["accepted"] for f in faces)
+    assert cli.main(["gallery", "export", str(tmp_path / "g.npz"), *common]) == 0
+    assert (tmp_path / "g.npz").is_file()
+    assert cli.main(["gallery", "remove", "Tony_Blair", *common]) == 0
+    assert cli.main(["gallery", "remove", "Tony_Blair", *common]) == 3
+    assert cli.main(["match", img("Gerhard_Schroeder", 1), *common]) == 3  # nobody enrolled now
+
+
+def test_pipeline_bench_smoke(data, default_onnx, monkeypatch, tmp_path):
+    from sdk import bench
+
+    if not (data / "lfw").is_dir():
+        pytest.skip("LFW not found")
+    monkeypatch.setenv("FACESDK_HOME", str(default_onnx.parent.parent))
+    out = tmp_path / "pipeline.json"
+    assert bench.main(["pipeline", "--repeat", "1", "--gallery-size", "5", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert [r["faces"] for r in result["frames"].values()] == [1, 8]
