@@ -358,36 +358,29 @@ def gallery_cmd(args: argparse.Namespace) -> int:
 
 
 def cluster_cmd(args: argparse.Namespace) -> int:
-    from sdk import cluster
+    from sdk import clustering
 
     folder = Path(args.folder)
     paths = image_files(folder)
     if not paths:
         raise ValueError(f"no images in {folder}")
-    v = make_verifier(args)
-    try:
-        vectors, kept = [], []
-        for path in paths:
-            frame, found = v.faces(path)
-            if found:
-                largest = max(found, key=lambda d: (d.box[2] - d.box[0]) * (d.box[3] - d.box[1]))
-                vectors.append(v.embed(frame, [largest])[0])
-                kept.append(path)
-        threshold = args.threshold if args.threshold is not None else v.threshold
-    finally:
-        v.close()
-    labels = cluster.cluster_embeddings(np.array(vectors), threshold)
+    with make_verifier(args) as v:
+        threshold = v.threshold if args.threshold is None else args.threshold
+        labels = clustering.cluster(paths, threshold, verifier=v)
     groups: dict[int, list[str]] = {}
-    for path, label in zip(kept, labels):
-        groups.setdefault(int(label), []).append(str(path.relative_to(folder)))
-    payload = {"threshold": threshold, "clusters": list(groups.values()), "no_face": [str(p) for p in paths if p not in kept]}
-    lines = [f"{len(kept)} faces in {len(groups)} clusters (threshold {threshold:.4f}); {len(paths) - len(kept)} images without a face"]
+    for path, label in zip(paths, labels):
+        if label >= 0:
+            groups.setdefault(int(label), []).append(str(path.relative_to(folder)))
+    no_face = [str(p.relative_to(folder)) for p, label in zip(paths, labels) if label < 0]
+    payload = {"threshold": threshold, "clusters": list(groups.values()), "no_face": no_face}
+    lines = [f"{len(paths) - len(no_face)} faces in {len(groups)} clusters (threshold {threshold:.4f}); {len(no_face)} images without a face"]
     lines += [f"cluster {k}: {', '.join(members)}" for k, members in groups.items()]
-    truth = [p.relative_to(folder).parts[0] for p in kept]
-    if all(len(p.relative_to(folder).parts) > 1 for p in kept):  # subfolders name the people
-        precision, recall, f1 = cluster.pairwise_precision_recall(np.unique(truth, return_inverse=True)[1], labels)
-        payload.update(precision=precision, recall=recall, f1=f1, identities=len(set(truth)))
-        lines.append(f"against the subfolders ({len(set(truth))} people): pairwise precision {precision:.3f}, recall {recall:.3f}, F1 {f1:.3f}")
+    found = labels >= 0
+    if all(len(p.relative_to(folder).parts) > 1 for p in paths):  # subfolders name the people
+        truth = np.unique([p.relative_to(folder).parts[0] for p in paths], return_inverse=True)[1]
+        precision, recall, f1 = clustering.pairwise_precision_recall(truth[found], labels[found])
+        payload.update(precision=precision, recall=recall, f1=f1, identities=int(truth.max()) + 1)
+        lines.append(f"against the subfolders ({int(truth.max()) + 1} people): pairwise precision {precision:.3f}, recall {recall:.3f}, F1 {f1:.3f}")
     emit(args, payload, lines)
     return 0
 

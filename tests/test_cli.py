@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from sdk import cli
@@ -106,3 +107,29 @@ def test_pipeline_bench_smoke(data, default_onnx, monkeypatch, tmp_path):
     assert bench.main(["pipeline", "--repeat", "1", "--gallery-size", "5", "--json", str(out)]) == 0
     result = json.loads(out.read_text())
     assert [r["faces"] for r in result["frames"].values()] == [1, 8]
+
+
+def test_cluster_command_groups_a_labelled_folder(data, default_onnx, tmp_path, capsys):
+    import sdk
+
+    people = ["Tony_Blair", "Colin_Powell", "Serena_Williams"]
+    if not (data / "lfw").is_dir():
+        pytest.skip("LFW not found")
+    for name in people:
+        (tmp_path / "faces" / name).mkdir(parents=True)
+        for i in range(1, 5):
+            src = data / "lfw" / "images_deepfunneled" / name / f"{name}_{i:04d}.jpg"
+            (tmp_path / "faces" / name / src.name).write_bytes(src.read_bytes())
+    (tmp_path / "faces" / "Tony_Blair" / "blank.png").write_bytes(cv2_blank_png())
+    args = ["cluster", str(tmp_path / "faces"), "--model", str(default_onnx), "--gallery", str(tmp_path / "g.sqlite"), "--json"]
+    assert cli.main(args) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["identities"] == 3 and result["f1"] >= 0.9 and result["no_face"] == ["Tony_Blair/blank.png"]
+    labels = sdk.cluster(np.eye(3, dtype=np.float32).repeat(2, axis=0), threshold=0.5)
+    assert labels.tolist() == [0, 0, 1, 1, 2, 2]
+
+
+def cv2_blank_png() -> bytes:
+    import cv2
+
+    return cv2.imencode(".png", np.full((120, 120, 3), 200, np.uint8))[1].tobytes()
