@@ -133,3 +133,24 @@ def cv2_blank_png() -> bytes:
     import cv2
 
     return cv2.imencode(".png", np.full((120, 120, 3), 200, np.uint8))[1].tobytes()
+
+
+def test_match_reads_videos_frame_by_frame(data, default_onnx, tmp_path, capsys):
+    import cv2
+
+    if not (data / "lfw").is_dir():
+        pytest.skip("LFW not found")
+    frames = [cv2.imread(str(data / "lfw" / "images_deepfunneled" / "Tony_Blair" / f"Tony_Blair_{i:04d}.jpg")) for i in range(1, 7)]
+    video = tmp_path / "door.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 5, (250, 250))
+    assert writer.isOpened(), "OpenCV cannot write MJPG video here"
+    for frame in frames:
+        writer.write(frame)
+    writer.release()
+    common = ["--model", str(default_onnx), "--gallery", str(tmp_path / "g.sqlite")]
+    assert cli.main(["enroll", "Tony_Blair", str(data / "lfw" / "images_deepfunneled" / "Tony_Blair" / "Tony_Blair_0010.jpg"), *common]) == 0
+    capsys.readouterr()
+    assert cli.main(["match", str(video), "--every", "2", "--json", "--threshold", "0.19", *common]) == 0
+    faces = json.loads(capsys.readouterr().out)
+    assert sorted({f["source"] for f in faces}) == ["door.avi#0", "door.avi#2", "door.avi#4"]
+    assert sum(f["identity"] == "Tony_Blair" for f in faces) >= 2
