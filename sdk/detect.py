@@ -175,9 +175,13 @@ class YuNetDetector:
         self.top_k = top_k
         self.max_side = max_side
         providers = providers or ["CPUExecutionProvider"]
-        self.session = ort.InferenceSession(str(self.model_path), providers=providers)
+        options = ort.SessionOptions()
+        # Idle threads must not spin: on a 2-core device they would steal the cores from the
+        # embedder and the matching kernels that run right after detection.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.session = ort.InferenceSession(str(self.model_path), options, providers=providers)
         if any(isinstance(d, int) for d in self.session.get_inputs()[0].shape[2:]):
-            self.session = ort.InferenceSession(_relaxed_model(self.model_path), providers=providers)
+            self.session = ort.InferenceSession(_relaxed_model(self.model_path), options, providers=providers)
         self._input = self.session.get_inputs()[0].name
         # Output order cls_8..32, obj_8..32, bbox_8..32, kps_8..32, as the decoder indexes them.
         self._outputs = [f"{kind}_{s}" for kind in ("cls", "obj", "bbox", "kps") for s in _STRIDES]

@@ -155,6 +155,9 @@ class OnnxEmbedder:
                 f"(available: {', '.join(available)}); CUDA needs the onnxruntime-gpu package"
             )
         options = ort.SessionOptions()
+        # Idle threads must not spin: on a 2-core device they would steal the cores from the
+        # detector and the matching kernels that run between two inferences.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if threads is not None:
             if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
                 raise ValueError(f"threads must be a positive integer, got {threads!r}")
