@@ -33,16 +33,9 @@ log = logging.getLogger("sdk")
 
 
 def make_detector(name: str):
-    from sdk import detect
+    from sdk.detect import detector_from
 
-    if name == "auto":
-        detector, _ = detect.default_detector()
-        return detector
-    if name == "yunet":
-        return detect.YuNetDetector()
-    if name == "dlib":
-        return detect.DlibHogDetector()
-    raise ValueError(f"unknown detector {name!r}")
+    return detector_from(name)
 
 
 def calibration_sets() -> tuple[str, ...]:
@@ -106,7 +99,7 @@ def lfw_summary(results: dict, pairs_file: Path, n_images: int, far: float) -> d
                 "fold_accuracy": v.fold_accuracy.tolist(),
                 "fold_threshold": v.fold_threshold.tolist(),
                 "threshold": v.threshold,
-                f"tar_at_far": v.tar_at_far,
+                "tar_at_far": v.tar_at_far,
                 "threshold_at_far": v.threshold_at_far,
                 "auc": v.auc,
                 "eer": v.eer,

@@ -113,7 +113,7 @@ def cluster(items, threshold: float | None = None, verifier=None, method: str = 
                 raise ValueError("clustering embeddings needs a threshold (or a verifier to take it from)")
             threshold = verifier.threshold
         return cluster_embeddings(items, threshold, method)
-    from sdk.verifier import Verifier
+    from sdk.verifier import NoFaceError, Verifier
 
     images = list(items)
     own = verifier is None
@@ -121,11 +121,11 @@ def cluster(items, threshold: float | None = None, verifier=None, method: str = 
     try:
         vectors, rows = [], []
         for i, image in enumerate(images):
-            frame, found = verifier.faces(image)
-            if found:
-                largest = max(found, key=lambda d: (d.box[2] - d.box[0]) * (d.box[3] - d.box[1]))
-                vectors.append(verifier.embed(frame, [largest])[0])
-                rows.append(i)
+            try:
+                vectors.append(verifier.embed_largest(image))
+            except NoFaceError:
+                continue
+            rows.append(i)
         labels = np.full(len(images), -1, np.int64)
         if vectors:
             limit = verifier.threshold if threshold is None else threshold

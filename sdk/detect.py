@@ -285,3 +285,17 @@ def default_detector() -> tuple[Detector, str]:
         return dlib_hog, dlib_hog.name
     log.info("face detector: %s (%s, ONNX Runtime)", yunet.name, yunet.model_path)
     return yunet, yunet.name
+
+
+def detector_from(spec: str | Any) -> Any:
+    """A detector from its name ("auto", "yunet", "dlib"), or `spec` itself when it is already
+    a detector object (``detect(bgr) -> list[Detection]``, ``name``, ``scheme``)."""
+    if not isinstance(spec, str):
+        return spec
+    if spec == "auto":
+        return default_detector()[0]
+    if spec == "yunet":
+        return YuNetDetector()
+    if spec == "dlib":
+        return DlibHogDetector()
+    raise ValueError(f"unknown detector {spec!r}: use 'auto', 'yunet', 'dlib' or a detector object")

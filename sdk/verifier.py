@@ -131,7 +131,7 @@ class Verifier:
         meta = self.embedder.metadata
         if meta.get("chip_scheme") != SUPPORTED_CHIP_SCHEME:
             raise FaceSDKError(f"model chip_scheme {meta.get('chip_scheme')!r} is not supported (need {SUPPORTED_CHIP_SCHEME})")
-        self.detector = self._make_detector(detector)
+        self.detector = detect.detector_from(detector)
         if gallery == "default":
             gallery = default_home() / "gallery.sqlite"
             gallery.parent.mkdir(parents=True, exist_ok=True)
@@ -144,18 +144,6 @@ class Verifier:
         self.threshold = self.threshold_for(far) if threshold is None else _checked_threshold(threshold)
         self.liveness = liveness
         log.info("Verifier: %s", self.info())
-
-    @staticmethod
-    def _make_detector(detector: str | Any):
-        if not isinstance(detector, str):
-            return detector
-        if detector == "auto":
-            return detect.default_detector()[0]
-        if detector == "yunet":
-            return detect.YuNetDetector()
-        if detector == "dlib":
-            return detect.DlibHogDetector()
-        raise ValueError(f"unknown detector {detector!r}: use 'auto', 'yunet', 'dlib' or a detector object")
 
     def info(self) -> dict[str, Any]:
         """What runs: backend, providers, model, detector, gallery, threshold."""
@@ -205,10 +193,11 @@ class Verifier:
         chips = np.stack([aligner.align(rgb, d.landmarks, d.scheme) for d in detections])
         return self.embedder.embed(chips)
 
-    def _largest_face(self, image: Image, what: str) -> np.ndarray:
+    def embed_largest(self, image: Image, what: str = "") -> np.ndarray:
+        """The embedding of the largest face of an image; NoFaceError when it has none."""
         frame, found = self.faces(image)
         if not found:
-            raise NoFaceError(f"no face found in {_describe(image)} ({what})")
+            raise NoFaceError(f"no face found in {_describe(image)}" + (f" ({what})" if what else ""))
         largest = max(found, key=lambda d: (d.box[2] - d.box[0]) * (d.box[3] - d.box[1]))
         return self.embed(frame, [largest])[0]
 
@@ -222,7 +211,7 @@ class Verifier:
         images = list(images)
         if not images:
             raise ValueError("enroll needs at least one image")
-        vectors = np.stack([self._largest_face(image, f"enrolling {identity!r}") for image in images])
+        vectors = np.stack([self.embed_largest(image, f"enrolling {identity!r}") for image in images])
         sources = [str(i) if isinstance(i, (str, os.PathLike)) else None for i in images]
         return self.gallery.add(identity, vectors, sources=sources)
 
@@ -247,13 +236,13 @@ class Verifier:
     def verify(self, a: Image, b: Image, far: float | None = None, threshold: float | None = None) -> Verification:
         """Are the largest faces of two images the same person?"""
         limit = self._limit(far, threshold)
-        ea, eb = self._largest_face(a, "verify, first image"), self._largest_face(b, "verify, second image")
+        ea, eb = self.embed_largest(a, "verify, first image"), self.embed_largest(b, "verify, second image")
         distance = float(((ea.astype(np.float64) - eb) ** 2).sum())
         return Verification(distance <= limit, distance, limit)
 
     def identify(self, image: Image, k: int = 5) -> list[tuple[str, float]]:
         """The k nearest enrolled identities of the largest face, nearest first."""
-        names, dist = self.gallery.search(self._largest_face(image, "identify")[None], k=k)
+        names, dist = self.gallery.search(self.embed_largest(image, "identify")[None], k=k)
         return [(n, float(d)) for n, d in zip(names[0], dist[0]) if n is not None]
 
     def remove(self, identity: str) -> bool:
