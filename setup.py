@@ -1,9 +1,10 @@
 """Builds the C++ extension sdk._kernels (pybind11, C++17, OpenMP).
 
-The distance micro-kernels are compiled for the x86-64 baseline and, in their
-own translation units, for AVX2+FMA and AVX-512; the best one the CPU supports
-is picked at load time, so one build runs on any x86-64 (and on aarch64 with
-the portable kernels). Project metadata lives in pyproject.toml.
+The micro-kernels (squared L2 and the PFE mutual likelihood score) are compiled
+for the x86-64 baseline and, in their own translation units, for AVX2+FMA and
+AVX-512; the best one the CPU supports is picked at load time, so one build runs
+on any x86-64 (and on aarch64 with the portable kernels). Project metadata lives
+in pyproject.toml.
 """
 
 from glob import glob
@@ -17,6 +18,8 @@ kernels = Pybind11Extension(
     "sdk._kernels",
     sources=sorted(glob("csrc/kernels/*.cpp")) + ["csrc/python/module.cpp"],
     include_dirs=["csrc/include"],
+    # Headers, so that editing one rebuilds the extension.
+    depends=sorted(glob("csrc/kernels/*.h") + glob("csrc/include/facesdk/*.h")),
     cxx_std=17,
     # -ffp-contract=off: the portable kernels must round every chain the same way.
     extra_compile_args=["-O3", "-fopenmp", "-ffp-contract=off"],

@@ -1,6 +1,8 @@
-"""Batched squared-L2 distances, threshold matching and top-k over embeddings.
+"""Batched squared-L2 distances, threshold matching and top-k over embeddings,
+and the same three calls for the mutual likelihood score (MLS) of Probabilistic
+Face Embeddings.
 
-Every face match in the SDK goes through these three calls, which run the C++
+Every face match in the SDK goes through these calls, which run the C++
 kernels of ``csrc/`` (``sdk._kernels``): tiled, multi-threaded (OpenMP), with
 the GIL released, so they are safe and useful to call from many threads.
 
@@ -15,6 +17,25 @@ A pair's distance does not depend on the number of threads or on how the
 gallery is split; it is also the same across :func:`sq_l2`, :func:`match` and
 :func:`topk` for one batch of queries. Batches of one or two queries take a
 memory-bound path that may round differently (by ~1e-7) from larger batches.
+
+MLS (:func:`mls`, :func:`mls_match`, :func:`mls_topk`): each face is a Gaussian
+``N(mu, diag(sigma_sq))`` and, higher = more likely the same person::
+
+    MLS = -1/2 sum_d [(mu1_d - mu2_d)^2 / (s1_d + s2_d) + log(s1_d + s2_d)] - D/2 log(2 pi)
+
+with ``s = sigma_sq``. Inputs are ``mu`` and ``sigma_sq`` arrays of one shape
+``[rows, dim]`` per side, converted like the embeddings above. Every mu must be
+finite and every variance in ``[MLS_MIN_VARIANCE, MLS_MAX_VARIANCE]`` (about
+``[1.2e-38, 8.5e37]``: the positive normal float32 values whose pairwise sums stay
+finite and normal), after conversion to float32; anything else raises
+``ValueError`` naming the array and row as the C++ API does (``G_s (gallery
+sigma^2) row 3 ...``). Scores are float32 within ``(ceil(D/8) + 16) * 2**-24 * R``
+of the exact score, ``R = sum_d [(mu1-mu2)^2/(s1+s2) + |log(s1+s2)|] + D/2 log(2 pi)``
+(measured: under ``2 * 2**-24 * R``). Where ``sum (mu1-mu2)^2/(s1+s2)`` overflows
+float32 (huge mean differences over tiny variances; the true score is then below
+about -1.7e38) the score is ``-inf``, never NaN.
+A pair's score is the same bits in all three calls, for any batch size and any
+number of threads, and ``MLS(a, b) == MLS(b, a)`` exactly.
 """
 
 from __future__ import annotations
@@ -33,8 +54,31 @@ except ImportError as e:  # typically a source checkout shadowing the installed 
         f"the C++ extension sdk._kernels is not built next to {__file__}: "
         "build it in place with `pip install -e .`, or run from outside the source checkout"
     ) from e
+if not hasattr(_kernels, "mls"):  # a build from before the MLS kernels
+    raise ImportError(
+        f"the C++ extension {_kernels.__file__} is older than {__file__} (it has no MLS kernels): "
+        "rebuild it with `pip install -e .` or `python setup.py build_ext --inplace`"
+    )
 
-__all__ = ["Matches", "sq_l2", "match", "topk", "isa", "available_isas", "set_isa"]
+__all__ = [
+    "Matches",
+    "sq_l2",
+    "match",
+    "topk",
+    "MLSMatches",
+    "MLS_MIN_VARIANCE",
+    "MLS_MAX_VARIANCE",
+    "mls",
+    "mls_match",
+    "mls_topk",
+    "isa",
+    "available_isas",
+    "set_isa",
+]
+
+# The variances the MLS kernels accept (float32 values), inclusive.
+MLS_MIN_VARIANCE: float = _kernels.MLS_MIN_VARIANCE
+MLS_MAX_VARIANCE: float = _kernels.MLS_MAX_VARIANCE
 
 
 class Matches(NamedTuple):
@@ -110,6 +154,71 @@ def topk(
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     return _kernels.topk(q, g, k)
+
+
+class MLSMatches(NamedTuple):
+    """Pairs at or above an MLS threshold, sorted by (query, gallery)."""
+
+    query: np.ndarray  # int64 [m], row in the queries
+    gallery: np.ndarray  # int64 [m], row in the gallery
+    score: np.ndarray  # float32 [m], mutual likelihood score
+
+
+def _gaussians(
+    q_mu: object, q_sigma_sq: object, g_mu: object, g_sigma_sq: object
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The four MLS inputs as float32 C-contiguous arrays, with shapes checked."""
+    qm, qs = _embeddings(q_mu, "q_mu"), _embeddings(q_sigma_sq, "q_sigma_sq")
+    gm, gs = _embeddings(g_mu, "g_mu"), _embeddings(g_sigma_sq, "g_sigma_sq")
+    if qm.shape != qs.shape:
+        raise ValueError(f"q_mu and q_sigma_sq differ in shape: {qm.shape} vs {qs.shape}")
+    if gm.shape != gs.shape:
+        raise ValueError(f"g_mu and g_sigma_sq differ in shape: {gm.shape} vs {gs.shape}")
+    if qm.shape[1] != gm.shape[1]:
+        raise ValueError(f"queries and gallery differ in dim: {qm.shape[1]} vs {gm.shape[1]}")
+    return qm, qs, gm, gs
+
+
+def mls(q_mu: ArrayLike, q_sigma_sq: ArrayLike, g_mu: ArrayLike, g_sigma_sq: ArrayLike) -> np.ndarray:
+    """All mutual likelihood scores: float32 ``[len(q_mu), len(g_mu)]``, higher = more alike."""
+    return _kernels.mls(*_gaussians(q_mu, q_sigma_sq, g_mu, g_sigma_sq))
+
+
+def mls_match(
+    q_mu: ArrayLike, q_sigma_sq: ArrayLike, g_mu: ArrayLike, g_sigma_sq: ArrayLike, threshold: float
+) -> MLSMatches:
+    """Every (query, gallery) pair with ``MLS >= threshold`` (any real number but NaN).
+
+    Fused: the ``len(q_mu) x len(g_mu)`` matrix is never built.
+    """
+    arrays = _gaussians(q_mu, q_sigma_sq, g_mu, g_sigma_sq)
+    if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real):
+        raise TypeError(f"threshold must be a real number, got {type(threshold).__name__}")
+    threshold = float(threshold)
+    if np.isnan(threshold):
+        raise ValueError("threshold must be a number, got NaN")
+    return MLSMatches(*_kernels.mls_match(*arrays, threshold))
+
+
+def mls_topk(
+    q_mu: ArrayLike, q_sigma_sq: ArrayLike, g_mu: ArrayLike, g_sigma_sq: ArrayLike, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` highest-MLS gallery rows of each query, highest first.
+
+    Returns ``(idx, score)``: int64 and float32 ``[len(q_mu), k]``. Ties go to the
+    lower gallery index. When the gallery has fewer than ``k`` rows the missing
+    entries are ``idx = -1``, ``score = -inf``. Fused like :func:`mls_match`.
+    """
+    arrays = _gaussians(q_mu, q_sigma_sq, g_mu, g_sigma_sq)
+    if isinstance(k, bool):
+        raise TypeError("k must be an integer, got bool")
+    try:
+        k = operator.index(k)
+    except TypeError:
+        raise TypeError(f"k must be an integer, got {type(k).__name__}") from None
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    return _kernels.mls_topk(*arrays, k)
 
 
 def isa() -> str:

@@ -335,6 +335,8 @@ void topk(const float* Q, size_t nq, const float* G, size_t ng, size_t dim, size
   sink.collect(idx, dist);
 }
 
+const TileKernels& detail::active_kernels() { return *g_kernels.load(); }
+
 std::string isa() { return g_kernels.load()->name; }
 
 std::vector<std::string> available_isas() {

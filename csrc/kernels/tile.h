@@ -1,4 +1,5 @@
-// Internal: one instruction set's distance micro-kernels.
+// Internal: one instruction set's micro-kernels (squared-L2 distances and the
+// mutual likelihood score).
 //
 // The gallery is consumed in panels of `panel_width` rows packed transposed
 // ([dim][panel_width]), so the micro-kernel loads consecutive gallery rows as
@@ -40,11 +41,25 @@ struct TileKernels {
   void (*direct)(const float* q, std::size_t mq, std::size_t dim, const float* qnorms,
                  const float* g, std::size_t rows, const float* bound, bool inclusive,
                  float* out, std::uint32_t* hits, float* gnorms);
+
+  // Mutual likelihood scores of one query (mu, sigma^2) against `rows` gallery
+  // rows read in place (row-major, `dim` values each): out[j] for j < rows.
+  // Every pair runs the same instruction sequence wherever it falls (see
+  // mls_simd.h), so its score does not depend on rows, threads or batch size.
+  // Variances must lie in [kMlsMinVariance, kMlsMaxVariance] (checked by the caller).
+  void (*mls)(const float* q_mu, const float* q_s, const float* g_mu, const float* g_s,
+              std::size_t rows, std::size_t dim, float* out);
 };
 
 const TileKernels* generic_kernels();
 // Null where the instruction set is not compiled in (non-x86 builds).
 const TileKernels* avx2_kernels();
 const TileKernels* avx512_kernels();
+
+// The kernels chosen by FACESDK_ISA / set_isa (distance.cpp).
+const TileKernels& active_kernels();
+
+// (D/2) log(2 pi), the constant term of the mutual likelihood score.
+inline double mls_constant(std::size_t dim) { return 0.5 * double(dim) * 1.8378770664093454836; }
 
 }  // namespace facesdk::detail

@@ -1,9 +1,11 @@
-// AVX2 + FMA micro-kernels: 6 query rows x 16 gallery rows (12 accumulators).
+// AVX2 + FMA micro-kernels: 6 query rows x 16 gallery rows (12 accumulators),
+// and the MLS kernel of mls_simd.h on 8-float vectors.
 #include "tile.h"
 
 #if defined(__x86_64__) || defined(_M_X64)
 #pragma GCC target("avx2,fma")
 #include "tile_simd.h"
+#include "mls_simd.h"
 
 namespace {
 struct Avx2 {
@@ -25,8 +27,35 @@ struct Avx2 {
     const reg m = inclusive ? _mm256_cmp_ps(v, lim, _CMP_LE_OQ) : _mm256_cmp_ps(v, lim, _CMP_LT_OQ);
     return static_cast<std::uint32_t>(_mm256_movemask_ps(m));
   }
+  // For mls_simd.h.
+  using ireg = __m256i;
+  using mask = __m256i;
+  static reg mul(reg a, reg b) { return _mm256_mul_ps(a, b); }
+  static reg div(reg a, reg b) { return _mm256_div_ps(a, b); }
+  static ireg izero() { return _mm256_setzero_si256(); }
+  static ireg iset1(int x) { return _mm256_set1_epi32(x); }
+  static ireg iadd(ireg a, ireg b) { return _mm256_add_epi32(a, b); }
+  static ireg isub(ireg a, ireg b) { return _mm256_sub_epi32(a, b); }
+  static reg to_float(ireg a) { return _mm256_cvtepi32_ps(a); }
+  // x > 0 normal: its biased exponent, and its mantissa as a float in [1, 2).
+  static ireg exponent_bits(reg x) { return _mm256_srli_epi32(_mm256_castps_si256(x), 23); }
+  static reg mantissa(reg x) {
+    return _mm256_or_ps(_mm256_and_ps(x, _mm256_castsi256_ps(_mm256_set1_epi32(0x007FFFFF))), _mm256_set1_ps(1.f));
+  }
+  static mask first_lanes(std::size_t n) {
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(int(n)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  }
+  static reg load_lanes(const float* p, mask m) { return _mm256_maskload_ps(p, m); }
+  static reg select(mask m, reg yes, reg no) { return _mm256_blendv_ps(no, yes, _mm256_castsi256_ps(m)); }
+  static reg hmul(reg a, reg b) {  // _mm256_hadd_ps's lane order, multiplying
+    return _mm256_mul_ps(_mm256_shuffle_ps(a, b, 0x88), _mm256_shuffle_ps(a, b, 0xDD));
+  }
+  static __m128 hmul4(const reg v[4]) {  // lane products of 4 vectors, hsum4's tree
+    const reg t = hmul(hmul(v[0], v[1]), hmul(v[2], v[3]));
+    return _mm_mul_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1));
+  }
 };
-constexpr facesdk::detail::TileKernels kAvx2 = make_kernels<Avx2, 6>("avx2");
+constexpr facesdk::detail::TileKernels kAvx2 = make_kernels<Avx2, 6>("avx2", mls_rows<Avx2>);
 }  // namespace
 
 const facesdk::detail::TileKernels* facesdk::detail::avx2_kernels() { return &kAvx2; }

@@ -208,9 +208,9 @@ void distances(const float* q, size_t mr, size_t dim, const float* qn, const flo
 }
 
 template <class V, int MR>
-constexpr facesdk::detail::TileKernels make_kernels(const char* name) {
+constexpr facesdk::detail::TileKernels make_kernels(const char* name, decltype(facesdk::detail::TileKernels::mls) mls) {
   return {name,          2 * V::width,      MR, kDirectRows, pack_panel<2 * V::width>, row_norms,
-          distances<V, MR>, direct_rows<V>};
+          distances<V, MR>, direct_rows<V>, mls};
 }
 
 }  // namespace

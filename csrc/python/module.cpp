@@ -74,13 +74,76 @@ py::tuple topk(const Embeddings& Q, const Embeddings& G, std::size_t k) {
   return py::make_tuple(idx, dist);
 }
 
+// MLS inputs: (mu, sigma^2) of the queries and of the gallery, all [rows, dim].
+struct GaussianSets {
+  Shape q, g;
+  std::size_t dim;
+};
+
+GaussianSets gaussian_sets(const Embeddings& Q_mu, const Embeddings& Q_s, const Embeddings& G_mu,
+                           const Embeddings& G_s) {
+  const Shape qm = shape_of(Q_mu, "Q_mu"), qs = shape_of(Q_s, "Q_s");
+  const Shape gm = shape_of(G_mu, "G_mu"), gs = shape_of(G_s, "G_s");
+  if (qm.rows != qs.rows || qm.dim != qs.dim)
+    throw py::value_error("Q_mu and Q_s differ in shape");
+  if (gm.rows != gs.rows || gm.dim != gs.dim)
+    throw py::value_error("G_mu and G_s differ in shape");
+  return {qm, gm, common_dim(qm, gm)};
+}
+
+py::array_t<float> mls(const Embeddings& Q_mu, const Embeddings& Q_s, const Embeddings& G_mu,
+                       const Embeddings& G_s) {
+  const GaussianSets x = gaussian_sets(Q_mu, Q_s, G_mu, G_s);
+  py::array_t<float> out({x.q.rows, x.g.rows});
+  float* o = out.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    facesdk::mls(Q_mu.data(), Q_s.data(), x.q.rows, G_mu.data(), G_s.data(), x.g.rows, x.dim, o);
+  }
+  return out;
+}
+
+py::tuple mls_match(const Embeddings& Q_mu, const Embeddings& Q_s, const Embeddings& G_mu,
+                    const Embeddings& G_s, float threshold) {
+  const GaussianSets x = gaussian_sets(Q_mu, Q_s, G_mu, G_s);
+  facesdk::MlsMatches m;
+  {
+    py::gil_scoped_release nogil;
+    m = facesdk::mls_match(Q_mu.data(), Q_s.data(), x.q.rows, G_mu.data(), G_s.data(), x.g.rows, x.dim,
+                           threshold);
+  }
+  return py::make_tuple(to_numpy(m.query), to_numpy(m.gallery), to_numpy(m.score));
+}
+
+py::tuple mls_topk(const Embeddings& Q_mu, const Embeddings& Q_s, const Embeddings& G_mu,
+                   const Embeddings& G_s, std::size_t k) {
+  const GaussianSets x = gaussian_sets(Q_mu, Q_s, G_mu, G_s);
+  py::array_t<std::int64_t> idx({x.q.rows, k});
+  py::array_t<float> score({x.q.rows, k});
+  std::int64_t* i = idx.mutable_data();
+  float* s = score.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    facesdk::mls_topk(Q_mu.data(), Q_s.data(), x.q.rows, G_mu.data(), G_s.data(), x.g.rows, x.dim, k, i, s);
+  }
+  return py::make_tuple(idx, score);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_kernels, m) {
-  m.doc() = "C++ kernels: batched squared-L2 distances, threshold match, top-k (see sdk.kernels)";
+  m.doc() =
+      "C++ kernels: batched squared-L2 distances, threshold match, top-k, and the same for the "
+      "mutual likelihood score of PFE (see sdk.kernels)";
   m.def("sq_l2", &sq_l2, py::arg("Q"), py::arg("G"));
   m.def("match", &match, py::arg("Q"), py::arg("G"), py::arg("threshold"));
   m.def("topk", &topk, py::arg("Q"), py::arg("G"), py::arg("k"));
+  m.def("mls", &mls, py::arg("Q_mu"), py::arg("Q_s"), py::arg("G_mu"), py::arg("G_s"));
+  m.def("mls_match", &mls_match, py::arg("Q_mu"), py::arg("Q_s"), py::arg("G_mu"), py::arg("G_s"),
+        py::arg("threshold"));
+  m.def("mls_topk", &mls_topk, py::arg("Q_mu"), py::arg("Q_s"), py::arg("G_mu"), py::arg("G_s"), py::arg("k"));
+  m.attr("MLS_MIN_VARIANCE") = facesdk::kMlsMinVariance;
+  m.attr("MLS_MAX_VARIANCE") = facesdk::kMlsMaxVariance;
   m.def("isa", &facesdk::isa);
   m.def("available_isas", &facesdk::available_isas);
   m.def("set_isa", &facesdk::set_isa, py::arg("name"));

@@ -1,4 +1,6 @@
-// facesdk kernels: batched squared-L2 distances, threshold matching and top-k.
+// facesdk kernels: batched squared-L2 distances, threshold matching and top-k,
+// and the same three calls for the mutual likelihood score of Probabilistic
+// Face Embeddings (PFE).
 //
 // A flat array-in/array-out C++ API (no Python), for firmware that links the
 // library directly. Embeddings are float32, row-major, `dim` values per row.
@@ -39,7 +41,61 @@ Matches match(const float* Q, std::size_t nq, const float* G, std::size_t ng,
 void topk(const float* Q, std::size_t nq, const float* G, std::size_t ng,
           std::size_t dim, std::size_t k, std::int64_t* idx, float* dist);
 
-// Instruction set of the distance kernels: "avx512", "avx2" or "generic",
+// ---- Mutual likelihood score (PFE, Shi & Jain, ICCV 2019) ----------------
+//
+// Each face is a Gaussian N(mu, diag(s)), s = sigma^2 per dimension. For two
+// faces, higher = more likely the same person:
+//
+//   MLS = -1/2 sum_d [ (mu1_d - mu2_d)^2 / (s1_d + s2_d) + log(s1_d + s2_d) ]
+//         - (D/2) log(2 pi)
+//
+// Inputs: Q_mu, Q_s [nq x dim], G_mu, G_s [ng x dim], float32 row-major. Every
+// mu must be finite and every s in [kMlsMinVariance, kMlsMaxVariance] (the
+// positive normal floats for which s1 + s2 stays finite and normal); any other
+// value throws std::invalid_argument naming the array and the row.
+//
+// The log is never taken per dimension: log(s1 + s2) is split into its binary
+// exponent (summed exactly as integers) and its mantissa in [1, 2) (multiplied
+// into a running product), and one log per pair of that product finishes the
+// sum (a Cephes-style polynomial in the AVX2 / AVX-512 kernels, std::log in
+// the portable one). Accuracy against the exact score of the float32 inputs:
+//
+//   |score - exact| <= (ceil(D / 8) + 16) * 2^-24 * R,
+//   R = sum_d [ (mu1_d - mu2_d)^2 / (s1_d + s2_d) + |log(s1_d + s2_d)| ] + (D/2) log(2 pi)
+//
+// (R >= |score|; measured: under 2 * 2^-24 * R on random and extreme inputs).
+// Where sum_d (mu1_d - mu2_d)^2 / (s1_d + s2_d) overflows float32 (huge mean
+// differences over tiny variances; the true score is then below about
+// -FLT_MAX / 2) the score is -inf; scores are never NaN.
+//
+// A pair's score is bit-identical in mls, mls_match and mls_topk, for any
+// batch size, gallery split and number of threads (on one instruction set), and
+// symmetric: MLS(a, b) == MLS(b, a) exactly.
+inline constexpr float kMlsMinVariance = 0x1p-126f;  // FLT_MIN, ~1.18e-38
+inline constexpr float kMlsMaxVariance = 0x1p126f;   // ~8.51e37
+
+// out[i * ng + j] = MLS(Q_i, G_j). `out` holds nq * ng floats.
+void mls(const float* Q_mu, const float* Q_s, std::size_t nq, const float* G_mu,
+         const float* G_s, std::size_t ng, std::size_t dim, float* out);
+
+// Every pair with MLS >= threshold (any number but NaN), sorted by (query,
+// gallery). Never materialises the nq x ng matrix.
+struct MlsMatches {
+  std::vector<std::int64_t> query;
+  std::vector<std::int64_t> gallery;
+  std::vector<float> score;
+};
+MlsMatches mls_match(const float* Q_mu, const float* Q_s, std::size_t nq, const float* G_mu,
+                     const float* G_s, std::size_t ng, std::size_t dim, float threshold);
+
+// The k highest-scoring gallery rows of every query, highest first, ties broken
+// by the lower gallery index. idx and score hold nq * k values; when k > ng the
+// missing entries are idx = -1, score = -inf.
+void mls_topk(const float* Q_mu, const float* Q_s, std::size_t nq, const float* G_mu,
+              const float* G_s, std::size_t ng, std::size_t dim, std::size_t k,
+              std::int64_t* idx, float* score);
+
+// Instruction set of the distance and MLS kernels: "avx512", "avx2" or "generic",
 // chosen at load time as the best the CPU supports (the environment variable
 // FACESDK_ISA overrides it). set_isa throws for a name this CPU cannot run.
 std::string isa();
