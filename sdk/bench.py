@@ -9,6 +9,25 @@ at (q=1, n=1M), (q=64, n=100k), (q=1024, n=100k); the achieved fraction of
 memory bandwidth at q=1 (against a large copy timed in the same run), GFLOP/s
 at q=1024, and the peak memory of fused top-k and match at (q=1024, n=1M),
 where the unfused distance matrix would take 4 GB.
+
+    python -m sdk.bench [run] [--backend onnxruntime,torch,tensorrt] [--model PATH ...] [--dlib]
+                              [--precision P] [--json PATH] [--plot PATH.png] [--quick]
+
+``run`` (the default, so ``facesdk bench`` alone runs it): the offline benchmark of the whole
+pipeline on real faces (LFW images from ``sdk.data.data_dir()``). Per-stage latency p50/p95:
+decode (``cv2.imdecode`` of the JPEG bytes), detect (the default detector), align
+(``sdk.align``), embed at batch 1/8/32 for every backend and model, top-1 match of one query
+against galleries of 10k/100k/1M random unit vectors (``sdk.kernels``), and throughput (embed
+faces/s at the largest batch; end-to-end single-face frames/s). Backends: ``onnxruntime`` runs
+every ``--model`` ONNX file (precision from its metadata key ``precision``, default fp32),
+``torch`` dlib's ResNet-29 converted to PyTorch (the graph ``export.onnx`` exports),
+``tensorrt`` every ``--model`` engine file (``.engine``/``.plan``, through ``sdk.tensorrt``;
+precision from the engine's metadata file, which ``--precision`` must match), and ``--dlib``
+adds dlib-bin's own descriptor. A backend that cannot run here prints a ``skipped`` line with
+the reason and the others are measured. ONNX Runtime and torch use ``--threads`` (default: all
+cores). Ratios (INT8 over FP32, ONNX Runtime over torch and dlib-bin, TensorRT over ONNX
+Runtime) compare p50 ms per face measured in the same run; every engine's embeddings of the same
+chips are compared with the reference's (the first ONNX Runtime FP32 model).
 """
 
 from __future__ import annotations
@@ -17,9 +36,13 @@ import argparse
 import json
 import os
 import platform
+import random
+import shutil
+import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -290,9 +313,669 @@ def print_pipeline(result: dict) -> None:
         print(f"{label:<20} {r['faces']:>5} {cells}")
 
 
+# --- run: the offline benchmark of the whole pipeline on real faces ---------------------------
+
+BACKENDS = ("onnxruntime", "torch", "tensorrt")
+ENGINE_SUFFIXES = (".engine", ".plan")
+PRECISIONS = ("fp32", "fp16", "int8")
+SUBCOMMANDS = ("kernels", "pipeline", "run")
+
+
+@dataclass(frozen=True)
+class RunSizes:
+    images: int  # LFW images decoded, detected and aligned (one face each)
+    batches: tuple[int, ...]  # embed batch sizes
+    galleries: tuple[int, ...]  # match gallery sizes (random unit vectors)
+    passes: int  # timed passes over the images: decode, detect, align, end-to-end
+    repeat: int  # timed calls per embed batch and per gallery
+    budget_s: float  # per case: stop early after this long (dlib-bin takes seconds per batch of 32)
+
+
+FULL_RUN = RunSizes(
+    images=64, batches=(1, 8, 32), galleries=(10_000, 100_000, 1_000_000), passes=3, repeat=20, budget_s=5.0
+)
+QUICK_RUN = RunSizes(images=6, batches=(1, 4), galleries=(1_000, 10_000), passes=1, repeat=3, budget_s=0.5)
+MIN_SAMPLES = 3
+MATCH_REPEAT_FACTOR = 5  # one top-1 costs microseconds to milliseconds: more samples for the same time
+
+
+def usable_cores() -> int:
+    """CPUs this process may run on (a container or taskset may allow fewer than the machine has)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+class BenchError(Exception):
+    """A benchmark that cannot run as asked (missing data, a model that does not load)."""
+
+
+@dataclass
+class Candidate:
+    """One embedding engine under test: a backend running one model at one precision."""
+
+    backend: str  # onnxruntime | torch | tensorrt | dlib-bin
+    precision: str  # fp32 | fp16 | int8
+    model: str  # file name or class, to tell two models of one backend apart
+    embed: Callable[[np.ndarray], np.ndarray]  # uint8 RGB chips [N, H, W, 3] -> [N, D]
+    detail: dict
+    close: Callable[[], None] | None = None  # frees what the engine holds (GPU memory)
+
+    @property
+    def label(self) -> str:
+        return f"{self.backend} {self.precision} ({self.model})"
+
+
+def percentiles(ms: list[float]) -> dict:
+    """p50 / p95 / mean of a list of wall times in ms (np.percentile keeps p50 <= p95)."""
+    a = np.asarray(ms, np.float64)
+    return {
+        "p50_ms": float(np.percentile(a, 50)),
+        "p95_ms": float(np.percentile(a, 95)),
+        "mean_ms": float(a.mean()),
+        "samples": int(a.size),
+    }
+
+
+def sample_ms(
+    fn: Callable[[int], object], count: int, budget_s: float, min_count: int = MIN_SAMPLES
+) -> list[float]:
+    """Wall times in ms of fn(0), fn(1), ...: `count` calls, or fewer (never under min_count)
+    once `budget_s` seconds have passed, so a slow engine does not stretch the run to minutes."""
+    times: list[float] = []
+    start = time.perf_counter()
+    for i in range(count):
+        t0 = time.perf_counter()
+        fn(i)
+        times.append((time.perf_counter() - t0) * 1e3)
+        if len(times) >= min_count and time.perf_counter() - start > budget_s:
+            break
+    return times
+
+
+def lfw_jpegs(count: int) -> tuple[list[Path], list[np.ndarray]]:
+    """The JPEG bytes of the first image of `count` LFW people, in a fixed pseudo-random order."""
+    from sdk.data import data_dir
+
+    root = data_dir() / "lfw" / "images_deepfunneled"
+    if not root.is_dir():
+        raise BenchError(f"LFW images not found under {root}: set FACESDK_DATA to the folder holding lfw/")
+    people = sorted(p.name for p in root.iterdir() if p.is_dir())
+    random.Random(0).shuffle(people)
+    paths = [root / name / f"{name}_0001.jpg" for name in people[:count]]
+    return paths, [np.fromfile(p, np.uint8) for p in paths]
+
+
+def measure_stages(jpegs: list[np.ndarray], detector, passes: int) -> tuple[dict, np.ndarray, list[int]]:
+    """p50/p95 of decode, detect and align per image; the aligned chips and which images had a face."""
+    import cv2
+
+    from sdk.align import align
+    from sdk.lfw import central_face
+
+    def one(jpeg: np.ndarray) -> tuple[list[float], np.ndarray | None]:
+        t0 = time.perf_counter()
+        image = cv2.imdecode(jpeg, cv2.IMREAD_COLOR)
+        t1 = time.perf_counter()
+        face = central_face(detector.detect(image), image.shape)
+        t2 = time.perf_counter()
+        if face is None:
+            return [t1 - t0, t2 - t1], None
+        chip = align(cv2.cvtColor(image, cv2.COLOR_BGR2RGB), face.landmarks, detector.scheme)
+        return [t1 - t0, t2 - t1, time.perf_counter() - t2], chip
+
+    one(jpegs[0])  # warm-up: first calls allocate
+    times: dict[str, list[float]] = {"decode": [], "detect": [], "align": []}
+    chips: dict[int, np.ndarray] = {}
+    for _ in range(passes):
+        for i, jpeg in enumerate(jpegs):
+            seconds, chip = one(jpeg)
+            for stage, s in zip(times, seconds):
+                times[stage].append(s * 1e3)
+            if chip is not None:
+                chips[i] = chip
+    if not chips:
+        raise BenchError(f"{detector.name} found no face in any of the {len(jpegs)} LFW images")
+    found = sorted(chips)
+    return {stage: percentiles(t) for stage, t in times.items()}, np.stack([chips[i] for i in found]), found
+
+
+def load_onnx(path: Path, threads: int) -> Candidate:
+    from sdk.embed import OnnxEmbedder
+
+    try:
+        embedder = OnnxEmbedder(path, threads=threads)
+    except Exception as e:  # ONNX Runtime's load errors are plain Exceptions; say which file failed
+        raise BenchError(f"--model {path}: onnxruntime cannot load it: {type(e).__name__}: {e}") from e
+    precision = embedder.metadata.get("precision", "fp32").lower()
+    detail = {"path": str(path), "model_name": embedder.name, "threads": threads, "providers": embedder.providers}
+    return Candidate("onnxruntime", precision, path.name, embedder.embed, detail)
+
+
+def load_torch(threads: int) -> Candidate:
+    """dlib's ResNet-29 converted to PyTorch, wrapped in the very graph export.onnx exports
+    (uint8 NHWC -> float NCHW -> network -> L2-normalised), so it computes what the ONNX file does."""
+    import torch
+
+    # A benchmark-only exception to "sdk never imports train/": the reference it measures against.
+    from export.onnx import ChipEmbedding
+    from train.backbones.dlib_resnet import DlibResNet
+
+    torch.set_num_threads(threads)
+    net = ChipEmbedding(DlibResNet.from_dlib()).eval()
+
+    def embed(chips: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return net(torch.from_numpy(chips)).numpy()
+
+    return Candidate("torch", "fp32", "DlibResNet.from_dlib", embed, {"threads": threads, "torch": torch.__version__})
+
+
+def load_dlib() -> Candidate:
+    """dlib-bin's own descriptor on the same chips, through its batch API (a list of 150x150 chips).
+
+    Its raw descriptors are L2-normalised afterwards (~1 us) to compare with ours."""
+    import dlib
+
+    from sdk.dlib_format import dlib_model_path
+
+    model = dlib.face_recognition_model_v1(str(dlib_model_path()))
+
+    def embed(chips: np.ndarray) -> np.ndarray:
+        out = np.asarray(model.compute_face_descriptor(list(chips)), np.float32)
+        return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+    detail = {"api": "compute_face_descriptor(list of chips)"}
+    return Candidate("dlib-bin", "fp32", "face_recognition_model_v1", embed, detail)
+
+
+def tensorrt_version() -> str | None:
+    """TensorRT's version when its real bindings import, else None (tensorrt-stubs alone makes
+    ``import tensorrt`` succeed as an empty namespace package)."""
+    try:
+        import tensorrt as trt
+    except (ImportError, OSError):  # OSError: the wheel is there, libnvinfer is not
+        return None
+    return getattr(trt, "__version__", None) if hasattr(trt, "Runtime") else None
+
+
+def load_tensorrt(engines: list[Path], precision: str | None) -> tuple[list[Candidate], list[str]]:
+    """A Candidate per engine that runs here, and the reasons for those that do not.
+
+    Every failure (no TensorRT, no CUDA, an engine built for another GPU or TensorRT) is a reason,
+    never an exception: the other backends still get measured. An engine's precision is the one
+    its metadata file records; ``precision`` (--precision) must agree with it."""
+    try:
+        from sdk.tensorrt import TensorRTEmbedder, import_tensorrt
+    except Exception as e:  # an optional backend: whatever breaks its import is the reason to skip it
+        return [], [f"sdk.tensorrt cannot be imported: {type(e).__name__}: {e}"]
+    try:
+        trt = import_tensorrt()
+    except Exception as e:  # BackendUnavailableError with what to install
+        return [], [str(e)]
+    if not engines:
+        return [], ["no engine given: pass --model PATH.engine (engines are built per GPU with `facesdk export trt`)"]
+    found, skipped = [], []
+    for path in engines:
+        try:
+            embedder = TensorRTEmbedder(path)
+        except Exception as e:  # no CUDA device, cuda-python missing, engine for another GPU, ...
+            skipped.append(f"{path}: {type(e).__name__}: {e}")
+            continue
+        engine_precision = str(getattr(embedder, "precision", None) or precision or "fp32").lower()
+        if precision and engine_precision != precision:
+            skipped.append(f"{path}: its metadata says {engine_precision}, not --precision {precision}")
+            embedder.close()
+            continue
+        detail = {"path": str(path), "model_name": embedder.name, "tensorrt": trt.__version__}
+        detail["providers"] = embedder.providers
+        found.append(Candidate("tensorrt", engine_precision, path.name, embedder.embed, detail, embedder.close))
+    return found, skipped
+
+
+def load_candidates(args: argparse.Namespace) -> tuple[list[Candidate], list[dict]]:
+    """The engines to measure, and the skipped ones with the reason (printed, never fatal)."""
+    candidates: list[Candidate] = []
+    skipped: list[dict] = []
+    for path in args.onnx_models:
+        candidates.append(load_onnx(path, args.threads))
+    if "torch" in args.backends:
+        try:
+            candidates.append(load_torch(args.threads))
+        except (ImportError, FileNotFoundError) as e:
+            skipped.append({"backend": "torch", "reason": f"{type(e).__name__}: {e}"})
+    if "tensorrt" in args.backends:
+        found, reasons = load_tensorrt(args.engines, args.precision)
+        candidates += found
+        skipped += [{"backend": "tensorrt", "reason": r} for r in reasons]
+    if args.dlib:
+        try:
+            candidates.append(load_dlib())
+        except (ImportError, FileNotFoundError) as e:
+            skipped.append({"backend": "dlib-bin", "reason": f"{type(e).__name__}: {e}"})
+    for s in skipped:
+        print(f"{s['backend']}: skipped: {s['reason']}", file=sys.stderr, flush=True)
+    return candidates, skipped
+
+
+def reference_of(candidates: list[Candidate]) -> Candidate:
+    """What the others are compared with: the first ONNX Runtime FP32 model, else the first engine."""
+    return next((c for c in candidates if c.backend == "onnxruntime" and c.precision == "fp32"), candidates[0])
+
+
+def measure_embed(c: Candidate, chips: np.ndarray, sizes: RunSizes, pause: float, reference: np.ndarray) -> dict:
+    """ms per batch and per face (p50/p95) at every batch size, faces/s at the largest batch and,
+    against the reference engine's embeddings of the same chips, the largest difference."""
+    out: dict = {"label": c.label, "backend": c.backend, "precision": c.precision, "model": c.model, **c.detail}
+    out["batches"] = {}
+    for b in sizes.batches:
+        batch = np.ascontiguousarray(chips[np.arange(b) % len(chips)])  # repeats faces when fewer than b
+        print(f"  embed {c.label} batch {b} ...", file=sys.stderr, flush=True)
+        time.sleep(pause)
+        c.embed(batch)  # warm-up: first calls allocate and pick kernels
+        stats = percentiles(sample_ms(lambda _: c.embed(batch), sizes.repeat, sizes.budget_s))
+        stats["p50_ms_per_face"] = stats["p50_ms"] / b
+        stats["p95_ms_per_face"] = stats["p95_ms"] / b
+        out["batches"][str(b)] = stats
+    largest = str(max(sizes.batches))
+    out["faces_per_s"] = max(sizes.batches) / out["batches"][largest]["p50_ms"] * 1e3
+    mine = c.embed(chips)
+    out["vs_reference"] = {
+        "max_abs_diff": float(np.abs(mine - reference).max()),
+        # in the units of the SDK's thresholds (the default model's at FAR 1e-3: 0.14)
+        "max_squared_l2": float(np.max(np.sum((mine - reference) ** 2, axis=1))),
+    }
+    return out
+
+
+def measure_match(query: np.ndarray, galleries: tuple[int, ...], sizes: RunSizes, pause: float) -> dict:
+    """Top-1 of one query against galleries of random unit vectors, with our kernels."""
+    rng = np.random.default_rng(0)
+    gallery = unit_rows(rng, max(galleries), query.shape[1])
+    out = {}
+    for n in galleries:
+        g = gallery[:n]
+        print(f"  match top-1 n={n:,} ...", file=sys.stderr, flush=True)
+        time.sleep(pause)
+        kernels.topk(query, g, 1)
+        times = sample_ms(lambda _: kernels.topk(query, g, 1), sizes.repeat * MATCH_REPEAT_FACTOR, sizes.budget_s)
+        out[str(n)] = percentiles(times)
+    return out
+
+
+def measure_end_to_end(
+    c: Candidate, jpegs: list[np.ndarray], detector, gallery: np.ndarray, sizes: RunSizes, pause: float
+) -> dict:
+    """Single-face frames one after the other: decode, detect, align, embed (batch 1), top-1 match."""
+    import cv2
+
+    from sdk.align import align
+    from sdk.lfw import central_face
+
+    def frame(i: int) -> None:
+        image = cv2.imdecode(jpegs[i % len(jpegs)], cv2.IMREAD_COLOR)
+        face = central_face(detector.detect(image), image.shape)
+        if face is None:  # the jpegs are those where a face was found; a frame without one costs this
+            return
+        chip = align(cv2.cvtColor(image, cv2.COLOR_BGR2RGB), face.landmarks, detector.scheme)
+        kernels.topk(c.embed(chip[None]), gallery, 1)
+
+    print(f"  end-to-end {c.label} ...", file=sys.stderr, flush=True)
+    time.sleep(pause)
+    frame(0)
+    stats = percentiles(sample_ms(frame, sizes.passes * len(jpegs), sizes.budget_s * 2))
+    return {"label": c.label, "backend": c.backend, "precision": c.precision, "gallery": len(gallery),
+            **stats, "frames_per_s": 1e3 / stats["mean_ms"]}  # fmt: skip
+
+
+def ratio_rows(embeds: list[dict], reference_label: str) -> list[dict]:
+    """Speed-ups in p50 ms per face, per batch: `faster` over `baseline` = baseline ms / faster ms.
+
+    Lower precision over FP32 of the same backend, TensorRT over ONNX Runtime FP32, and the
+    reference (ONNX Runtime FP32, ours) over torch and over dlib-bin."""
+    by_label = {e["label"]: e for e in embeds}
+    ref = by_label[reference_label]
+    pairs: list[tuple[dict, dict]] = []
+    for e in embeds:
+        if e is ref:
+            continue
+        if e["backend"] in ("torch", "dlib-bin"):
+            pairs.append((ref, e))
+            continue
+        same_fp32 = next(
+            (f for f in embeds if f["backend"] == e["backend"] and f["precision"] == "fp32" and f is not e), None
+        )
+        if e["precision"] != "fp32" and same_fp32 is not None:
+            pairs.append((e, same_fp32))
+        if e["backend"] != ref["backend"]:
+            pairs.append((e, ref))
+        elif e["precision"] == "fp32":  # a second FP32 file of the same backend
+            pairs.append((e, ref))
+    rows = []
+    for faster, baseline in pairs:
+        by_batch = {
+            b: baseline["batches"][b]["p50_ms_per_face"] / faster["batches"][b]["p50_ms_per_face"]
+            for b in faster["batches"]
+        }
+        rows.append({"faster": faster["label"], "baseline": baseline["label"], "by_batch": by_batch})
+    return rows
+
+
+def cpu_name() -> str:
+    """The CPU model: /proc/cpuinfo's "model name" (x86), else lscpu's (aarch64, e.g. Cortex-A78AE)."""
+    name = machine_info()["cpu"]
+    if name:
+        return name
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+        names = (line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
+        return next(names, "unknown")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+# Instruction-set features that decide embedding and matching speed (x86 flags, aarch64 Features).
+ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16",
+             "avx512_fp16", "amx_int8", "asimd", "asimdhp", "asimddp", "i8mm", "sve", "sve2", "bf16")  # fmt: skip
+
+
+def cpu_isa() -> list[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    have = set(line.split(":", 1)[1].split())
+                    return [flag for flag in ISA_FLAGS if flag in have]
+    except OSError:
+        pass
+    return []
+
+
+def gpu_info() -> list[str]:
+    """GPUs named by nvidia-smi, and a Jetson's board name (its GPU is integrated)."""
+    gpus = []
+    if shutil.which("nvidia-smi"):
+        try:
+            query = ["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"]
+            out = subprocess.run(query, capture_output=True, text=True, timeout=20)
+            if out.returncode == 0:
+                gpus += [line.strip() for line in out.stdout.splitlines() if line.strip()]
+        except (OSError, subprocess.SubprocessError):
+            pass
+    board = Path("/proc/device-tree/model")
+    if board.is_file():
+        name = board.read_bytes().rstrip(b"\0").decode(errors="replace")
+        if "jetson" in name.lower() or "nvidia" in name.lower():
+            gpus.append(name)
+    return gpus
+
+
+def device_info(threads: int) -> dict:
+    import onnxruntime as ort
+
+    return {
+        "cpu": cpu_name(),
+        "cores": usable_cores(),
+        "arch": platform.machine(),
+        "isa": cpu_isa(),
+        "gpu": gpu_info(),
+        "onnxruntime_providers": ort.get_available_providers(),
+        "threads": threads,
+        "os": platform.platform(),
+    }
+
+
+def _dist_version(*names: str) -> str | None:
+    from importlib import metadata
+
+    for name in names:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def versions() -> dict:
+    """Versions of everything measured; None for what is not installed."""
+    import cv2
+    import onnxruntime as ort
+
+    torch = sys.modules.get("torch")
+    return {
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "onnxruntime": ort.__version__,
+        "opencv": cv2.__version__,
+        "torch": torch.__version__ if torch else _dist_version("torch"),
+        # Jetson's TensorRT comes from JetPack's apt packages, without pip metadata: ask the module.
+        "tensorrt": tensorrt_version(),
+        "dlib": _dist_version("dlib-bin", "dlib"),
+        "faiss": _dist_version("faiss-cpu", "faiss-gpu", "faiss"),
+        "kernels_isa": kernels.isa(),
+    }
+
+
+def bench_run(args: argparse.Namespace) -> dict:
+    """Everything `run` measures (see the module doc), as one JSON-ready dict."""
+    paths, jpegs = lfw_jpegs(args.sizes.images)
+    candidates, skipped = load_candidates(args)
+    if not candidates:
+        reasons = "; ".join(f"{s['backend']}: {s['reason']}" for s in skipped)
+        raise BenchError(f"no embedding backend could run: {reasons}")
+    try:
+        result = measure_all(args, jpegs, candidates)
+    finally:
+        for c in candidates:
+            if c.close:
+                c.close()
+    result["images"]["first"] = str(paths[0])
+    return {"device": device_info(args.threads), "versions": versions(), **result, "skipped": skipped}
+
+
+def measure_all(args: argparse.Namespace, jpegs: list[np.ndarray], candidates: list[Candidate]) -> dict:
+    import cv2
+
+    from sdk.detect import default_detector
+
+    sizes = args.sizes
+    detector, _ = default_detector()
+    print(f"  decode/detect/align on {len(jpegs)} LFW images ...", file=sys.stderr, flush=True)
+    stages, chips, found = measure_stages(jpegs, detector, sizes.passes)
+    reference = reference_of(candidates)
+    ref_embeddings = reference.embed(chips)
+    embeds = [measure_embed(c, chips, sizes, args.pause, ref_embeddings) for c in candidates]
+    match = measure_match(ref_embeddings[:1], sizes.galleries, sizes, args.pause)
+    # End-to-end frames match against the smallest gallery, on the images where a face was found.
+    e2e_gallery = unit_rows(np.random.default_rng(1), min(sizes.galleries), ref_embeddings.shape[1])
+    faces = [jpegs[i] for i in found]
+    end_to_end = [measure_end_to_end(c, faces, detector, e2e_gallery, sizes, args.pause) for c in candidates]
+    shape = cv2.imdecode(jpegs[0], cv2.IMREAD_COLOR).shape
+    return {
+        "config": {**asdict(sizes), "quick": args.quick, "pause_s": args.pause, "detector": detector.name},
+        "images": {"count": len(jpegs), "faces_found": len(found), "shape": list(shape)},
+        "stages": stages,
+        "embed": embeds,
+        "reference": reference.label,
+        "match": match,
+        "end_to_end": end_to_end,
+        "ratios": ratio_rows(embeds, reference.label),
+    }
+
+
+def print_run(result: dict) -> None:
+    d, v, cfg, img = result["device"], result["versions"], result["config"], result["images"]
+    isa = " ".join(d["isa"]) or "unknown"
+    print(f"device: {d['cpu']}, {d['cores']} cores, {d['arch']} [{isa}]; GPU: {', '.join(d['gpu']) or 'none'}")
+    print("versions: " + "  ".join(f"{k} {x if x is not None else '-'}" for k, x in v.items()))
+    print(f"faces: {img['count']} LFW images ({img['shape'][1]}x{img['shape'][0]} JPEG), a face found in "
+          f"{img['faces_found']} by {cfg['detector']}; {d['threads']} threads; p50/p95 in ms"
+          f"{'; --quick sizes' if cfg['quick'] else ''}")  # fmt: skip
+    for s in result["skipped"]:
+        print(f"{s['backend']}: skipped: {s['reason']}")
+    print()
+    print(f"{'stage':<40} {'p50 ms':>9} {'p95 ms':>9} {'samples':>8}")
+    rows = [(f"decode (cv2.imdecode)", result["stages"]["decode"]),
+            (f"detect ({cfg['detector']})", result["stages"]["detect"]),
+            ("align (sdk.align)", result["stages"]["align"])]  # fmt: skip
+    rows += [(f"match top-1, 1 query x {int(n):,}", m) for n, m in result["match"].items()]
+    for label, s in rows:
+        print(f"{label:<40} {s['p50_ms']:9.3f} {s['p95_ms']:9.3f} {s['samples']:8d}")
+    print()
+    width = max(len(e["label"]) for e in result["embed"])
+    header = f"{'embed':<{width}} {'batch':>5} {'ms/batch p50':>13} {'p95':>9} {'ms/face p50':>12} {'p95':>8}"
+    print(f"{header}  vs {result['reference']}")
+    for e in result["embed"]:
+        diff = e.get("vs_reference")
+        note = f"max |d| {diff['max_abs_diff']:.2g}, max sq-L2 {diff['max_squared_l2']:.2g}"
+        if e["label"] == result["reference"]:
+            note = "reference"
+        for i, (b, s) in enumerate(e["batches"].items()):
+            print(f"{e['label'] if i == 0 else '':<{width}} {b:>5} {s['p50_ms']:13.2f} {s['p95_ms']:9.2f} "
+                  f"{s['p50_ms_per_face']:12.2f} {s['p95_ms_per_face']:8.2f}  {note if i == 0 else ''}")  # fmt: skip
+    print()
+    largest = max(cfg["batches"])
+    e2e = {x["label"]: x for x in result["end_to_end"]}
+    gallery = result["end_to_end"][0]["gallery"] if result["end_to_end"] else 0
+    print(f"{'throughput':<{width}} {'faces/s':>8} {'frames/s':>9} {'frame ms p50':>13} {'p95':>8}")
+    for e in result["embed"]:
+        f = e2e[e["label"]]
+        print(
+            f"{e['label']:<{width}} {e['faces_per_s']:8.1f} {f['frames_per_s']:9.1f} {f['p50_ms']:13.2f} {f['p95_ms']:8.2f}"
+        )
+    print(f"faces/s: embed at batch {largest} (p50). frames/s: single-face frames one after another (1 / mean), "
+          f"each decode, detect, align, embed at batch 1, top-1 match against {gallery:,}.")  # fmt: skip
+    if result["ratios"]:
+        print()
+        label_width = max(len(f"{r['faster']} over {r['baseline']}") for r in result["ratios"])
+        batches = " ".join(f"{'batch ' + b:>9}" for b in result["ratios"][0]["by_batch"])
+        print(f"{'speed-up (p50 ms/face: baseline / faster)':<{label_width}} {batches}")
+        for r in result["ratios"]:
+            name = f"{r['faster']} over {r['baseline']}"
+            print(f"{name:<{label_width}} " + " ".join(f"{x:8.2f}x" for x in r["by_batch"].values()))
+        print("above 1x: the first is faster. Shared, noisy machine: compare ratios within one run.")
+
+
+def write_plot(result: dict, path: Path) -> None:
+    """PNG: per-stage p50 with p95 whiskers (log scale), and embed ms/face per engine per batch."""
+    from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global state
+
+    fig = Figure(figsize=(15, 6), layout="constrained")
+    left, right = fig.subplots(1, 2, width_ratios=(1, 1.3))
+    stages = [(name, result["stages"][name]) for name in ("decode", "detect", "align")]
+    stages += [(f"match {int(n):,}", m) for n, m in result["match"].items()]
+    stages += [(f"frame: {e['backend']} {e['precision']}", e) for e in result["end_to_end"]]
+    p50 = np.array([s["p50_ms"] for _, s in stages])
+    p95 = np.array([s["p95_ms"] for _, s in stages])
+    left.bar(range(len(stages)), p50, yerr=[np.zeros_like(p50), p95 - p50], capsize=3, color="tab:blue")
+    left.set_xticks(range(len(stages)), [n for n, _ in stages], rotation=35, ha="right")
+    left.set_yscale("log")
+    left.set_ylabel("ms (bar p50, whisker p95)")
+    left.set_title("per stage, one image / one query / one frame")
+    embeds = result["embed"]
+    batches = list(embeds[0]["batches"]) if embeds else []
+    width = 0.8 / max(len(embeds), 1)
+    for j, e in enumerate(embeds):
+        x = np.arange(len(batches)) + (j - (len(embeds) - 1) / 2) * width
+        med = np.array([e["batches"][b]["p50_ms_per_face"] for b in batches])
+        hi = np.array([e["batches"][b]["p95_ms_per_face"] for b in batches])
+        right.bar(x, med, width, yerr=[np.zeros_like(med), hi - med], capsize=2, label=e["label"])
+    right.set_xticks(range(len(batches)), [f"batch {b}" for b in batches])
+    right.set_yscale("log")
+    right.set_ylabel("embed ms per face (bar p50, whisker p95)")
+    right.set_title("embedding, per backend and model")
+    right.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=2)
+    d = result["device"]
+    gpu = ", ".join(d["gpu"]) or "none"
+    fig.suptitle(f"facesdk bench: {d['cpu']}, {d['cores']} cores, {d['threads']} threads; GPU: {gpu}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+
+
+def parse_backends(values: list[str] | None) -> list[str]:
+    """--backend a,b --backend c -> [a, b, c] in order, without repeats; all backends by default."""
+    if not values:
+        return list(BACKENDS)
+    out: list[str] = []
+    for value in values:
+        for name in value.split(","):
+            name = name.strip().lower()
+            if name not in BACKENDS:
+                raise ValueError(f"unknown backend {name!r}: choose from {', '.join(BACKENDS)}")
+            if name not in out:
+                out.append(name)
+    return out
+
+
+def check_run_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Validate `run`'s options (usage errors exit 2 with the reason) and resolve models and sizes."""
+    from sdk.embed import default_model_path
+
+    try:
+        args.backends = parse_backends(args.backend)
+    except ValueError as e:
+        parser.error(f"--backend: {e}")
+    for name in ("images", "repeat", "threads"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            parser.error(f"--{name} must be >= 1, got {value}")
+    if args.pause < 0:
+        parser.error(f"--pause must be >= 0, got {args.pause}")
+    if args.plot is not None and args.plot.suffix.lower() != ".png":
+        parser.error(f"--plot writes a PNG: give a path ending in .png, got {args.plot}")
+    models = args.model or ([default_model_path()] if "onnxruntime" in args.backends else [])
+    args.onnx_models, args.engines = [], []
+    for path in models:
+        if path.suffix.lower() == ".onnx":
+            args.onnx_models.append(path)
+        elif path.suffix.lower() in ENGINE_SUFFIXES:
+            args.engines.append(path)
+        else:
+            engines = ", ".join(ENGINE_SUFFIXES)
+            parser.error(f"--model {path}: expected an ONNX model (.onnx) or a TensorRT engine ({engines})")
+    if args.onnx_models and "onnxruntime" not in args.backends:
+        parser.error(f"--model {args.onnx_models[0]} is an ONNX model: add --backend onnxruntime to run it")
+    if args.engines and "tensorrt" not in args.backends:
+        parser.error(f"--model {args.engines[0]} is a TensorRT engine: add --backend tensorrt to run it")
+    for path in models:
+        if not path.is_file():
+            hint = " (create the default model with `python -m export.onnx default`)" if path == default_model_path() else ""
+            parser.error(f"--model {path}: no such file{hint}")
+    if args.precision and "tensorrt" not in args.backends:
+        parser.error("--precision labels TensorRT engines (ONNX models carry theirs in metadata): add --backend tensorrt")
+    base = QUICK_RUN if args.quick else FULL_RUN
+    args.sizes = replace(base, images=args.images or base.images, repeat=args.repeat or base.repeat)
+
+
+def add_run_parser(sub) -> None:
+    r = sub.add_parser("run", help="the whole pipeline on LFW faces, per stage and per backend (default)")
+    r.add_argument("--backend", action="append", metavar="NAME",
+                   help=f"{', '.join(BACKENDS)}; repeat or comma-separate (default: all; any that cannot run is skipped)")  # fmt: skip
+    r.add_argument("--model", action="append", type=Path, metavar="PATH",
+                   help="an ONNX model for onnxruntime (precision from its metadata key `precision`, default fp32) "
+                        "or a TensorRT engine (.engine/.plan); repeatable (default: the default model)")  # fmt: skip
+    r.add_argument("--precision", choices=PRECISIONS, help="precision of the TensorRT engines given with --model")
+    r.add_argument("--dlib", action="store_true", help="also dlib-bin's own descriptor (slow: ~100 ms per face)")
+    r.add_argument("--json", type=Path, help="also write every figure to this JSON file")
+    r.add_argument("--plot", type=Path, help="write a PNG of per-stage and per-backend latency")
+    r.add_argument("--quick", action="store_true", help="small sizes: a smoke run in seconds")
+    r.add_argument("--images", type=int, help=f"LFW images to use (default {FULL_RUN.images}, quick {QUICK_RUN.images})")
+    r.add_argument("--repeat", type=int,
+                   help=f"timed calls per embed batch (default {FULL_RUN.repeat}, quick {QUICK_RUN.repeat})")  # fmt: skip
+    r.add_argument("--threads", type=int, default=usable_cores(),
+                   help="threads for onnxruntime and torch (default: all cores)")  # fmt: skip
+    r.add_argument("--pause", type=float, default=0.5,
+                   help="seconds of rest before each timing (idle thread pools stop spinning)")  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or (argv[0] not in SUBCOMMANDS and argv[0] not in ("-h", "--help")):
+        argv = ["run", *argv]  # `facesdk bench [options]` runs the whole-pipeline benchmark
     parser = argparse.ArgumentParser(prog="python -m sdk.bench", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="what", required=True)
+    add_run_parser(sub)
     k = sub.add_parser("kernels", help="matching kernels vs numpy and faiss")
     k.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     k.add_argument("--repeat", type=int, default=5, help="timed runs per case (the best is reported)")
@@ -304,9 +987,20 @@ def main(argv: list[str] | None = None) -> int:
     pl.add_argument("--repeat", type=int, default=30, help="timed runs per frame")
     pl.add_argument("--gallery-size", type=int, default=10_000, help="random identities in the gallery")
     args = parser.parse_args(argv)
-    if args.repeat < 1:
+    if args.what == "run":
+        check_run_args(parser, args)
+        try:
+            result = bench_run(args)
+        except BenchError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        print_run(result)
+        if args.plot:
+            write_plot(result, args.plot)
+            print(f"wrote {args.plot}")
+    elif args.repeat < 1:
         parser.error("--repeat must be >= 1")
-    if args.what == "kernels":
+    elif args.what == "kernels":
         result = bench_kernels(args)
         print_kernels(result)
     else:

@@ -1,8 +1,13 @@
-"""The kernel benchmark runs end to end (small sizes) and writes its figures."""
+"""The benchmarks run end to end (small sizes, real LFW faces) and write their figures."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import types
+
+import numpy as np
+import pytest
 
 from sdk import bench
 
@@ -19,3 +24,174 @@ def test_kernel_bench_quick_run_writes_json(tmp_path, capsys):
         assert row["ours_ms"] > 0 and row["numpy_ms"] > 0
     printed = capsys.readouterr().out
     assert "vs best" in printed and f"isa={result['isa']}" in printed
+
+
+# --- facesdk bench (run): the whole pipeline on real LFW faces ------------------------------------
+
+
+def _quick_chips(data, count: int):
+    """Aligned chips of `count` LFW faces, cut the way the bench cuts them (calibration data)."""
+    cv2 = pytest.importorskip("cv2")
+    from sdk.align import align
+    from sdk.detect import default_detector
+    from sdk.lfw import central_face
+
+    detector, _ = default_detector()
+    root = data / "lfw" / "images_deepfunneled"
+    chips = []
+    for person in sorted(p.name for p in root.iterdir())[:count]:
+        image = cv2.imread(str(root / person / f"{person}_0001.jpg"))
+        face = central_face(detector.detect(image), image.shape)
+        if face is not None:
+            chips.append(align(cv2.cvtColor(image, cv2.COLOR_BGR2RGB), face.landmarks, detector.scheme))
+    return chips
+
+
+@pytest.fixture(scope="module")
+def int8_onnx(default_onnx, data, tmp_path_factory):
+    """A real INT8 QDQ copy of the default model (ONNX Runtime static quantisation, 4 LFW chips
+    for calibration), labelled by the metadata key the bench reads: precision=int8."""
+    quantization = pytest.importorskip("onnxruntime.quantization")
+    from sdk.embed import set_metadata
+
+    chips = _quick_chips(data, 4)
+
+    class Chips(quantization.CalibrationDataReader):
+        def __init__(self):
+            self.rest = iter(chips)
+
+        def get_next(self):
+            chip = next(self.rest, None)
+            return None if chip is None else {"chip": chip[None]}
+
+    path = tmp_path_factory.mktemp("int8") / "dlib_resnet_v1_int8.onnx"
+    quantization.quantize_static(
+        str(default_onnx), str(path), Chips(), quant_format=quantization.QuantFormat.QDQ, per_channel=True
+    )
+    set_metadata(path, precision="int8")
+    return path
+
+
+def _check_latency(stats: dict, what: str) -> None:
+    assert stats["samples"] >= 1, what
+    assert 0 < stats["p50_ms"] <= stats["p95_ms"], (what, stats)
+    assert np.isfinite(stats["p95_ms"]), what
+
+
+def test_run_quick_on_lfw_writes_every_stage_versions_and_plot(data, default_onnx, int8_onnx, tmp_path, capsys):
+    out, png = tmp_path / "bench.json", tmp_path / "bench.png"
+    dlib_available = importlib.util.find_spec("dlib") is not None
+    # One thread: two OpenMP threads of torch on a loaded 2-core machine wait for each other (1-2 s a call).
+    argv = ["--quick", "--images", "4", "--pause", "0", "--threads", "1",
+            "--backend", "onnxruntime,torch", "--backend", "tensorrt",
+            "--model", str(default_onnx), "--model", str(int8_onnx), "--json", str(out), "--plot", str(png)]  # fmt: skip
+    # No subcommand: `facesdk bench [options]` must run this benchmark.
+    assert bench.main(argv + (["--dlib"] if dlib_available else [])) == 0
+    result = json.loads(out.read_text())
+    printed = capsys.readouterr().out
+
+    for stage in ("decode", "detect", "align"):
+        _check_latency(result["stages"][stage], stage)
+    assert result["images"] == {**result["images"], "count": 4, "faces_found": 4}
+    assert set(result["match"]) == {str(n) for n in bench.QUICK_RUN.galleries}
+    for n, stats in result["match"].items():
+        _check_latency(stats, f"match {n}")
+
+    embeds = {(e["backend"], e["precision"]): e for e in result["embed"]}
+    expected = {("onnxruntime", "fp32"), ("onnxruntime", "int8"), ("torch", "fp32")}
+    expected |= {("dlib-bin", "fp32")} if dlib_available else set()
+    assert expected <= set(embeds)
+    for e in result["embed"]:
+        assert e["backend"] == "dlib-bin" or e["threads"] == 1
+        assert set(e["batches"]) == {str(b) for b in bench.QUICK_RUN.batches}
+        for b, stats in e["batches"].items():
+            _check_latency(stats, f"{e['label']} batch {b}")
+            assert stats["p50_ms_per_face"] == pytest.approx(stats["p50_ms"] / int(b))
+        assert e["faces_per_s"] > 0
+    # The torch path computes what the ONNX file computes, and INT8 stays near FP32 (the default
+    # model's threshold at FAR 1e-3 is 0.14 in squared L2).
+    assert embeds[("torch", "fp32")]["vs_reference"]["max_abs_diff"] < 1e-4
+    assert embeds[("onnxruntime", "int8")]["vs_reference"]["max_squared_l2"] < 0.07
+    if dlib_available:
+        assert embeds[("dlib-bin", "fp32")]["vs_reference"]["max_abs_diff"] < 1e-4
+    assert {e["label"] for e in result["end_to_end"]} == {e["label"] for e in result["embed"]}
+    for e in result["end_to_end"]:
+        _check_latency(e, e["label"])
+        assert e["frames_per_s"] > 0
+
+    ratios = {(r["faster"].split(" (")[0], r["baseline"].split(" (")[0]): r for r in result["ratios"]}
+    assert {("onnxruntime int8", "onnxruntime fp32"), ("onnxruntime fp32", "torch fp32")} <= set(ratios)
+    for r in result["ratios"]:
+        assert all(x > 0 for x in r["by_batch"].values())
+
+    versions = result["versions"]
+    assert {"python", "numpy", "onnxruntime", "torch", "tensorrt", "dlib", "kernels_isa"} <= set(versions)
+    assert versions["onnxruntime"] and versions["kernels_isa"] in ("avx512", "avx2", "generic")
+    device = result["device"]
+    assert device["cpu"] and device["cores"] >= 1 and isinstance(device["isa"], list) and "gpu" in device
+
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    assert "speed-up" in printed and "match top-1" in printed and f"wrote {png}" in printed
+    if bench.tensorrt_version() is None:  # TensorRT absent (here: only tensorrt-stubs): a reason, not a crash
+        (reason,) = [s["reason"] for s in result["skipped"] if s["backend"] == "tensorrt"]
+        assert "tensorrt" in reason.lower()
+        assert f"tensorrt: skipped: {reason}" in printed
+        assert not any(e["backend"] == "tensorrt" for e in result["embed"])
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--backend", "onnxruntime,cuda"], "unknown backend 'cuda'"),
+        (["--model", "/nonexistent/model.onnx"], "no such file"),
+        (["--model", "model.txt"], "expected an ONNX model"),
+        (["--backend", "onnxruntime", "--model", "m.engine"], "add --backend tensorrt"),
+        (["--backend", "torch", "--precision", "int8"], "--precision labels TensorRT engines"),
+        (["--backend", "torch", "--plot", "latency.jpg"], "ending in .png"),
+        (["--backend", "torch", "--images", "0"], "--images must be >= 1"),
+        (["--backend", "torch", "--pause", "-1"], "--pause must be >= 0"),
+    ],
+)
+def test_run_rejects_bad_arguments(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main(["run", *argv])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_run_without_data_says_where_it_looked(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("FACESDK_DATA", str(tmp_path / "nowhere"))
+    assert bench.main(["--backend", "torch", "--quick"]) == 1
+    assert "LFW images not found under" in capsys.readouterr().err
+
+
+def test_backend_lists_accept_repeats_and_commas():
+    assert bench.parse_backends(None) == list(bench.BACKENDS)
+    assert bench.parse_backends(["torch, onnxruntime", "TensorRT", "torch"]) == ["torch", "onnxruntime", "tensorrt"]
+
+
+def test_tensorrt_engine_that_cannot_run_is_skipped_with_the_reason(tmp_path, monkeypatch):
+    """Even where TensorRT imports, an engine that cannot run (here: no metadata file beside it,
+    checked by the real sdk.tensorrt.TensorRTEmbedder) is a skipped line, never a crash."""
+    sdk_tensorrt = pytest.importorskip("sdk.tensorrt")
+    engine = tmp_path / "model.engine"
+    engine.write_bytes(b"not an engine")
+    monkeypatch.setattr(sdk_tensorrt, "import_tensorrt", lambda: types.SimpleNamespace(__version__="10.3.0"))
+    found, reasons = bench.load_tensorrt([engine], None)
+    assert found == []
+    assert len(reasons) == 1 and reasons[0].startswith(f"{engine}: EngineMismatchError") and "metadata file" in reasons[0]
+
+
+def test_run_with_no_runnable_backend_fails_clearly(data, tmp_path, capsys):
+    engine = tmp_path / "model.engine"
+    engine.write_bytes(b"not an engine")
+    assert bench.main(["--quick", "--backend", "tensorrt", "--model", str(engine)]) == 1
+    err = capsys.readouterr().err
+    assert "error: no embedding backend could run: tensorrt:" in err
+
+
+def test_run_with_a_corrupt_model_names_the_file(data, tmp_path, capsys):
+    model = tmp_path / "broken.onnx"
+    model.write_bytes(b"not a model")
+    assert bench.main(["--quick", "--backend", "onnxruntime", "--model", str(model)]) == 1
+    assert f"error: --model {model}: onnxruntime cannot load it" in capsys.readouterr().err
