@@ -1,11 +1,11 @@
 // facesdk::mine_triplets on CUDA tensors: the torch glue around mining_cuda.cu. Built only where
 // torch has CUDA (torch's CUDA headers do not compile against a CPU wheel); the schema is in
 // mining_torch.cpp.
-#include <ATen/cuda/CUDAContext.h>
 #include <ATen/ops/cumsum.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/sub.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
 #include <cuda_runtime.h>
 #include <torch/library.h>
 
@@ -40,7 +40,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mine_triplets_cuda(const at::Tens
   at::Tensor dist = at::empty({B, B}, emb.options().dtype(at::kDouble));
   at::Tensor pair_value = at::empty({B, B}, long_options);
   at::Tensor row_count = at::empty({B}, long_options);
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   check_cuda(count_cuda(emb.data_ptr<float>(), label.data_ptr<int64_t>(), params, dist.data_ptr<double>(),
                         pair_value.data_ptr<int64_t>(), row_count.data_ptr<int64_t>(), stream),
              "count");
