@@ -12,8 +12,10 @@ accepted; identify: the best candidate is within the threshold), 3 the same comm
     facesdk eval lfw [--data DIR] [--model PATH] [--detector auto|yunet|dlib] [--pairs FILE]
                      [--json PATH] [--plot PNG] [--distances CSV] [--compare-dlib]
     facesdk calibrate [--data DIR] [--model PATH] [--set celeba|lfw-devtrain] [--far 1e-3] [--write]
-    facesdk bench kernels [...]            (python -m sdk.bench kernels)
-    facesdk export onnx default -o PATH    (needs torch)
+    facesdk eval int8 FP32.onnx INT8.onnx  |  eval pfe lfw|degraded|risk|sets|all
+    facesdk bench [run|kernels|pipeline] [--backend onnxruntime,torch,tensorrt] [--model PATH]...
+    facesdk export onnx default -o PATH  |  export int8 MODEL -o OUT  |  export trt MODEL --precision P
+    facesdk train --config FILE  |  train pfe features|train|...      (train and export onnx need torch)
 """
 
 from __future__ import annotations
@@ -212,13 +214,6 @@ def calibrate_cmd(args: argparse.Namespace) -> int:
             threshold_calibrated_on=f"{args.set}, {len(paths)} images, detector {detector.name}",
         )
         print(f"stored in {embedder.path}: threshold {main.threshold:.4f} at FAR {args.far:g}, and the table")
-    return 0
-
-
-def export_cmd(args: argparse.Namespace) -> int:
-    from export import onnx  # torch lives there, never in the runtime
-
-    onnx.main(args.rest)
     return 0
 
 
@@ -531,18 +526,52 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, default=data_dir(), help="data folder holding att/ (default $FACESDK_DATA)")
     p.set_defaults(run=demo_cmd)
 
-    bench = sub.add_parser("bench", help="benchmarks (see python -m sdk.bench -h)", add_help=False)
-    bench.add_argument("rest", nargs=argparse.REMAINDER)
-    bench.set_defaults(run=lambda a: __import__("sdk.bench").bench.main(a.rest))
-
-    export = sub.add_parser("export", help="model export (see python -m export.onnx -h; needs torch)", add_help=False)
-    export.add_argument("format", choices=["onnx"])
-    export.add_argument("rest", nargs=argparse.REMAINDER)
-    export.set_defaults(run=export_cmd)
+    # Commands owned by other modules, listed here for -h; main() forwards their arguments (FORWARDED).
+    sub.add_parser("bench", help=FORWARDED[("bench",)][1], add_help=False)
+    sub.add_parser("train", help="training (needs torch): train --config FILE | train pfe ...", add_help=False)
+    ex = sub.add_parser("export", help="model export: onnx (needs torch), int8, trt").add_subparsers(required=True)
+    for (group, *word), (_, text) in FORWARDED.items():
+        if word and group in ("export", "eval"):
+            (ex if group == "export" else ev).add_parser(word[0], help=text, add_help=False)
     return parser
 
 
+# Command words -> (module whose main(argv) takes the rest of the arguments, help). The longest
+# match wins: `train pfe ...` goes to train.pfe, `train --config ...` to train.
+FORWARDED: dict[tuple[str, ...], tuple[tuple[str, ...], str]] = {
+    ("bench",): (("sdk.bench",), "benchmarks: pipeline per backend (default), kernels, pipeline"),
+    ("train",): (("train.__main__",), "the FaceNet triplet trainer (--config FILE)"),
+    ("train", "pfe"): (("train.pfe.__main__",), "PFE uncertainty head: features, train"),
+    ("export", "onnx"): (("export.onnx",), "checkpoint or dlib's model -> facesdk ONNX"),
+    ("export", "int8"): (("export.quantize", "int8"), "INT8 QDQ ONNX calibrated on CelebA faces"),
+    ("export", "trt"): (("export.tensorrt",), "TensorRT engine from a facesdk ONNX (needs TensorRT)"),
+    ("eval", "int8"): (("export.quantize", "compare"), "FP32 vs INT8 on LFW pairs"),
+    ("eval", "pfe"): (("sdk.pfe_eval",), "PFE: MLS vs L2, degraded LFW, risk control, sets"),
+}
+
+
+def forwarded(argv: list[str]) -> tuple[str, list[str]] | None:
+    """(module, its argv) when argv names a forwarded command."""
+    for n in (2, 1):
+        target = FORWARDED.get(tuple(argv[:n]))
+        if target is not None:
+            (module, *first), _ = target
+            return module, [*first, *argv[n:]]
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    target = forwarded(argv)
+    if target is not None:
+        import importlib
+
+        module, rest = target
+        try:
+            return importlib.import_module(module).main(rest) or 0
+        except (FaceSDKError, FileNotFoundError, ValueError, RuntimeError, ImportError) as e:
+            print(f"facesdk: error: {e}", file=sys.stderr)
+            return 1
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
     try:

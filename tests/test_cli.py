@@ -154,3 +154,35 @@ def test_match_reads_videos_frame_by_frame(data, default_onnx, tmp_path, capsys)
     faces = json.loads(capsys.readouterr().out)
     assert sorted({f["source"] for f in faces}) == ["door.avi#0", "door.avi#2", "door.avi#4"]
     assert sum(f["identity"] == "Tony_Blair" for f in faces) >= 2
+
+
+@pytest.mark.parametrize(
+    "argv, module, rest",
+    [
+        (["bench", "--quick"], "sdk.bench", ["--quick"]),
+        (["train", "--config", "c.json"], "train.__main__", ["--config", "c.json"]),
+        (["train", "pfe", "train"], "train.pfe.__main__", ["train"]),
+        (["export", "onnx", "default"], "export.onnx", ["default"]),
+        (["export", "int8", "m.onnx", "-o", "q.onnx"], "export.quantize", ["int8", "m.onnx", "-o", "q.onnx"]),
+        (["export", "trt", "m.onnx"], "export.tensorrt", ["m.onnx"]),
+        (["eval", "int8", "a.onnx", "b.onnx"], "export.quantize", ["compare", "a.onnx", "b.onnx"]),
+        (["eval", "pfe", "lfw"], "sdk.pfe_eval", ["lfw"]),
+        (["eval", "lfw"], None, None),
+        (["verify", "a", "b"], None, None),
+    ],
+)
+def test_forwarded_commands(argv, module, rest):
+    assert cli.forwarded(argv) == (None if module is None else (module, rest))
+
+
+def test_forwarded_command_errors_are_the_cli_s(tmp_path, capsys):
+    assert cli.main(["export", "trt", str(tmp_path / "missing.onnx")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("facesdk: error:") and "missing.onnx" in err
+
+
+def test_export_help_lists_every_format(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["export", "-h"])
+    out = capsys.readouterr().out
+    assert all(word in out for word in ("onnx", "int8", "trt"))
