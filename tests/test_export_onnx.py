@@ -248,3 +248,105 @@ def test_runtime_imports_without_torch() -> None:
     # sdk/ must run where only numpy and onnxruntime are installed.
     code = "import sys; sys.modules.update(torch=None, train=None, export=None); import sdk.embed"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
+
+
+# --- the optional sigma_sq output (PFE models) ---------------------------------------------------
+
+
+def with_sigma_sq(model_path: Path, tmp_path: Path, metadata: dict[str, str | None]) -> Path:
+    """A copy of the model with a second output sigma_sq = exp(embedding) (> 0, [N, D]) and
+    metadata edited (None removes a key): a PFE-shaped graph without training a head."""
+    proto = onnx.load(model_path)
+    proto.graph.node.append(onnx.helper.make_node("Exp", ["embedding"], ["sigma_sq"]))
+    proto.graph.output.append(
+        onnx.helper.make_tensor_value_info("sigma_sq", onnx.TensorProto.FLOAT, ["batch", 128])
+    )
+    meta = {p.key: p.value for p in proto.metadata_props}
+    meta.update(metadata)
+    onnx.helper.set_model_props(proto, {k: v for k, v in meta.items() if v is not None})
+    onnx.checker.check_model(proto)
+    path = tmp_path / "pfe_shaped.onnx"
+    onnx.save(proto, path)
+    return path
+
+
+def test_default_model_has_no_uncertainty(embedder: OnnxEmbedder) -> None:
+    assert embedder.has_uncertainty is False
+    with pytest.raises(ValueError, match="no uncertainty output 'sigma_sq': it is not a PFE model"):
+        embedder.embed_with_uncertainty(random_chips(2))
+
+
+def test_sigma_sq_output_is_read_in_the_same_run(model_path: Path, tmp_path: Path, embedder: OnnxEmbedder) -> None:
+    model = OnnxEmbedder(with_sigma_sq(model_path, tmp_path, {"uncertainty": "sigma_sq"}), threads=2)
+    assert model.has_uncertainty is True
+    chips = random_chips(3)
+    mu, sigma_sq = model.embed_with_uncertainty(chips)
+    assert mu.shape == sigma_sq.shape == (3, 128) and sigma_sq.dtype == np.float32
+    np.testing.assert_array_equal(mu, embedder.embed(chips))
+    np.testing.assert_allclose(sigma_sq, np.exp(mu), rtol=1e-6)
+    np.testing.assert_array_equal(model.embed(chips), mu)  # embed() is unchanged: mu only
+    empty_mu, empty_sigma = model.embed_with_uncertainty(np.zeros((0, 150, 150, 3), np.uint8))
+    assert empty_mu.shape == empty_sigma.shape == (0, 128)
+    with pytest.raises(ValueError, match=r"\[N, 150, 150, 3\]"):
+        model.embed_with_uncertainty(chips[0])
+
+
+@pytest.mark.parametrize(
+    ("graph_output", "metadata", "match"),
+    [
+        (True, {}, "output 'sigma_sq' but the metadata lacks uncertainty=sigma_sq"),
+        (False, {"uncertainty": "sigma_sq"}, r"expected output 'sigma_sq' float32 \[N, 128\]"),
+        (True, {"uncertainty": "log_sigma"}, "metadata uncertainty='log_sigma'; this runtime supports 'sigma_sq'"),
+    ],
+)
+def test_uncertainty_metadata_must_match_the_graph(
+    model_path: Path, tmp_path: Path, graph_output: bool, metadata: dict, match: str
+) -> None:
+    if graph_output:
+        path = with_sigma_sq(model_path, tmp_path, metadata)
+    else:
+        path = copy_of(model_path, tmp_path)
+        proto = onnx.load(path)
+        meta = {p.key: p.value for p in proto.metadata_props}
+        onnx.helper.set_model_props(proto, {**meta, **metadata})
+        onnx.save(proto, path)
+    with pytest.raises(ValueError, match=match):
+        OnnxEmbedder(path)
+
+
+def test_uncertainty_is_a_graph_key(model_path: Path, tmp_path: Path) -> None:
+    from sdk.embed import set_metadata
+
+    with pytest.raises(ValueError, match="describe the graph"):
+        set_metadata(copy_of(model_path, tmp_path), uncertainty="sigma_sq")
+
+
+def test_export_of_a_model_with_sigma_sq(tmp_path: Path) -> None:
+    # export_onnx's PFE path on a small network: a pair (embedding, sigma_sq) becomes two outputs.
+    torch = pytest.importorskip("torch")
+    from export.onnx import export_onnx
+
+    class Tiny(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 8, 5, stride=5)
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            f = self.conv(x / 255).mean(dim=(2, 3))
+            return f, torch.exp(f) + 1e-6
+
+    torch.manual_seed(0)
+    tiny = Tiny()
+    path = export_onnx(tiny, tmp_path / "tiny.onnx", name="tiny", version="1", source="test", input_size=(20, 20))
+    onnx.checker.check_model(onnx.load(path), full_check=True)
+    model = OnnxEmbedder(path)
+    assert model.has_uncertainty and model.metadata["uncertainty"] == "sigma_sq"
+    chips = random_chips(4, (20, 20))
+    mu, sigma_sq = model.embed_with_uncertainty(chips)
+    with torch.no_grad():
+        raw, expected = tiny(torch.from_numpy(chips).permute(0, 3, 1, 2).float())
+    np.testing.assert_allclose(sigma_sq, expected.numpy(), rtol=1e-5)
+    np.testing.assert_allclose(mu, (raw / raw.norm(dim=1, keepdim=True)).numpy(), rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="may not set uncertainty"):
+        export_onnx(tiny, tmp_path / "x.onnx", name="x", version="1", source="", input_size=(20, 20),
+                    metadata={"uncertainty": "sigma_sq"})
