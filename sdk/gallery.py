@@ -6,6 +6,9 @@
         g.add("alice", embeddings)                      # [k, 128], one transaction
         names, dist = g.search(queries, k=3)            # best 3 *distinct* identities per query
         hits = g.within(queries, threshold=0.6)         # every identity within a distance
+        g.add("bob", mu, sigma_sq=sigma_sq, quality=q)  # a PFE model's faces
+        names, mls, dist = g.search_mls(mu_q, sigma_q, k=3)   # by mutual likelihood score
+        g.embeddings("bob")                             # vectors, sigma_sq, quality, sources
 
 The file
     A gallery belongs to one embedding model: ``meta`` stores the schema version,
@@ -58,6 +61,11 @@ Matching
     rows, so those ``k'`` nearest rows hold at least ``k`` identities, and the
     first ``k`` distinct ones in that order are the answer. Top-1 is exactly one
     top-1 kernel call whatever ``m`` is; for ``k > 1`` the cost grows with ``m``.
+
+    :meth:`Gallery.search_mls` does the same with the mutual likelihood score of
+    Probabilistic Face Embeddings (highest first, :func:`sdk.pfe.mls_topk`) over the
+    stored ``sigma_sq``; :meth:`Gallery.within_mls` is :meth:`within` for MLS. Both
+    need every row enrolled with a sigma_sq (GalleryError otherwise).
 """
 
 from __future__ import annotations
@@ -76,10 +84,10 @@ from typing import NamedTuple, TypeVar
 import numpy as np
 from numpy.typing import ArrayLike
 
-from sdk import kernels
+from sdk import kernels, pfe
 from sdk.errors import GalleryError, ModelMismatchError
 
-__all__ = ["Gallery", "SCHEMA_VERSION", "MAX_NAME_LENGTH"]
+__all__ = ["Gallery", "Enrolled", "SCHEMA_VERSION", "MAX_NAME_LENGTH"]
 
 SCHEMA_VERSION = 1
 MAX_NAME_LENGTH = 256
@@ -117,12 +125,23 @@ def _schema(dim: int) -> str:
     """
 
 
+class Enrolled(NamedTuple):
+    """The stored faces of one identity (:meth:`Gallery.embeddings`)."""
+
+    vectors: np.ndarray  # float32 [k, dim]
+    sigma_sq: np.ndarray | None  # float32 [k, dim] (NaN rows where absent); None when no row has one
+    quality: np.ndarray  # float64 [k], NaN where absent
+    sources: list[str | None]
+
+
 class _Snapshot(NamedTuple):
     generation: int  # the gallery's generation when this was loaded
     vectors: np.ndarray  # float32 [n, dim], C-contiguous, read-only, in enrolment order
     labels: np.ndarray  # intp [n]: row -> index into names
     names: tuple[str, ...]  # identities that have at least one embedding
     max_per_identity: int  # most rows any one identity holds (0 when empty)
+    sigma_sq: np.ndarray  # float32 [n, dim], read-only, PFE variances; NaN rows where absent
+    without_sigma: int  # rows enrolled without sigma_sq (MLS search needs none)
 
 
 def _connect(target: str, *, uri: bool = False) -> sqlite3.Connection:
@@ -165,6 +184,31 @@ def _matrix(x: object, what: str, dim: int) -> np.ndarray:
             f"{what} rows {bad[:5].tolist()} hold NaN, Inf or values too large for float32"
         )
     return out
+
+
+def _checked_k(k: object) -> int:
+    if isinstance(k, bool):
+        raise TypeError("k must be an integer, got bool")
+    k = operator.index(k)
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    return k
+
+
+def _distinct(labels: np.ndarray, found: int) -> tuple[np.ndarray, np.ndarray]:
+    """Columns ``[q, found]`` of each query's first ``found`` distinct identities in a ranked
+    ``[q, rows]`` label matrix (best first), and those identities' labels."""
+    # Mark each identity's first (best) column per query: a stable sort keeps the columns
+    # of one identity in rank order, so the first of a run is its best.
+    order = np.argsort(labels, axis=1, kind="stable")
+    ranked = np.take_along_axis(labels, order, axis=1)
+    first_in_run = np.ones(labels.shape, bool)
+    first_in_run[:, 1:] = ranked[:, 1:] != ranked[:, :-1]
+    first = np.empty_like(first_in_run)
+    np.put_along_axis(first, order, first_in_run, axis=1)
+    keep = first & (np.cumsum(first, axis=1) <= found)
+    cols = np.nonzero(keep)[1].reshape(len(labels), found)
+    return cols, np.take_along_axis(labels, cols, axis=1)
 
 
 def _read_meta(conn: sqlite3.Connection, where: str) -> dict[str, str]:
@@ -429,6 +473,29 @@ class Gallery:
     def __len__(self) -> int:
         return self.count()
 
+    def embeddings(self, identity: str) -> Enrolled:
+        """What is stored for one identity, in enrolment order; KeyError when it is not enrolled."""
+        name = _clean_name(identity)
+        dim = self.dim
+
+        def steps(conn: sqlite3.Connection) -> list[tuple]:
+            return conn.execute(
+                f"SELECT vector, sigma_sq, quality, source {_ROWS} WHERE name = ? ORDER BY embeddings.id",
+                (name,),
+            ).fetchall()
+
+        rows = self._read(steps)
+        if not rows:
+            raise KeyError(f"{name!r} is not enrolled in {self._where}")
+        vectors = np.frombuffer(b"".join(r[0] for r in rows), "<f4").astype(np.float32).reshape(-1, dim)
+        sigma = None
+        if any(r[1] is not None for r in rows):
+            nan_row = np.full(dim, np.nan, "<f4").tobytes()
+            blob = b"".join(nan_row if r[1] is None else r[1] for r in rows)
+            sigma = np.frombuffer(blob, "<f4").astype(np.float32).reshape(-1, dim)
+        quality = np.array([np.nan if r[2] is None else r[2] for r in rows], np.float64)
+        return Enrolled(vectors, sigma, quality, [r[3] for r in rows])
+
     def meta(self) -> dict[str, str]:
         """The meta table: schema_version, model_name, model_version, embedding_dim, created."""
         return self._read(lambda conn: dict(conn.execute("SELECT key, value FROM meta").fetchall()))
@@ -455,25 +522,33 @@ class Gallery:
     def _load(self, conn: sqlite3.Connection) -> _Snapshot:
         (n,) = conn.execute(f"SELECT count(*) {_ROWS}").fetchone()
         vectors = np.empty((n, self.dim), np.float32)
+        sigma_sq = np.full((n, self.dim), np.nan, np.float32)
         identity_ids = np.empty(n, np.int64)
-        cursor = conn.execute(f"SELECT identity_id, vector {_ROWS} ORDER BY embeddings.id")
-        start = 0
+        cursor = conn.execute(f"SELECT identity_id, vector, sigma_sq {_ROWS} ORDER BY embeddings.id")
+        start, without_sigma = 0, 0
         while rows := cursor.fetchmany(_LOAD_CHUNK):
             stop = start + len(rows)
             identity_ids[start:stop] = [r[0] for r in rows]
             blob = b"".join(r[1] for r in rows)
             vectors[start:stop] = np.frombuffer(blob, "<f4").reshape(-1, self.dim)
+            with_sigma = [i for i, r in enumerate(rows) if r[2] is not None]
+            without_sigma += len(rows) - len(with_sigma)
+            if with_sigma:
+                blob = b"".join(rows[i][2] for i in with_sigma)
+                sigma_sq[start + np.array(with_sigma)] = np.frombuffer(blob, "<f4").reshape(-1, self.dim)
             start = stop
         names_by_id = dict(conn.execute("SELECT id, name FROM identities").fetchall())
         present, labels = np.unique(identity_ids, return_inverse=True)
-        vectors.flags.writeable = False
-        labels.flags.writeable = False
+        for array in (vectors, labels, sigma_sq):
+            array.flags.writeable = False
         return _Snapshot(
             generation=self._generation,
             vectors=vectors,
             labels=labels,
             names=tuple(names_by_id[i] for i in present.tolist()),
             max_per_identity=int(np.bincount(labels).max()) if n else 0,
+            sigma_sq=sigma_sq,
+            without_sigma=without_sigma,
         )
 
     def search(
@@ -485,11 +560,7 @@ class Gallery:
         gallery holds fewer than ``k`` identities; ``distances`` float32 ``[q, k]``
         (squared L2 to the identity's nearest image; inf where names is None).
         """
-        if isinstance(k, bool):
-            raise TypeError("k must be an integer, got bool")
-        k = operator.index(k)
-        if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
+        k = _checked_k(k)
         q = _matrix(queries, "queries", self.dim)
         snap = self._current()
         names: list[list[str | None]] = [[None] * k for _ in range(len(q))]
@@ -499,21 +570,67 @@ class Gallery:
             return names, distances
         rows = min(len(snap.labels), (k - 1) * snap.max_per_identity + 1)
         idx, dist = kernels.topk(q, snap.vectors, rows)
-        labels = snap.labels[idx]
-        # Mark each identity's first (nearest) column per query: a stable sort keeps
-        # the columns of one identity in distance order, so the first of a run is its best.
-        order = np.argsort(labels, axis=1, kind="stable")
-        ranked = np.take_along_axis(labels, order, axis=1)
-        first_in_run = np.ones(labels.shape, bool)
-        first_in_run[:, 1:] = ranked[:, 1:] != ranked[:, :-1]
-        first = np.empty_like(first_in_run)
-        np.put_along_axis(first, order, first_in_run, axis=1)
-        keep = first & (np.cumsum(first, axis=1) <= found)
-        cols = np.nonzero(keep)[1].reshape(len(q), found)
+        cols, labels = _distinct(snap.labels[idx], found)
         distances[:, :found] = np.take_along_axis(dist, cols, axis=1)
-        for i, row in enumerate(np.take_along_axis(labels, cols, axis=1).tolist()):
+        for i, row in enumerate(labels.tolist()):
             names[i][:found] = [snap.names[j] for j in row]
         return names, distances
+
+    def search_mls(
+        self, queries: ArrayLike, sigma_sq: ArrayLike, k: int = 1
+    ) -> tuple[list[list[str | None]], np.ndarray, np.ndarray]:
+        """The ``k`` distinct identities of highest mutual likelihood score (PFE), best first.
+
+        ``queries`` and ``sigma_sq``: ``[q, dim]``, the faces' mu and variances. Each identity
+        is ranked by its best image (ties: the image enrolled first), as :meth:`search` does
+        with distances. Returns ``(names, scores, distances)``: names as :meth:`search`;
+        ``scores`` float32 ``[q, k]`` MLS (-inf where names is None); ``distances`` float32
+        ``[q, k]``, squared L2 from the query's mu to that best image (inf where None).
+        Runs :func:`sdk.pfe.mls_topk` (the C++ kernels when built). Every row of the gallery
+        must hold sigma_sq (enrolled with a PFE model), else GalleryError.
+        """
+        k = _checked_k(k)
+        q = _matrix(queries, "queries", self.dim)
+        s = _matrix(sigma_sq, "sigma_sq", self.dim)
+        if s.shape != q.shape or not (s > 0).all():
+            raise ValueError(f"sigma_sq must be positive and shaped like the queries {q.shape}, got {s.shape}")
+        snap = self._current()
+        self._check_sigma(snap)
+        names: list[list[str | None]] = [[None] * k for _ in range(len(q))]
+        scores = np.full((len(q), k), -np.inf, np.float32)
+        distances = np.full((len(q), k), np.inf, np.float32)
+        found = min(k, len(snap.names))
+        if found == 0 or len(q) == 0:
+            return names, scores, distances
+        rows = min(len(snap.labels), (k - 1) * snap.max_per_identity + 1)
+        idx, score = pfe.mls_topk(q, s, snap.vectors, snap.sigma_sq, rows, check_gallery=False)
+        cols, labels = _distinct(snap.labels[idx], found)
+        best = np.take_along_axis(idx, cols, axis=1)
+        scores[:, :found] = np.take_along_axis(score, cols, axis=1)
+        diff = q[:, None, :].astype(np.float64) - snap.vectors[best]
+        distances[:, :found] = (diff * diff).sum(-1)
+        for i, row in enumerate(labels.tolist()):
+            names[i][:found] = [snap.names[j] for j in row]
+        return names, scores, distances
+
+    def within_mls(self, queries: ArrayLike, sigma_sq: ArrayLike, threshold: float) -> list[list[tuple[str, float]]]:
+        """For each query, every identity whose best image has MLS >= ``threshold``:
+        ``[(name, score), ...]`` per query, best first (ties: the image enrolled first)."""
+        q = _matrix(queries, "queries", self.dim)
+        s = _matrix(sigma_sq, "sigma_sq", self.dim)
+        if s.shape != q.shape or not (s > 0).all():
+            raise ValueError(f"sigma_sq must be positive and shaped like the queries {q.shape}, got {s.shape}")
+        snap = self._current()
+        self._check_sigma(snap)
+        m = pfe.mls_match(q, s, snap.vectors, snap.sigma_sq, threshold, check_gallery=False)
+        return self._best_per_identity(snap, len(q), m.query, m.gallery, -m.score.astype(np.float64), sign=-1.0)
+
+    def _check_sigma(self, snap: _Snapshot) -> None:
+        if snap.without_sigma:
+            raise GalleryError(
+                f"{self._where}: {snap.without_sigma} of {len(snap.labels)} embeddings have no sigma_sq; "
+                "MLS search needs every face enrolled with a PFE model (re-enrol them, or search by L2)"
+            )
 
     def within(self, queries: ArrayLike, threshold: float) -> list[list[tuple[str, float]]]:
         """For each query, every identity whose nearest image is within ``threshold`` (squared L2).
@@ -524,17 +641,25 @@ class Gallery:
         q = _matrix(queries, "queries", self.dim)
         snap = self._current()
         m = kernels.match(q, snap.vectors, threshold)
-        labels = snap.labels[m.gallery]
-        # Per (query, identity) keep the best pair: nearest, then first enrolled.
-        order = np.lexsort((m.gallery, m.distance, labels, m.query))
-        qi, li, gi, di = m.query[order], labels[order], m.gallery[order], m.distance[order]
+        return self._best_per_identity(snap, len(q), m.query, m.gallery, m.distance)
+
+    @staticmethod
+    def _best_per_identity(
+        snap: _Snapshot, nq: int, query: np.ndarray, gallery: np.ndarray, cost: np.ndarray, sign: float = 1.0
+    ) -> list[list[tuple[str, float]]]:
+        """Matched pairs -> per query, each identity's lowest-cost pair, lowest cost first
+        (ties: the image enrolled first); the value reported is ``sign * cost``."""
+        labels = snap.labels[gallery]
+        # Per (query, identity) keep the best pair: lowest cost, then first enrolled.
+        order = np.lexsort((gallery, cost, labels, query))
+        qi, li, gi, di = query[order], labels[order], gallery[order], cost[order]
         best = np.ones(len(qi), bool)
         best[1:] = (qi[1:] != qi[:-1]) | (li[1:] != li[:-1])
         qi, li, gi, di = qi[best], li[best], gi[best], di[best]
         order = np.lexsort((gi, di, qi))
-        out: list[list[tuple[str, float]]] = [[] for _ in range(len(q))]
+        out: list[list[tuple[str, float]]] = [[] for _ in range(nq)]
         for i, j, d in zip(qi[order].tolist(), li[order].tolist(), di[order].tolist()):
-            out[i].append((snap.names[j], d))
+            out[i].append((snap.names[j], sign * d))
         return out
 
     # ------------------------------------------------------------------- export

@@ -9,6 +9,32 @@ Presentation-attack detection: pass ``liveness=callable(frame_bgr, detection) ->
 faces it returns False for are reported with ``live=False``, never identified nor accepted.
 Off by default (the SDK ships no liveness model); the hook runs before embedding, so a vetoed
 face costs nothing else.
+
+Probabilistic Face Embeddings (a model with a ``sigma_sq`` output, see :mod:`sdk.pfe`):
+
+* ``scoring="l2"`` (the default, for every model) compares the model's mu by squared L2 with the
+  squared-L2 thresholds. ``scoring="mls"`` compares faces by mutual likelihood score, higher =
+  more alike; thresholds are MLS values (accept if ``MLS >= threshold``) from the model's
+  ``mls_threshold`` / ``mls_threshold_table`` (``python -m sdk.pfe_eval calibrate --write``).
+  MLS is not the default because, with our head, it lost on LFW (98.90 vs 99.03 %) and at a
+  threshold calibrated on clean faces it accepts far more impostor pairs of two poor faces
+  than L2 (both faces blurred by 4 px: FAR 53.6 vs 19.9 %; ``python -m sdk.pfe_eval degraded``).
+  Where it wins (one poor face against good ones; quality gating) see README. Set
+  ``min_quality`` when faces may be poor, whatever the scoring.
+* Enrolment stores each face's sigma_sq and quality in the gallery; every Match carries its
+  face's ``quality`` (``sdk.pfe.quality``: ln of the mean precision, higher = better).
+* ``min_quality=q`` gates faces: enrolment of a face below it raises :class:`LowQualityError`
+  and stores nothing; ``match`` reports such a face with ``accepted=False, reason="low_quality"``
+  (never identified); ``verify`` answers ``same=False, reason="low_quality"``; ``identify``
+  raises LowQualityError.
+* Video: ``stream = v.stream()`` gives a :class:`FaceStream`; ``stream.match(frame)`` follows
+  each face across frames (box IoU) and identifies the fusion of its last frames
+  (:class:`sdk.pfe.FrameTracker`). A separate object rather than ``match(frame, track=True)``:
+  the tracks belong to one camera, while one Verifier serves many threads and cameras.
+  It works for any model: without sigma_sq the frames' embeddings are averaged.
+
+``Match.reason`` says why a face was not accepted: ``"not_live"``, ``"low_quality"`` or
+``"no_match"`` (nobody enrolled is close enough, or the gallery is empty); None when accepted.
 """
 
 from __future__ import annotations
@@ -26,7 +52,7 @@ import cv2
 import numpy as np
 
 from sdk import align as aligner
-from sdk import detect
+from sdk import detect, pfe
 from sdk.embed import OnnxEmbedder, default_model_path
 from sdk.errors import BackendUnavailableError, FaceSDKError, InvalidImageError
 from sdk.gallery import Gallery
@@ -43,8 +69,17 @@ DETECT_MAX_SIDE = 1280
 SUPPORTED_CHIP_SCHEME = "dlib5_150_0.25"
 
 
+SCORINGS = ("mls", "l2")
+NOT_LIVE, LOW_QUALITY, NO_MATCH = "not_live", "low_quality", "no_match"
+
+
 class NoFaceError(FaceSDKError, ValueError):
     """An image that must hold a face (enrolment, verify, identify) holds none."""
+
+
+class LowQualityError(FaceSDKError, ValueError):
+    """A face is below the Verifier's ``min_quality`` where a good one is required (enrolment,
+    identify)."""
 
 
 @dataclass(frozen=True)
@@ -55,16 +90,26 @@ class Match:
     landmarks: np.ndarray  # [5, 2] in frame pixels
     score: float  # detector confidence
     identity: str | None
-    distance: float  # squared L2 to the nearest enrolled face (inf: empty gallery or not live)
-    accepted: bool  # distance <= threshold and live
+    # Squared L2 to the enrolled face that decided (scoring "l2": the nearest; "mls": the one of
+    # highest MLS). inf: empty gallery, not live or low quality.
+    distance: float
+    accepted: bool  # within the threshold, live and of sufficient quality
     live: bool = True  # False when the liveness hook vetoed the face
+    quality: float | None = None  # PFE models: sdk.pfe.quality of the face (stream: of the fused track)
+    mls: float | None = None  # scoring "mls": the mutual likelihood score that decided
+    reason: str | None = None  # why not accepted: "not_live", "low_quality", "no_match"; None when accepted
+    track_id: int | None = None  # FaceStream only: the face's track across frames
+    frames: int = 1  # FaceStream only: frames fused into this answer
 
 
 @dataclass(frozen=True)
 class Verification:
     same: bool
-    distance: float
-    threshold: float
+    distance: float  # squared L2 between the two faces (mu for a PFE model)
+    threshold: float  # in the units of `scoring`: squared L2 (same if <=) or MLS (same if >=)
+    mls: float | None = None  # scoring "mls": the mutual likelihood score
+    scoring: str = "l2"
+    reason: str | None = None  # "low_quality" when a face is below min_quality
 
 
 def default_home() -> Path:
@@ -99,12 +144,16 @@ class Verifier:
 
     model: ONNX file written by ``export.onnx`` (default: the cached default model).
     backend: "onnxruntime" (providers e.g. ["CUDAExecutionProvider"]; an unavailable one raises
-    BackendUnavailableError, never a silent CPU fallback).
+    BackendUnavailableError, never a silent CPU fallback) or "tensorrt" (``model`` is an engine
+    built by ``facesdk export trt``; see docs/tensorrt.md, never run on real TensorRT yet).
     detector: "auto" (YuNet if its model is found, else dlib's HOG), "yunet", "dlib", or an object
     with ``detect(bgr) -> list[Detection]``, ``name`` and ``scheme``.
     gallery: SQLite file (default ``$FACESDK_HOME/gallery.sqlite``), or None for in-memory.
-    threshold: squared L2; default the model's calibrated ``threshold``. far: pick the model's
-    calibrated threshold for this false accept rate instead.
+    scoring: "l2" (default) or "mls" (PFE models only; see the module doc).
+    threshold: squared L2 (scoring "l2") or MLS (scoring "mls"); default the model's calibrated
+    one. far: pick the model's calibrated threshold for this false accept rate instead.
+    min_quality: PFE models only: faces of lower :func:`sdk.pfe.quality` are refused (see the
+    module doc); :meth:`quality_for` reads the model's calibrated values. Default None: no gate.
     """
 
     def __init__(
@@ -119,15 +168,22 @@ class Verifier:
         providers: Sequence[str] | None = None,
         threads: int | None = None,
         liveness: Liveness | None = None,
+        scoring: str = "l2",
+        min_quality: float | None = None,
     ) -> None:
-        if backend != "onnxruntime":
-            raise BackendUnavailableError(
-                f"backend {backend!r} is not available; this build has 'onnxruntime' (TensorRT comes with the engine builder)"
-            )
-        try:
-            self.embedder = OnnxEmbedder(model if model is not None else default_model_path(), providers, threads)
-        except RuntimeError as e:
-            raise BackendUnavailableError(str(e)) from e
+        if backend == "tensorrt":
+            if model is None:
+                raise ValueError("backend 'tensorrt' needs model=ENGINE (build one with `facesdk export trt MODEL.onnx`)")
+            from sdk.tensorrt import TensorRTEmbedder
+
+            self.embedder = TensorRTEmbedder(model)
+        elif backend == "onnxruntime":
+            try:
+                self.embedder = OnnxEmbedder(model if model is not None else default_model_path(), providers, threads)
+            except RuntimeError as e:
+                raise BackendUnavailableError(str(e)) from e
+        else:
+            raise BackendUnavailableError(f"backend {backend!r} is unknown: use 'onnxruntime' or 'tensorrt'")
         meta = self.embedder.metadata
         if meta.get("chip_scheme") != SUPPORTED_CHIP_SCHEME:
             raise FaceSDKError(f"model chip_scheme {meta.get('chip_scheme')!r} is not supported (need {SUPPORTED_CHIP_SCHEME})")
@@ -141,7 +197,23 @@ class Verifier:
             model_version=meta["model_version"],
             dim=self.embedder.embedding_dim,
         )
-        self.threshold = self.threshold_for(far) if threshold is None else _checked_threshold(threshold)
+        # A PFE model also gives each face's variance sigma_sq.
+        self.has_uncertainty = bool(getattr(self.embedder, "has_uncertainty", False))
+        if scoring not in SCORINGS:
+            raise ValueError(f"scoring must be one of {', '.join(SCORINGS)}, got {scoring!r}")
+        if scoring == "mls" and not self.has_uncertainty:
+            raise FaceSDKError(
+                f"scoring='mls' needs a PFE model (an output sigma_sq); {self.embedder.path} has none: use scoring='l2'"
+            )
+        self.scoring = scoring
+        if min_quality is not None:
+            if not self.has_uncertainty:
+                raise FaceSDKError(f"min_quality needs a PFE model (an output sigma_sq); {self.embedder.path} has none")
+            min_quality = float(min_quality)
+            if not math.isfinite(min_quality):
+                raise ValueError(f"min_quality must be a finite number, got {min_quality}")
+        self.min_quality = min_quality
+        self.threshold = self.threshold_for(far) if threshold is None else self._checked_threshold(threshold)
         self.liveness = liveness
         log.info("Verifier: %s", self.info())
 
@@ -154,12 +226,19 @@ class Verifier:
             "model_path": str(self.embedder.path),
             "detector": self.detector.name,
             "gallery": str(self.gallery.path) if self.gallery.path else ":memory:",
+            "scoring": self.scoring,
             "threshold": self.threshold,
+            "min_quality": self.min_quality,
         }
 
     def threshold_for(self, far: float | None = None) -> float:
-        """The model's calibrated threshold (for `far` when given)."""
+        """The model's calibrated threshold for the Verifier's scoring (for `far` when given)."""
         meta = self.embedder.metadata
+        if self.scoring == "mls":
+            try:
+                return pfe.mls_threshold_for(meta, far)
+            except (LookupError, ValueError) as e:
+                raise FaceSDKError(f"{self.embedder.path}: {e}") from e
         if far is None:
             if "threshold" not in meta:
                 raise FaceSDKError(
@@ -171,6 +250,14 @@ class Verifier:
             if math.isclose(known, far, rel_tol=1e-6):
                 return value
         raise FaceSDKError(f"no threshold calibrated for FAR {far:g}; the model has {sorted(table) or 'none'}")
+
+    def quality_for(self, reject: float) -> float:
+        """The model's quality threshold that rejects the fraction `reject` of its calibration
+        faces (e.g. 0.05), for ``min_quality``."""
+        try:
+            return pfe.quality_threshold_for(self.embedder.metadata, reject)
+        except (LookupError, ValueError) as e:
+            raise FaceSDKError(f"{self.embedder.path}: {e}") from e
 
     # --- faces ---------------------------------------------------------------------------------
 
@@ -185,21 +272,67 @@ class Verifier:
             found = [detect.make_detection(d.box / scale, d.score, d.landmarks / scale, d.scheme) for d in found]
         return frame, found
 
+    def _chips(self, frame: np.ndarray, detections: Sequence[detect.Detection]) -> np.ndarray:
+        rgb = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+        return np.stack([aligner.align(rgb, d.landmarks, d.scheme) for d in detections])
+
     def embed(self, frame: np.ndarray, detections: Sequence[detect.Detection]) -> np.ndarray:
         """Embeddings [n, D] of the detected faces, in one batch."""
         if not detections:
             return np.zeros((0, self.embedder.embedding_dim), np.float32)
-        rgb = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
-        chips = np.stack([aligner.align(rgb, d.landmarks, d.scheme) for d in detections])
-        return self.embedder.embed(chips)
+        return self.embedder.embed(self._chips(frame, detections))
 
-    def embed_largest(self, image: Image, what: str = "") -> np.ndarray:
-        """The embedding of the largest face of an image; NoFaceError when it has none."""
+    def embed_with_uncertainty(
+        self, frame: np.ndarray, detections: Sequence[detect.Detection]
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """(mu, sigma_sq) [n, D] of the detected faces in one batch; sigma_sq is None for a
+        model without uncertainty."""
+        if not self.has_uncertainty:
+            return self.embed(frame, detections), None
+        if not detections:
+            empty = np.zeros((0, self.embedder.embedding_dim), np.float32)
+            return empty, empty.copy()
+        return self.embedder.embed_with_uncertainty(self._chips(frame, detections))
+
+    def _largest(self, image: Image, what: str) -> tuple[np.ndarray, detect.Detection]:
         frame, found = self.faces(image)
         if not found:
             raise NoFaceError(f"no face found in {_describe(image)}" + (f" ({what})" if what else ""))
-        largest = max(found, key=lambda d: (d.box[2] - d.box[0]) * (d.box[3] - d.box[1]))
+        return frame, max(found, key=lambda d: (d.box[2] - d.box[0]) * (d.box[3] - d.box[1]))
+
+    def embed_largest(self, image: Image, what: str = "") -> np.ndarray:
+        """The embedding of the largest face of an image; NoFaceError when it has none."""
+        frame, largest = self._largest(image, what)
         return self.embed(frame, [largest])[0]
+
+    def embed_largest_with_uncertainty(self, image: Image, what: str = "") -> tuple[np.ndarray, np.ndarray | None]:
+        """(mu [D], sigma_sq [D] or None) of the largest face of an image; NoFaceError when none."""
+        frame, largest = self._largest(image, what)
+        mu, sigma_sq = self.embed_with_uncertainty(frame, [largest])
+        return mu[0], None if sigma_sq is None else sigma_sq[0]
+
+    def _quality_ok(self, quality: float | None) -> bool:
+        return quality is None or self.min_quality is None or quality >= self.min_quality
+
+    def _decide(
+        self, mu: np.ndarray, sigma_sq: np.ndarray | None, limit: float
+    ) -> list[tuple[str | None, float, float | None, bool]]:
+        """(identity or None, distance, mls, accepted) of each face against the gallery."""
+        if len(mu) == 0:
+            return []
+        if self.scoring == "mls":
+            names, scores, dist = self.gallery.search_mls(mu, sigma_sq, k=1)
+            mls_scores: list[float | None] = scores[:, 0].tolist()
+            within = [s >= limit for s in mls_scores]
+        else:
+            names, dist = self.gallery.search(mu, k=1)
+            mls_scores = [None] * len(mu)
+            within = [d <= limit for d in dist[:, 0].tolist()]
+        out = []
+        for (name, *_), d, score, ok in zip(names, dist[:, 0].tolist(), mls_scores, within):
+            accepted = name is not None and ok
+            out.append((name if accepted else None, float(d), score, accepted))
+        return out
 
     # --- public API ------------------------------------------------------------------------------
 
@@ -211,9 +344,21 @@ class Verifier:
         images = list(images)
         if not images:
             raise ValueError("enroll needs at least one image")
-        vectors = np.stack([self.embed_largest(image, f"enrolling {identity!r}") for image in images])
+        faces = [self.embed_largest_with_uncertainty(image, f"enrolling {identity!r}") for image in images]
+        vectors = np.stack([mu for mu, _ in faces])
         sources = [str(i) if isinstance(i, (str, os.PathLike)) else None for i in images]
-        return self.gallery.add(identity, vectors, sources=sources)
+        if not self.has_uncertainty:
+            return self.gallery.add(identity, vectors, sources=sources)
+        sigma_sq = np.stack([s for _, s in faces])
+        quality = np.asarray(pfe.quality(sigma_sq))
+        poor = [i for i, q in enumerate(quality.tolist()) if not self._quality_ok(q)]
+        if poor:
+            listed = ", ".join(f"{_describe(images[i])} (quality {quality[i]:.3f})" for i in poor)
+            raise LowQualityError(
+                f"enrolling {identity!r}: {len(poor)} of {len(images)} faces below min_quality {self.min_quality:.3f}: "
+                f"{listed}; nothing was stored (use sharper, larger, frontal images)"
+            )
+        return self.gallery.add(identity, vectors, sigma_sq=sigma_sq, quality=quality, sources=sources)
 
     def match(self, frame: Image, far: float | None = None, threshold: float | None = None) -> list[Match]:
         """Every face in the frame, identified against the gallery."""
@@ -221,28 +366,58 @@ class Verifier:
         image, found = self.faces(frame)
         live = [self.liveness is None or bool(self.liveness(image, d)) for d in found]
         checked = [d for d, ok in zip(found, live) if ok]
-        names, dist = self.gallery.search(self.embed(image, checked), k=1) if checked else ([], np.zeros((0, 1)))
+        mu, sigma_sq = self.embed_with_uncertainty(image, checked)
+        quality = [None] * len(checked) if sigma_sq is None else pfe.quality(sigma_sq).tolist()
+        good = [self._quality_ok(q) for q in quality]
+        decided = iter(self._decide(mu[good], None if sigma_sq is None else sigma_sq[good], limit))
         out, j = [], 0
         for d, ok in zip(found, live):
             if not ok:
-                out.append(Match(d.box, d.landmarks, d.score, None, math.inf, False, live=False))
+                out.append(Match(d.box, d.landmarks, d.score, None, math.inf, False, live=False, reason=NOT_LIVE))
                 continue
-            name, distance = names[j][0], float(dist[j, 0])
+            q, usable = quality[j], good[j]
             j += 1
-            accepted = name is not None and distance <= limit
-            out.append(Match(d.box, d.landmarks, d.score, name if accepted else None, distance, accepted))
+            if not usable:
+                out.append(Match(d.box, d.landmarks, d.score, None, math.inf, False, quality=q, reason=LOW_QUALITY))
+                continue
+            name, distance, score, accepted = next(decided)
+            reason = None if accepted else NO_MATCH
+            out.append(Match(d.box, d.landmarks, d.score, name, distance, accepted, quality=q, mls=score, reason=reason))
         return out
+
+    def stream(
+        self,
+        window: int = 10,
+        iou_threshold: float = 0.3,
+        max_missed: int = 5,
+        fusion: str = pfe.DEFAULT_FUSION,
+    ) -> FaceStream:
+        """A :class:`FaceStream` for one video: ``stream.match(frame)`` per frame, in order."""
+        return FaceStream(self, pfe.FrameTracker(iou_threshold, window, max_missed, fusion))
 
     def verify(self, a: Image, b: Image, far: float | None = None, threshold: float | None = None) -> Verification:
         """Are the largest faces of two images the same person?"""
         limit = self._limit(far, threshold)
-        ea, eb = self.embed_largest(a, "verify, first image"), self.embed_largest(b, "verify, second image")
+        ea, sa = self.embed_largest_with_uncertainty(a, "verify, first image")
+        eb, sb = self.embed_largest_with_uncertainty(b, "verify, second image")
         distance = float(((ea.astype(np.float64) - eb) ** 2).sum())
-        return Verification(distance <= limit, distance, limit)
+        score = None if sa is None else float(pfe.mls_pairs(ea[None], sa[None], eb[None], sb[None])[0])
+        if sa is not None and not (self._quality_ok(pfe.quality(sa)) and self._quality_ok(pfe.quality(sb))):
+            return Verification(False, distance, limit, score, self.scoring, reason=LOW_QUALITY)
+        same = score >= limit if self.scoring == "mls" else distance <= limit
+        return Verification(same, distance, limit, score, self.scoring)
 
     def identify(self, image: Image, k: int = 5) -> list[tuple[str, float]]:
-        """The k nearest enrolled identities of the largest face, nearest first."""
-        names, dist = self.gallery.search(self.embed_largest(image, "identify")[None], k=k)
+        """The k best enrolled identities of the largest face, best first: (name, squared L2)
+        for scoring "l2", (name, MLS) for scoring "mls". A face below min_quality raises
+        LowQualityError."""
+        mu, sigma_sq = self.embed_largest_with_uncertainty(image, "identify")
+        if sigma_sq is not None and not self._quality_ok(q := pfe.quality(sigma_sq)):
+            raise LowQualityError(f"the face in {_describe(image)} has quality {q:.3f} < min_quality {self.min_quality:.3f}")
+        if self.scoring == "mls":
+            names, scores, _ = self.gallery.search_mls(mu[None], sigma_sq[None], k=k)
+            return [(n, float(s)) for n, s in zip(names[0], scores[0]) if n is not None]
+        names, dist = self.gallery.search(mu[None], k=k)
         return [(n, float(d)) for n, d in zip(names[0], dist[0]) if n is not None]
 
     def remove(self, identity: str) -> bool:
@@ -264,15 +439,77 @@ class Verifier:
         if far is not None and threshold is not None:
             raise ValueError("give far or threshold, not both")
         if threshold is not None:
-            return _checked_threshold(threshold)
+            return self._checked_threshold(threshold)
         return self.threshold if far is None else self.threshold_for(far)
 
+    def _checked_threshold(self, value: float) -> float:
+        value = float(value)
+        if self.scoring == "mls":
+            if not math.isfinite(value):
+                raise ValueError(f"an MLS threshold must be a finite number, got {value}")
+        elif not (math.isfinite(value) and value >= 0):
+            raise ValueError(f"threshold must be a finite squared-L2 distance >= 0, got {value}")
+        return value
 
-def _checked_threshold(value: float) -> float:
-    value = float(value)
-    if not (math.isfinite(value) and value >= 0):
-        raise ValueError(f"threshold must be a finite squared-L2 distance >= 0, got {value}")
-    return value
+
+class FaceStream:
+    """Identification over a video: faces are followed across consecutive frames and each
+    answer is for the fusion of the face's last ``window`` frames (:class:`sdk.pfe.FrameTracker`).
+
+    ``Match.track_id`` names the track, ``Match.frames`` the frames fused, ``Match.quality``
+    the fused face's quality (PFE models). Frames below ``min_quality`` keep their track alive
+    but are not fused; a track without a usable frame yet reports ``reason="low_quality"``.
+    Faces vetoed by the liveness hook are not tracked. Feed frames in order, from one camera;
+    not thread-safe (one FaceStream per stream; the Verifier itself is shared).
+    """
+
+    def __init__(self, verifier: Verifier, tracker: pfe.FrameTracker) -> None:
+        self.verifier = verifier
+        self.tracker = tracker
+
+    def match(self, frame: Image, far: float | None = None, threshold: float | None = None) -> list[Match]:
+        v = self.verifier
+        limit = v._limit(far, threshold)
+        image, found = v.faces(frame)
+        live = [v.liveness is None or bool(v.liveness(image, d)) for d in found]
+        checked = [d for d, ok in zip(found, live) if ok]
+        mu, sigma_sq = v.embed_with_uncertainty(image, checked)
+        quality: list[float | None] = [None] * len(checked)
+        if sigma_sq is None:  # no uncertainty: equal weights, the fusion is the frames' mean
+            weights = np.ones_like(mu)
+        else:
+            weights = sigma_sq
+            quality = pfe.quality(sigma_sq).tolist()
+        usable = [v._quality_ok(q) for q in quality]
+        tracks = self.tracker.update(np.array([d.box for d in checked]).reshape(-1, 4), mu, weights, usable)
+        ready = [t for t in tracks if t.mu is not None]
+        fused_mu = np.stack([t.mu for t in ready]) if ready else mu[:0]
+        fused_sigma = None if sigma_sq is None else (np.stack([t.sigma_sq for t in ready]) if ready else sigma_sq[:0])
+        decided = dict(zip((id(t) for t in ready), v._decide(fused_mu, fused_sigma, limit)))
+        out, j = [], 0
+        for d, ok in zip(found, live):
+            if not ok:
+                out.append(Match(d.box, d.landmarks, d.score, None, math.inf, False, live=False, reason=NOT_LIVE))
+                continue
+            track = tracks[j]
+            j += 1
+            if track.mu is None:
+                out.append(
+                    Match(d.box, d.landmarks, d.score, None, math.inf, False, quality=quality[j - 1],
+                          reason=LOW_QUALITY, track_id=track.id, frames=0)
+                )
+                continue
+            name, distance, score, accepted = decided[id(track)]
+            fused_quality = None if sigma_sq is None else track.quality
+            out.append(
+                Match(d.box, d.landmarks, d.score, name, distance, accepted, quality=fused_quality, mls=score,
+                      reason=None if accepted else NO_MATCH, track_id=track.id, frames=track.frames)
+            )
+        return out
+
+    def reset(self) -> None:
+        """Forget every track (e.g. after a scene cut)."""
+        self.tracker.reset()
 
 
 def _describe(image: Image) -> str:

@@ -551,3 +551,91 @@ def test_export_round_trip(tmp_path: Path, rng: np.random.Generator) -> None:
     with np.load(tmp_path / "e.npz", allow_pickle=False) as z:
         assert (z["vectors"].shape, z["names"].shape) == ((0, 16), (0,))
         assert "sigma_sq" not in z.files
+
+
+# ------------------------------------------------------------ PFE: sigma_sq and MLS search
+
+
+def reference_mls(
+    queries: np.ndarray, q_sigma: np.ndarray, vectors: np.ndarray, sigma: np.ndarray, owners: list[str], k: int
+) -> tuple[list[list[str | None]], np.ndarray, np.ndarray]:
+    """Brute force in float64: each identity's best-MLS row, ranked by (-score, row)."""
+    from sdk.pfe import mls_reference
+
+    scores = mls_reference(queries, q_sigma, vectors, sigma)
+    names, best_scores, best_rows = [], np.full((len(queries), k), -np.inf), np.full((len(queries), k), -1)
+    for i, row in enumerate(scores):
+        best: dict[str, tuple[float, int]] = {}
+        for j, (score, owner) in enumerate(zip(row, owners)):
+            best[owner] = min(best.get(owner, (np.inf, j)), (-score, j))
+        ranked = sorted(best, key=best.__getitem__)[:k]
+        names.append(ranked + [None] * (k - len(ranked)))
+        best_scores[i, : len(ranked)] = [-best[name][0] for name in ranked]
+        best_rows[i, : len(ranked)] = [best[name][1] for name in ranked]
+    return names, best_scores, best_rows
+
+
+def variances(rng: np.random.Generator, n: int) -> np.ndarray:
+    return np.exp(rng.uniform(-5, -1, (n, MODEL["dim"]))).astype(np.float32)
+
+
+def test_search_mls_matches_brute_force(rng: np.random.Generator) -> None:
+    owners = [f"id{i}" for i in rng.integers(0, 12, 80)]
+    vectors, sigma = unit(rng, 80), variances(rng, 80)
+    with Gallery(None, **MODEL) as g:
+        for name in dict.fromkeys(owners):
+            rows = [i for i, o in enumerate(owners) if o == name]
+            g.add(name, vectors[rows], sigma_sq=sigma[rows])
+        order = [i for name in dict.fromkeys(owners) for i, o in enumerate(owners) if o == name]
+        vectors, sigma, owners = vectors[order], sigma[order], [owners[i] for i in order]  # enrolment order
+        queries = np.vstack([unit(rng, 5), vectors[3:5]])
+        q_sigma = variances(rng, 7)
+        for k in (1, 3, 20):
+            names, scores, dist = g.search_mls(queries, q_sigma, k=k)
+            ref_names, ref_scores, ref_rows = reference_mls(queries, q_sigma, vectors, sigma, owners, k)
+            assert names == ref_names
+            np.testing.assert_allclose(scores, ref_scores.astype(np.float32), rtol=1e-5, atol=1e-3)
+            found = ref_rows >= 0
+            l2 = ((queries[:, None, :].astype(np.float64) - vectors[np.where(found, ref_rows, 0)]) ** 2).sum(-1)
+            np.testing.assert_allclose(dist[found], l2[found], atol=1e-5)
+            assert np.isinf(dist[~found]).all() and np.isneginf(scores[~found]).all()
+        # within_mls: every identity at or above a threshold, best first, its head = search_mls's answer.
+        threshold = float(np.median(scores[:, :3]))
+        hits = g.within_mls(queries, q_sigma, threshold)
+        for i, row in enumerate(hits):
+            expected = [(n, s) for n, s in zip(ref_names[i], ref_scores[i]) if n is not None and s >= threshold + 1e-2]
+            got = dict(row)
+            assert all(n in got and got[n] == pytest.approx(s, rel=1e-5) for n, s in expected)
+            assert [s for _, s in row] == sorted((s for _, s in row), reverse=True)
+            if row:
+                assert row[0][0] == names[i][0]
+
+
+def test_sigma_is_stored_returned_and_required_for_mls(rng: np.random.Generator, tmp_path: Path) -> None:
+    path = tmp_path / "pfe.db"
+    mu, sigma = unit(rng, 3), variances(rng, 3)
+    with Gallery(path, **MODEL) as g:
+        g.add("alice", mu, sigma_sq=sigma, quality=[1.0, 2.0, 3.0], sources=["a.jpg", None, "c.jpg"])
+    with Gallery(path, **MODEL) as g:
+        stored = g.embeddings("alice")
+        np.testing.assert_array_equal(stored.vectors, mu)
+        np.testing.assert_array_equal(stored.sigma_sq, sigma)
+        assert stored.quality.tolist() == [1.0, 2.0, 3.0] and stored.sources == ["a.jpg", None, "c.jpg"]
+        names, scores, _ = g.search_mls(mu[:1], sigma[:1])
+        assert names == [["alice"]] and np.isfinite(scores).all()
+        with pytest.raises(KeyError, match="'bob' is not enrolled"):
+            g.embeddings("bob")
+        with pytest.raises(ValueError, match="sigma_sq must be positive"):
+            g.search_mls(mu[:1], -sigma[:1])
+        with pytest.raises(ValueError, match="shaped like the queries"):
+            g.search_mls(mu[:2], sigma[:1])
+        g.add("bob", unit(rng, 1))  # an L2-only face: the snapshot reloads and MLS refuses it
+        bob = g.embeddings("bob")
+        assert bob.sigma_sq is None and np.isnan(bob.quality).all() and bob.sources == [None]
+        assert g.search(mu[:1])[0] == [["alice"]]
+        with pytest.raises(GalleryError, match="1 of 4 embeddings have no sigma_sq"):
+            g.search_mls(mu[:1], sigma[:1])
+        with pytest.raises(GalleryError, match="no sigma_sq"):
+            g.within_mls(mu[:1], sigma[:1], 0.0)
+        g.remove("bob")
+        assert g.search_mls(mu[:1], sigma[:1], k=2)[0] == [["alice", None]]

@@ -189,3 +189,41 @@ def test_matching_threads_agree_with_a_serial_run_while_enrolling(enrolled, data
     finally:
         stop.set()
         writer.join()
+
+
+def test_pfe_options_need_a_pfe_model(default_onnx):
+    with pytest.raises(FaceSDKError, match="scoring='mls' needs a PFE model"):
+        Verifier(default_onnx, detector="yunet", gallery=None, threshold=THRESHOLD, scoring="mls")
+    with pytest.raises(FaceSDKError, match="min_quality needs a PFE model"):
+        Verifier(default_onnx, detector="yunet", gallery=None, threshold=THRESHOLD, min_quality=1.0)
+    with pytest.raises(ValueError, match="scoring must be one of"):
+        Verifier(default_onnx, detector="yunet", gallery=None, threshold=THRESHOLD, scoring="cosine")
+    with Verifier(default_onnx, detector="yunet", gallery=None, threshold=THRESHOLD) as v:
+        assert v.scoring == "l2" and not v.has_uncertainty and v.info()["scoring"] == "l2"
+
+
+def test_match_says_why_a_face_is_not_accepted(enrolled, data):
+    m = main_face(enrolled.match(lfw_image(data, "Tony_Blair", 10)))
+    assert m.reason is None and m.quality is None and m.mls is None and m.track_id is None
+    stranger = main_face(enrolled.match(lfw_image(data, STRANGER, 1)))
+    assert stranger.reason == "no_match"
+    v = enrolled.verify(lfw_image(data, "Tony_Blair", 20), lfw_image(data, "Tony_Blair", 21))
+    assert v.scoring == "l2" and v.mls is None and v.reason is None
+
+
+def test_a_stream_follows_a_face_across_frames(enrolled, data):
+    """Without uncertainty the stream averages a track's frames (the window's mean embedding)."""
+    stream = enrolled.stream(window=3)
+    base = cv2.imread(str(lfw_image(data, "Colin_Powell", 10)))
+    frames = [np.roll(base, shift, axis=1) for shift in (0, 3, 6, 9)]
+    answers = [main_face(stream.match(f)) for f in frames]
+    assert len({m.track_id for m in answers}) == 1
+    assert [m.frames for m in answers] == [1, 2, 3, 3]
+    assert all(m.identity == "Colin_Powell" and m.accepted for m in answers)
+    # The fused answer is the nearest identity of the window's mean embedding.
+    mean = np.mean([enrolled.embed_largest(f) for f in frames[1:]], axis=0)
+    mean /= np.linalg.norm(mean)
+    names, dist = enrolled.gallery.search(mean[None])
+    assert answers[-1].distance == pytest.approx(float(dist[0, 0]), abs=1e-5)
+    stream.reset()
+    assert main_face(stream.match(frames[0])).frames == 1
