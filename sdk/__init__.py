@@ -10,12 +10,14 @@
 
 from sdk.clustering import cluster
 from sdk.errors import BackendUnavailableError, FaceSDKError, GalleryError, InvalidImageError, ModelMismatchError
-from sdk.verifier import Match, NoFaceError, Verification, Verifier
+from sdk.verifier import FaceStream, LowQualityError, Match, NoFaceError, Verification, Verifier
 
 __version__ = "0.1.0"
 
 __all__ = [
     "cluster",
+    "FaceStream",
+    "LowQualityError",
     "BackendUnavailableError",
     "FaceSDKError",
     "GalleryError",

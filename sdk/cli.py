@@ -233,6 +233,8 @@ def make_verifier(args: argparse.Namespace):
         gallery="default" if args.gallery is None else args.gallery,
         threshold=getattr(args, "threshold", None),
         far=getattr(args, "far", None),
+        scoring=args.scoring,
+        min_quality=args.min_quality,
     )
 
 
@@ -292,15 +294,20 @@ def frames(source: Path, every: int):
 def match_cmd(args: argparse.Namespace) -> int:
     results, lines, accepted = [], [], 0
     with make_verifier(args) as v:
-        lines.append(f"{'source':<40} {'face':>4} {'identity':<24} {'distance':>8} {'accepted':>8}  box")
+        # --track: follow each face across the frames and answer for the fusion of its last frames.
+        matcher = v.stream() if args.track else v
+        lines.append(f"{'source':<40} {'face':>4} {'identity':<24} {'distance':>8} {'accepted':>8} {'why not':<11}  box")
         for label, frame in frames(Path(args.source), args.every):
-            found = v.match(frame)
+            found = matcher.match(frame)
             for i, m in enumerate(found):
                 accepted += m.accepted
                 results.append({"source": label, "face": i, "identity": m.identity, "distance": m.distance,
-                                "accepted": m.accepted, "score": m.score, "box": m.box, "landmarks": m.landmarks})  # fmt: skip
+                                "accepted": m.accepted, "reason": m.reason, "score": m.score, "quality": m.quality,
+                                "mls": m.mls, "track": m.track_id, "frames": m.frames, "box": m.box,
+                                "landmarks": m.landmarks})  # fmt: skip
                 lines.append(f"{label[-40:]:<40} {i:>4} {m.identity or '-':<24} {m.distance:8.4f} "
-                             f"{'yes' if m.accepted else 'no':>8}  {np.round(m.box).astype(int).tolist()}")  # fmt: skip
+                             f"{'yes' if m.accepted else 'no':>8} {m.reason or '':<11}  "
+                             f"{np.round(m.box).astype(int).tolist()}")  # fmt: skip
             if not found:
                 lines.append(f"{label[-40:]:<40} {'-':>4} no face")
     emit(args, results, lines)
@@ -480,6 +487,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--detector", choices=["auto", "yunet", "dlib"], default="auto")
         p.add_argument("--gallery", help="gallery file (default $FACESDK_HOME/gallery.sqlite)")
         p.add_argument("--json", action="store_true", help="print JSON")
+        p.add_argument("--scoring", choices=["l2", "mls"], default="l2", help="mls: PFE models only (see README)")
+        p.add_argument("--min-quality", type=float, help="PFE models: refuse faces below this quality")
         return p
 
     def decision(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -495,6 +504,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = decision(runtime(sub.add_parser("match", help="identify every face of an image, folder or video")))
     p.add_argument("source")
     p.add_argument("--every", type=int, default=1, help="video: match every N-th frame")
+    p.add_argument("--track", action="store_true", help="video: follow faces across frames, fuse each track")
     p.set_defaults(run=match_cmd)
     p = decision(runtime(sub.add_parser("verify", help="are two images the same person?")))
     p.add_argument("a")

@@ -172,8 +172,11 @@ class Verifier:
         min_quality: float | None = None,
     ) -> None:
         if backend == "tensorrt":
-            if model is None:
-                raise ValueError("backend 'tensorrt' needs model=ENGINE (build one with `facesdk export trt MODEL.onnx`)")
+            if model is None or Path(model).suffix == ".onnx":
+                raise BackendUnavailableError(
+                    f"backend 'tensorrt' runs an engine, not {model or 'the default ONNX model'}: build one on this "
+                    f"device with `facesdk export trt {model or 'MODEL.onnx'} -o model.engine` (docs/tensorrt.md)"
+                )
             from sdk.tensorrt import TensorRTEmbedder
 
             self.embedder = TensorRTEmbedder(model)

@@ -154,6 +154,15 @@ def test_match_reads_videos_frame_by_frame(data, default_onnx, tmp_path, capsys)
     faces = json.loads(capsys.readouterr().out)
     assert sorted({f["source"] for f in faces}) == ["door.avi#0", "door.avi#2", "door.avi#4"]
     assert sum(f["identity"] == "Tony_Blair" for f in faces) >= 2
+    # --track: a face that moves a little between frames is one track; each answer fuses more frames.
+    shifted = tmp_path / "walk.avi"
+    writer = cv2.VideoWriter(str(shifted), cv2.VideoWriter_fourcc(*"MJPG"), 5, (250, 250))
+    for dx in range(0, 15, 3):
+        writer.write(cv2.warpAffine(frames[0], np.float32([[1, 0, dx], [0, 1, 0]]), (250, 250)))
+    writer.release()
+    assert cli.main(["match", str(shifted), "--track", "--json", "--threshold", "0.15", *common]) == 0
+    blair = [f for f in json.loads(capsys.readouterr().out) if f["identity"] == "Tony_Blair"]
+    assert len({f["track"] for f in blair}) == 1 and [f["frames"] for f in blair] == [1, 2, 3, 4, 5]
 
 
 @pytest.mark.parametrize(

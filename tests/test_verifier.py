@@ -141,8 +141,10 @@ def test_liveness_hook_vetoes_faces(default_onnx, data, tmp_path):
 def test_unavailable_backends_fail_loudly(default_onnx, tmp_path):
     with pytest.raises(BackendUnavailableError, match="CUDAExecutionProvider"):
         Verifier(default_onnx, providers=["CUDAExecutionProvider"], gallery=None, threshold=THRESHOLD)
-    with pytest.raises(BackendUnavailableError, match="tensorrt"):
+    with pytest.raises(BackendUnavailableError, match="facesdk export trt"):
         Verifier(default_onnx, backend="tensorrt", gallery=None, threshold=THRESHOLD)
+    with pytest.raises(BackendUnavailableError, match="unknown"):
+        Verifier(default_onnx, backend="openvino", gallery=None, threshold=THRESHOLD)
     with Verifier(default_onnx, detector="yunet", gallery=None, threshold=THRESHOLD) as v:
         assert v.info()["providers"] == ["CPUExecutionProvider"] and v.info()["backend"] == "onnxruntime"
 
