@@ -3,6 +3,7 @@
     python -m export.onnx default [-o PATH]           dlib's ResNet-29 (default: the runtime's cache)
     python -m export.onnx pfe [--head HEAD.pt] [-o PATH]
                                                       the same + a trained PFE uncertainty head
+    python -m export.onnx checkpoint CKPT.pt -o PATH  a backbone trained by ``python -m train``
     python -m export.onnx check PATH [--faces N]      parity and speed of PATH against torch on LFW
 
 The file contract (input ``chip`` uint8 NHWC RGB, output ``embedding`` float32, metadata keys) is
@@ -190,6 +191,27 @@ def export_dlib_default(path: str | os.PathLike[str] | None = None) -> Path:
     )
 
 
+def export_checkpoint(checkpoint: str | os.PathLike[str], path: str | os.PathLike[str]) -> Path:
+    """The backbone of a ``python -m train`` checkpoint. No threshold: calibrate the exported file
+    (``facesdk calibrate --model PATH --write``) before a Verifier uses it."""
+    from train.trainer import load_trained_backbone
+
+    checkpoint = Path(checkpoint)
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    model = load_trained_backbone(checkpoint)
+    digest = hashlib.sha256(checkpoint.read_bytes()).hexdigest()
+    return export_onnx(
+        model,
+        path,
+        name=state["config"]["name"],
+        version=f"step{state['step']}",
+        source=f"{checkpoint.name} sha256:{digest}",
+        input_size=tuple(model.input_size),
+        chip_scheme=model.chip_scheme,
+        metadata={"backbone": json.dumps(state["backbone"])},
+    )
+
+
 def export_pfe(head: str | os.PathLike[str], path: str | os.PathLike[str] | None = None) -> Path:
     """dlib's ResNet-29 + the uncertainty head checkpoint ``head`` (``python -m train.pfe train``)
     as one PFE model, to ``path`` or :func:`sdk.embed.default_pfe_model_path`.
@@ -270,6 +292,9 @@ def main(argv: list[str] | None = None) -> None:
     pfe = sub.add_parser("pfe", help="dlib's ResNet-29 + a trained PFE uncertainty head (outputs embedding, sigma_sq)")
     pfe.add_argument("--head", type=Path, default=None, help="head checkpoint (default: python -m train.pfe's)")
     pfe.add_argument("-o", "--output", type=Path, default=None, help=f"default: {default_pfe_model_path()}")
+    ckpt = sub.add_parser("checkpoint", help="the backbone of a `python -m train` checkpoint")
+    ckpt.add_argument("checkpoint", type=Path)
+    ckpt.add_argument("-o", "--output", type=Path, required=True)
     chk = sub.add_parser("check", help="parity and speed against torch on LFW faces (needs dlib-bin)")
     chk.add_argument("path", type=Path)
     chk.add_argument("--faces", type=int, default=32, help="faces for parity (at least the largest batch)")
@@ -279,6 +304,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.command == "default":
         print(export_dlib_default(args.output))
+    elif args.command == "checkpoint":
+        print(export_checkpoint(args.checkpoint, args.output))
     elif args.command == "pfe":
         from train.pfe.features import default_head_path
 

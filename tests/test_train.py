@@ -301,6 +301,17 @@ def test_resume_continues_bit_exactly(att_dataset, chip_cache: Path, tmp_path: P
     state = torch.load(tmp_path / "b" / CHECKPOINT, weights_only=False)
     assert state["step"] == 4 and state["sampler"] == {"seed": 0, "step": 4}
     assert {"model", "optimizer", "scheduler", "config"} <= set(state)
+    # The checkpoint exports to a runtime model (python -m export.onnx checkpoint) that embeds as torch does.
+    from export.onnx import export_checkpoint
+    from sdk.embed import OnnxEmbedder
+
+    embedder = OnnxEmbedder(export_checkpoint(tmp_path / "b" / CHECKPOINT, tmp_path / "b.onnx"), threads=1)
+    assert embedder.metadata["model_version"] == "step4" and embedder.metadata["source"].startswith(CHECKPOINT)
+    chips = att_dataset.gather(np.arange(4))
+    resumed.model.eval()
+    with torch.no_grad():
+        expected = torch.nn.functional.normalize(resumed.model(chips_to_input(chips)), dim=1).numpy()
+    assert np.abs(embedder.embed(chips) - expected).max() < 1e-5
 
 
 def test_two_gloo_processes_end_with_identical_weights(att_dataset, chip_cache: Path, tmp_path: Path) -> None:
