@@ -7,7 +7,8 @@ calibrate
     MLS thresholds per FAR over all pairs of a labelled set (CelebA by default, as
     ``facesdk calibrate`` for L2) and the quality below which 1/2/5/10/20 % of its faces fall;
     ``--write`` stores ``mls_threshold``, ``mls_threshold_far``, ``mls_threshold_table``,
-    ``mls_threshold_calibrated_on`` and ``quality_reject_table`` in the model's metadata.
+    ``mls_threshold_calibrated_on`` and ``quality_reject_table`` in the model's metadata
+    (:func:`store_calibration`, which the tests' small PFE model uses too).
 
 lfw
     LFW ``pairs.txt``, 10 folds (threshold from the other 9): squared L2 on mu vs MLS:
@@ -63,7 +64,7 @@ import numpy as np
 
 from sdk import kernels, lfw, pfe
 
-__all__ = ["DEGRADATIONS", "KINDS", "degrade", "FaceBank", "Faces", "main"]
+__all__ = ["DEGRADATIONS", "KINDS", "degrade", "FaceBank", "Faces", "store_calibration", "main"]
 
 # Degradations by kind, mildest first. Levels: Gaussian sigma in image pixels (LFW faces are
 # ~110 px wide in 250 px images, about the chip's scale); face width in pixels after
@@ -78,6 +79,9 @@ DEGRADATIONS: dict[str, tuple[str, float]] = {name: (kind, level) for kind, leve
 VARIANTS = ("clean", *DEGRADATIONS)
 FAR = 1e-3
 REJECT = (0.0, 0.05, 0.10, 0.15, 0.20, 0.25, 0.30)
+# calibrate's defaults: the FARs of mls_threshold_table and the fractions of quality_reject_table.
+CALIBRATION_FARS = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5)
+QUALITY_REJECT = (0.01, 0.02, 0.05, 0.1, 0.2)
 TEMPLATE_SIZES = (1, 2, 4, 8)
 
 
@@ -747,7 +751,6 @@ def calibrate(ctx: Context, args: argparse.Namespace) -> None:
     """MLS thresholds per FAR and quality reject thresholds on a labelled set (clean faces);
     with ``--write`` they go into the model's metadata."""
     from sdk import calibration
-    from sdk.embed import set_metadata
 
     paths, labels = calibration.labelled_images(ctx.data, args.set)
     faces = ctx.bank.faces(paths, "clean")
@@ -768,17 +771,36 @@ def calibrate(ctx: Context, args: argparse.Namespace) -> None:
         say(f"{r:>10g} {q:10.4f}")
     ctx.results["calibrate"] = {"mls": [c.__dict__ for c in results], "quality_reject": qualities}
     if args.write:
-        chosen = next(c for c in results if c.target_far == args.far)
         path = ctx.bank.embedder.path
-        set_metadata(
-            path,
-            mls_threshold=repr(chosen.threshold),  # exact: a rounded value could accept an impostor
-            mls_threshold_far=f"{args.far:g}",
-            mls_threshold_table=json.dumps({f"{c.target_far:g}": c.threshold for c in results}),
-            mls_threshold_calibrated_on=f"{args.set}, {len(paths)} images, detector {ctx.bank.detector.name}",
-            quality_reject_table=json.dumps({f"{r:g}": q for r, q in qualities.items()}),
-        )
+        calibrated_on = f"{args.set}, {len(paths)} images, detector {ctx.bank.detector.name}"
+        chosen = store_calibration(path, results, args.far, qualities, calibrated_on)
         say(f"stored in {path}: mls_threshold {chosen.threshold:.4f} at FAR {args.far:g}, mls_threshold_table, quality_reject_table")
+
+
+def store_calibration(
+    path: str | os.PathLike[str],
+    results: Sequence[pfe.MLSCalibration],
+    far: float,
+    qualities: dict[float, float],
+    calibrated_on: str,
+) -> pfe.MLSCalibration:
+    """Write MLS thresholds (``results`` of :func:`sdk.pfe.calibrate_mls`, the one at ``far`` as
+    the default) and ``qualities`` (of :func:`sdk.pfe.calibrate_quality`) into the model's
+    metadata; returns the default one. ``calibrated_on`` says on which faces."""
+    from sdk.embed import set_metadata
+
+    chosen = next((c for c in results if math.isclose(c.target_far, far, rel_tol=1e-9)), None)
+    if chosen is None:
+        raise ValueError(f"FAR {far:g} is not among the calibrated ones {[c.target_far for c in results]}")
+    set_metadata(
+        path,
+        mls_threshold=repr(chosen.threshold),  # exact: a rounded value could accept an impostor
+        mls_threshold_far=f"{far:g}",
+        mls_threshold_table=json.dumps({f"{c.target_far:g}": c.threshold for c in results}),
+        mls_threshold_calibrated_on=calibrated_on,
+        quality_reject_table=json.dumps({f"{r:g}": q for r, q in qualities.items()}),
+    )
+    return chosen
 
 
 # -------------------------------------------------------------------------------------- command
@@ -807,8 +829,8 @@ def main(argv: list[str] | None = None) -> int:
     cal = parser.add_argument_group("calibrate")
     cal.add_argument("--set", choices=("celeba", "lfw-devtrain"), default="celeba", help="labelled set to calibrate on")
     cal.add_argument("--far", type=float, default=1e-3, help="the default operating point (mls_threshold)")
-    cal.add_argument("--table", type=float, nargs="*", default=[1e-1, 1e-2, 1e-3, 1e-4, 1e-5], help="FARs of mls_threshold_table")
-    cal.add_argument("--reject", type=float, nargs="*", default=[0.01, 0.02, 0.05, 0.1, 0.2], help="fractions of quality_reject_table")
+    cal.add_argument("--table", type=float, nargs="*", default=list(CALIBRATION_FARS), help="FARs of mls_threshold_table")
+    cal.add_argument("--reject", type=float, nargs="*", default=list(QUALITY_REJECT), help="fractions of quality_reject_table")
     cal.add_argument("--write", action="store_true", help="store the thresholds in the model's metadata")
     args = parser.parse_args(argv)
 
