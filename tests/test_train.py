@@ -192,6 +192,21 @@ def test_a_small_backbone_exports_to_the_runtime_model_contract(tmp_path: Path) 
     assert np.abs(embedder.embed(chips) - expected).max() < 1e-5
 
 
+def test_freeze_keeps_named_parameters_out_of_the_optimizer() -> None:
+    from train.config import Config
+    from train.trainer import freeze, make_optimizer
+
+    model = create_backbone("mobilefacenet", image_size=64, width=0.25)
+    first = next(iter(model.named_parameters()))[0].split(".")[0]
+    freeze(model, [first])
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    assert frozen and all(n.startswith(first) for n in frozen)
+    optimized = {id(p) for group in make_optimizer(model, Config()).param_groups for p in group["params"]}
+    assert optimized == {id(p) for p in model.parameters() if p.requires_grad}
+    with pytest.raises(ValueError, match="'nothing' names no parameter"):
+        freeze(model, ["nothing"])
+
+
 def test_backbone_registry_errors_are_clear() -> None:
     with pytest.raises(ValueError, match="unknown backbone 'resnet9000'.*mobilefacenet"):
         create_backbone("resnet9000")

@@ -41,6 +41,9 @@ class DataConfig:
 class BackboneConfig:
     name: str = "mobilefacenet"  # train.backbones.list_backbones()
     options: dict[str, Any] = field(default_factory=dict)  # keyword arguments of its factory
+    # Parameter-name prefixes kept fixed (fine-tuning a strong model: e.g. ["stem", "blocks"]
+    # trains only dlib's fc); every prefix must name at least one parameter.
+    freeze: list[str] = field(default_factory=list)
 
 
 @dataclass

@@ -188,11 +188,24 @@ class LRFactor:
         return 1.0
 
 
+def freeze(model: nn.Module, prefixes: list[str]) -> None:
+    """Keep the parameters whose names start with one of ``prefixes`` fixed."""
+    names = [name for name, _ in model.named_parameters()]
+    unmatched = [p for p in prefixes if not any(n.startswith(p) for n in names)]
+    if unmatched:
+        raise ValueError(f"backbone.freeze: {unmatched[0]!r} names no parameter; parameters start with "
+                         f"{', '.join(sorted({n.split('.')[0] for n in names}))}")  # fmt: skip
+    for name, parameter in model.named_parameters():
+        if any(name.startswith(p) for p in prefixes):
+            parameter.requires_grad_(False)
+
+
 def make_optimizer(model: nn.Module, config: Config) -> torch.optim.Optimizer:
     o = config.optimizer
+    trainable = [p for p in model.parameters() if p.requires_grad]
     if o.name == "adagrad":
-        return torch.optim.Adagrad(model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
-    return torch.optim.AdamW(model.parameters(), lr=o.lr, weight_decay=o.weight_decay, betas=tuple(o.betas))
+        return torch.optim.Adagrad(trainable, lr=o.lr, weight_decay=o.weight_decay)
+    return torch.optim.AdamW(trainable, lr=o.lr, weight_decay=o.weight_decay, betas=tuple(o.betas))
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, config: Config) -> torch.optim.lr_scheduler.LambdaLR:
@@ -290,6 +303,7 @@ class Trainer:
 
         torch.manual_seed(config.seed)  # the initial weights (DDP then broadcasts rank 0's)
         self.model = create_backbone(config.backbone.name, **config.backbone.options).to(self.device)
+        freeze(self.model, config.backbone.freeze)
         self.memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
         self.model.to(memory_format=self.memory_format)
         self.model.train()
