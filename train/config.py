@@ -76,7 +76,9 @@ class AugmentConfig:
 
 @dataclass
 class OptimizerConfig:
-    name: str = "adagrad"  # "adagrad" (FaceNet, lr 0.05) | "adamw"
+    # "adagrad" (FaceNet, lr 0.05) | "adamw" | "sgd" (momentum 0.9: steps scale with the
+    # gradient, where adaptive ones move every weight alike -- gentler for fine-tuning)
+    name: str = "adagrad"
     lr: float = 0.05
     weight_decay: float = 0.0
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # adamw only
@@ -265,7 +267,7 @@ def _check(c: Config, source: str) -> None:
     choose("mining.fallback", c.mining.fallback, ("none", "easy", "hardest"))
     choose("mining.reduction", c.mining.reduction, ("mean", "sum", "mean_active"))
     positive("mining.margin", c.mining.margin, allow_zero=True)
-    choose("optimizer.name", c.optimizer.name, ("adagrad", "adamw"))
+    choose("optimizer.name", c.optimizer.name, ("adagrad", "adamw", "sgd"))
     positive("optimizer.lr", c.optimizer.lr)
     positive("optimizer.weight_decay", c.optimizer.weight_decay, allow_zero=True)
     positive("optimizer.grad_clip", c.optimizer.grad_clip)

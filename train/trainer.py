@@ -205,6 +205,8 @@ def make_optimizer(model: nn.Module, config: Config) -> torch.optim.Optimizer:
     trainable = [p for p in model.parameters() if p.requires_grad]
     if o.name == "adagrad":
         return torch.optim.Adagrad(trainable, lr=o.lr, weight_decay=o.weight_decay)
+    if o.name == "sgd":
+        return torch.optim.SGD(trainable, lr=o.lr, momentum=0.9, weight_decay=o.weight_decay)
     return torch.optim.AdamW(trainable, lr=o.lr, weight_decay=o.weight_decay, betas=tuple(o.betas))
 
 
