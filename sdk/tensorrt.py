@@ -55,7 +55,7 @@ from typing import Any
 
 import numpy as np
 
-from sdk.embed import INPUT_NAME, OUTPUT_NAME, parse_metadata
+from sdk.embed import INPUT_NAME, OUTPUT_NAME, SIGMA_SQ_NAME, check_chips, parse_metadata
 from sdk.errors import BackendUnavailableError, FaceSDKError
 
 __all__ = [
@@ -77,7 +77,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-SIGMA_NAME = "sigma_sq"  # PFE models: per-dimension variance beside the embedding
+SIGMA_NAME = SIGMA_SQ_NAME  # PFE models: per-dimension variance beside the embedding
 OUTPUT_NAMES = (OUTPUT_NAME, SIGMA_NAME)
 SIDECAR_FORMAT = "facesdk-tensorrt-engine"
 SIDECAR_VERSION = 1
@@ -442,17 +442,8 @@ class TensorRTEmbedder:
         out = self._run(chips)
         return out[OUTPUT_NAME], out[SIGMA_NAME]
 
-    def _check_chips(self, chips: np.ndarray) -> None:
-        h, w = self.input_size
-        if not isinstance(chips, np.ndarray):
-            raise TypeError(f"chips must be a numpy array, got {type(chips).__name__}")
-        if chips.dtype != np.uint8:
-            raise TypeError(f"chips must be uint8 RGB pixels, got dtype {chips.dtype}")
-        if chips.ndim != 4 or chips.shape[1:] != (h, w, 3):
-            raise ValueError(f"chips must be [N, {h}, {w}, 3] (aligned RGB, NHWC), got shape {chips.shape}")
-
     def _run(self, chips: np.ndarray) -> dict[str, np.ndarray]:
-        self._check_chips(chips)
+        check_chips(chips, self.input_size)
         n = len(chips)
         if n == 0:
             return {name: np.zeros((0, self.embedding_dim), np.float32) for name in self._outputs}

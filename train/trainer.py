@@ -558,7 +558,7 @@ class Trainer:
         os.replace(tmp, path)  # a crash never leaves half a checkpoint
 
     def _load_checkpoint(self, path: Path) -> None:
-        state = torch.load(path, map_location=self.device, weights_only=False)
+        state = read_checkpoint(path, map_location=self.device)
         if state.get("format") != _CHECKPOINT_FORMAT:
             raise ValueError(f"{path}: checkpoint format {state.get('format')}, this trainer reads {_CHECKPOINT_FORMAT}")
         saved = config_from_dict(state["config"], source=f"{path} (saved config)")
@@ -720,12 +720,22 @@ def plot_metrics(out: Path) -> Path | None:
 # --- loading a trained model (export) and local multi-process runs -------------------------------
 
 
-def load_trained_backbone(checkpoint: str | Path, map_location: str = "cpu") -> nn.Module:
-    """The backbone of a training checkpoint, in eval mode (for ``export.onnx.export_onnx``)."""
-    state = torch.load(checkpoint, map_location=map_location, weights_only=False)
+def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """A checkpoint's contents. Tensors and plain data only (``weights_only``): loading a file
+    never runs code from it."""
+    return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def backbone_from_state(state: dict[str, Any]) -> nn.Module:
+    """The backbone a checkpoint's contents describe, with its weights, in eval mode."""
     model = create_backbone(state["backbone"]["name"], **state["backbone"]["options"])
     model.load_state_dict(state["model"])
     return model.eval()
+
+
+def load_trained_backbone(checkpoint: str | Path, map_location: str = "cpu") -> nn.Module:
+    """The backbone of a training checkpoint, in eval mode (for ``export.onnx.export_onnx``)."""
+    return backbone_from_state(read_checkpoint(checkpoint, map_location))
 
 
 def _free_port() -> int:
