@@ -46,7 +46,8 @@ def labelled_images(data: Path, name: str) -> tuple[list[Path], np.ndarray]:
 
 @dataclass(frozen=True)
 class Calibration:
-    threshold: float  # squared L2: same person if distance <= threshold
+    # squared L2: same person if distance <= threshold; MLS (sdk.pfe.calibrate_mls): if score >= threshold
+    threshold: float
     target_far: float
     far: float  # achieved on the impostor pairs
     tar: float  # genuine pairs accepted
@@ -55,14 +56,21 @@ class Calibration:
 
 
 def calibrate(embeddings: np.ndarray, labels: np.ndarray, fars: Sequence[float]) -> list[Calibration]:
-    """For each target FAR, the largest threshold with FAR <= far over all pairs of the set."""
+    """For each target FAR, the largest squared-L2 threshold with FAR <= far over all pairs of the set."""
+    return calibrate_pairwise(kernels.sq_l2(embeddings, embeddings), labels, fars)
+
+
+def calibrate_pairwise(dissimilarity: np.ndarray, labels: np.ndarray, fars: Sequence[float]) -> list[Calibration]:
+    """For each target FAR, the largest threshold on an [n, n] float32 matrix of pairwise
+    dissimilarities (same person if <= threshold) with FAR <= far over the pairs i < j."""
     if not all(0 < far < 1 for far in fars):
         raise ValueError(f"every far must be in (0, 1), got {list(fars)}")
     labels = np.asarray(labels)
-    dist = kernels.sq_l2(embeddings, embeddings)
-    upper = np.triu(np.ones(dist.shape, bool), k=1)
+    if labels.shape != (len(dissimilarity),):
+        raise ValueError(f"{labels.shape} labels for {len(dissimilarity)} faces")
+    upper = np.triu(np.ones(dissimilarity.shape, bool), k=1)
     same = labels[:, None] == labels[None, :]
-    genuine, impostor = dist[upper & same], np.sort(dist[upper & ~same])
+    genuine, impostor = dissimilarity[upper & same], np.sort(dissimilarity[upper & ~same])
     if len(genuine) == 0 or len(impostor) == 0:
         raise ValueError("calibration needs identities with at least two images and at least two identities")
     out = []
@@ -71,7 +79,7 @@ def calibrate(embeddings: np.ndarray, labels: np.ndarray, fars: Sequence[float])
         if allowed >= len(impostor):
             threshold = float(impostor[-1])
         else:  # just below the first impostor we must reject
-            threshold = float(np.nextafter(np.float32(impostor[allowed]), np.float32(0)))
+            threshold = float(np.nextafter(np.float32(impostor[allowed]), np.float32(-np.inf)))
         out.append(
             Calibration(
                 threshold=threshold,

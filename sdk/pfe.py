@@ -70,13 +70,14 @@ import json
 import math
 from collections import deque
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
 import numpy as np
 from numpy.typing import ArrayLike
 
 from sdk import kernels
+from sdk.calibration import Calibration, calibrate_pairwise
 
 __all__ = [
     "FUSION_MODES",
@@ -90,7 +91,6 @@ __all__ = [
     "fuse",
     "quality",
     "harmonic_mean_sigma_sq",
-    "MLSCalibration",
     "calibrate_mls",
     "calibrate_quality",
     "mls_threshold_for",
@@ -302,49 +302,14 @@ def quality(sigma_sq: ArrayLike) -> np.ndarray | float:
 # ---------------------------------------------------------------------------------- calibration
 
 
-@dataclass(frozen=True)
-class MLSCalibration:
-    threshold: float  # MLS: same person if score >= threshold
-    target_far: float
-    far: float  # achieved on the impostor pairs
-    tar: float  # genuine pairs accepted
-    genuine_pairs: int
-    impostor_pairs: int
-
-
-def calibrate_mls(mu: ArrayLike, sigma_sq: ArrayLike, labels: ArrayLike, fars: Sequence[float]) -> list[MLSCalibration]:
+def calibrate_mls(mu: ArrayLike, sigma_sq: ArrayLike, labels: ArrayLike, fars: Sequence[float]) -> list[Calibration]:
     """For each target FAR, the lowest MLS threshold with FAR <= far over all pairs of the set."""
-    if not fars or not all(0 < far < 1 for far in fars):
-        raise ValueError(f"every far must be in (0, 1), got {list(fars)}")
-    labels = np.asarray(labels)
-    if labels.shape != (len(np.asarray(mu)),):
-        raise ValueError(f"{labels.shape} labels for {len(np.asarray(mu))} faces")
+    if not fars:
+        raise ValueError("no far to calibrate for")
     scores = mls(mu, sigma_sq, mu, sigma_sq)
-    upper = np.triu(np.ones(scores.shape, bool), k=1)
-    same = labels[:, None] == labels[None, :]
-    genuine = scores[upper & same]
-    impostor = -np.sort(-scores[upper & ~same])  # highest first
-    del scores, upper, same
-    if len(genuine) == 0 or len(impostor) == 0:
-        raise ValueError("calibration needs identities with at least two images and at least two identities")
-    out = []
-    for far in fars:
-        allowed = int(np.floor(far * len(impostor)))  # impostor pairs we may accept
-        if allowed >= len(impostor):
-            threshold = float(impostor[-1])
-        else:  # just above the first impostor we must reject
-            threshold = float(np.nextafter(np.float32(impostor[allowed]), np.float32(np.inf)))
-        out.append(
-            MLSCalibration(
-                threshold=threshold,
-                target_far=far,
-                far=float(np.mean(impostor >= threshold)),
-                tar=float(np.mean(genuine >= threshold)),
-                genuine_pairs=len(genuine),
-                impostor_pairs=len(impostor),
-            )
-        )
-    return out
+    # -MLS is a dissimilarity (negation is exact in float32): calibrate it as one, flip back.
+    np.negative(scores, out=scores)
+    return [replace(c, threshold=-c.threshold) for c in calibrate_pairwise(scores, np.asarray(labels), fars)]
 
 
 def calibrate_quality(sigma_sq: ArrayLike, reject: Sequence[float]) -> dict[float, float]:

@@ -63,6 +63,7 @@ import cv2
 import numpy as np
 
 from sdk import kernels, lfw, pfe
+from sdk.calibration import Calibration
 
 __all__ = ["DEGRADATIONS", "KINDS", "degrade", "FaceBank", "Faces", "store_calibration", "main"]
 
@@ -779,11 +780,11 @@ def calibrate(ctx: Context, args: argparse.Namespace) -> None:
 
 def store_calibration(
     path: str | os.PathLike[str],
-    results: Sequence[pfe.MLSCalibration],
+    results: Sequence[Calibration],
     far: float,
     qualities: dict[float, float],
     calibrated_on: str,
-) -> pfe.MLSCalibration:
+) -> Calibration:
     """Write MLS thresholds (``results`` of :func:`sdk.pfe.calibrate_mls`, the one at ``far`` as
     the default) and ``qualities`` (of :func:`sdk.pfe.calibrate_quality`) into the model's
     metadata; returns the default one. ``calibrated_on`` says on which faces."""

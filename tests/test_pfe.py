@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from sdk import pfe
+from sdk.calibration import Calibration
 
 
 def gaussians(rng: np.random.Generator, n: int, dim: int) -> tuple[np.ndarray, np.ndarray]:
@@ -254,7 +255,7 @@ def test_store_calibration_replaces_the_thresholds_the_verifier_reads(pfe_onnx, 
     from sdk.verifier import Verifier
 
     model = Path(shutil.copy(pfe_onnx, tmp_path / "recalibrated.onnx"))
-    results = [pfe.MLSCalibration(180.25, 1e-2, 0.01, 0.95, 10, 1000), pfe.MLSCalibration(230.5, 1e-3, 0.001, 0.8, 10, 1000)]
+    results = [Calibration(180.25, 1e-2, 0.01, 0.95, 10, 1000), Calibration(230.5, 1e-3, 0.001, 0.8, 10, 1000)]
     with pytest.raises(ValueError, match="FAR 0.5 is not among"):
         store_calibration(model, results, 0.5, {0.05: 7.5}, "made-up figures")
     assert store_calibration(model, results, 1e-2, {0.05: 7.5}, "made-up figures") is results[0]
