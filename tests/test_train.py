@@ -254,6 +254,40 @@ def test_chunked_step_gives_the_gradient_of_the_whole_batch() -> None:
         assert torch.allclose(g_chunked, param.grad, rtol=1e-4, atol=1e-7)
 
 
+def test_distill_term_adds_its_gradient_to_the_triplet_loss() -> None:
+    """With a frozen teacher, the chunked step == autograd of triplet + weight * mean |u - u0|^2."""
+    _mining_available()
+    import copy
+
+    from train.losses import triplet_loss
+    from train.mining import mine_triplets
+    from train.trainer import _MINING, derive_seed, triplet_step
+
+    torch.manual_seed(0)
+    model = create_backbone("inception_resnet_small", image_size=48).eval()  # no batch statistics
+    teacher = copy.deepcopy(model).requires_grad_(False)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(torch.randn_like(param) * 0.01)  # a student that has drifted
+    x = torch.rand(16, 3, 150, 150) * 255
+    labels = torch.arange(4).repeat_interleave(4)
+    mined = triplet_step(
+        model, model, x, labels, margin=0.2, mode="semihard", fallback="none", chunk=5, seed=3, teacher=teacher,
+        distill=0.5,
+    )
+    chunked = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    emb = torch.nn.functional.normalize(model(x), dim=1)
+    with torch.no_grad():
+        target = torch.nn.functional.normalize(teacher(x), dim=1)
+    a, p, n = mine_triplets(emb.detach(), labels, margin=0.2, seed=derive_seed(3, _MINING))
+    drift = (emb - target).pow(2).sum(1).mean()
+    (triplet_loss(emb, a, p, n, 0.2) + 0.5 * drift).backward()
+    assert mined.distill > 0 and abs(mined.distill - float(drift.detach())) < 1e-6
+    for g_chunked, param in zip(chunked, model.parameters()):
+        assert torch.allclose(g_chunked, param.grad, rtol=1e-4, atol=1e-7)
+
+
 def test_training_on_real_faces_lowers_the_triplet_loss(att_dataset, chip_cache: Path, tmp_path: Path) -> None:
     _mining_available()
     from train.trainer import Trainer
@@ -296,7 +330,8 @@ def test_resume_continues_bit_exactly(att_dataset, chip_cache: Path, tmp_path: P
     _mining_available()
     from train.trainer import CHECKPOINT, Trainer
 
-    config = tiny_config(chip_cache, steps=4, checkpoint_every=2)
+    # With the distill term: its teacher is rebuilt from the initial weights, not the checkpoint's.
+    config = tiny_config(chip_cache, steps=4, checkpoint_every=2, distill__weight=0.5)
     straight = Trainer(config, tmp_path / "a", dataset=att_dataset, progress=False)
     straight.fit()
     interrupted = Trainer(config, tmp_path / "b", dataset=att_dataset, progress=False)

@@ -63,6 +63,14 @@ class MiningConfig:
 
 
 @dataclass
+class DistillConfig:
+    # Fine-tuning a strong model: add weight * mean |u - u0|^2 to the loss, u and u0 the unit
+    # embeddings of each face of the batch by the network and by its initial weights, kept frozen
+    # ("learning without forgetting"): the space moves only where the triplets outweigh it. 0: off.
+    weight: float = 0.0
+
+
+@dataclass
 class AugmentConfig:
     enabled: bool = True
     flip: float = 0.5
@@ -111,6 +119,7 @@ class Config:
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     mining: MiningConfig = field(default_factory=MiningConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
@@ -267,6 +276,7 @@ def _check(c: Config, source: str) -> None:
     choose("mining.fallback", c.mining.fallback, ("none", "easy", "hardest"))
     choose("mining.reduction", c.mining.reduction, ("mean", "sum", "mean_active"))
     positive("mining.margin", c.mining.margin, allow_zero=True)
+    positive("distill.weight", c.distill.weight, allow_zero=True)
     choose("optimizer.name", c.optimizer.name, ("adagrad", "adamw", "sgd"))
     positive("optimizer.lr", c.optimizer.lr)
     positive("optimizer.weight_decay", c.optimizer.weight_decay, allow_zero=True)

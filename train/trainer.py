@@ -26,6 +26,7 @@ is wrapped in DDP; each rank draws its own P identities and mines within them.
 from __future__ import annotations
 
 import contextlib
+import copy
 import csv
 import dataclasses
 import hashlib
@@ -65,7 +66,7 @@ SUMMARY = "summary.json"
 _CHECKPOINT_FORMAT = 1
 METRIC_FIELDS = (
     "step", "loss", "active_fraction", "batch_active_fraction", "triplets", "pairs", "faces",
-    "lr", "step_seconds", "cpu_seconds", "elapsed_seconds",
+    "lr", "step_seconds", "cpu_seconds", "elapsed_seconds", "distill",
 )
 EVAL_FIELDS = ("step", "accuracy", "accuracy_std", "auc", "tar_at_far", "far", "threshold", "seconds")
 
@@ -93,6 +94,7 @@ class BatchTriplets:
     batch_active_fraction: float
     triplets: int  # mined
     pairs: int  # anchor-positive pairs in the batch
+    distill: float  # mean squared L2 of the unit embeddings from the frozen initial network's (0: off)
 
 
 @dataclass
@@ -117,12 +119,16 @@ def triplet_step(
     chunk: int,
     seed: int,
     reduction: str = "mean",
+    teacher: nn.Module | None = None,
+    distill: float = 0.0,
 ) -> BatchTriplets:
     """Steps 2-4 of the module docstring: accumulate the parameter gradients of the triplet loss.
 
     model: the bare network (embeds without gradients); synced_model: the same network, possibly
     DDP-wrapped (its backward passes reduce gradients across ranks; all but the last chunk run
-    under ``no_sync``). Returns what the batch's mining found and its loss.
+    under ``no_sync``). teacher, distill: a frozen network and the weight of the mean squared L2
+    between its unit embeddings and the model's, added to the loss (``distill`` config section).
+    Returns what the batch's mining found and its loss.
     """
     starts = list(range(0, len(x), chunk))
 
@@ -135,14 +141,20 @@ def triplet_step(
     unit = F.normalize(raw, dim=1)
     a, p, n = mine_triplets(unit, labels, margin=margin, mode=mode, seed=derive_seed(seed, _MINING), fallback=fallback)
     leaf = raw.detach().requires_grad_(True)
-    if len(a):
-        emb = F.normalize(leaf, dim=1)
-        loss = triplet_loss(emb, a, p, n, margin, reduction=reduction)
-        loss.backward()
-        grad = leaf.grad
-        loss_value, active = float(loss.detach()), float(active_fraction(emb.detach(), a, p, n, margin))
-    else:  # nothing to learn from; the synced backward below still runs (DDP needs every rank)
-        grad, loss_value, active = torch.zeros_like(raw), 0.0, 0.0
+    emb = F.normalize(leaf, dim=1)
+    loss = triplet_loss(emb, a, p, n, margin, reduction=reduction)
+    loss_value, active = float(loss.detach()), float(active_fraction(emb.detach(), a, p, n, margin))
+    distill_value = 0.0
+    if teacher is not None and distill > 0:
+        with torch.no_grad():
+            target = F.normalize(torch.cat([teacher(x[s : s + chunk]) for s in starts]), dim=1)
+        drift = (emb - target).pow(2).sum(dim=1).mean()
+        distill_value = float(drift.detach())
+        loss = loss + distill * drift
+    # With no triplet and no drift the gradient is zero; the synced backward below still runs
+    # (DDP needs every rank).
+    loss.backward()
+    grad = leaf.grad
     assert grad is not None
     needed = [s for s in starts[:-1] if bool(grad[s : s + chunk].any())] + [starts[-1]]
     no_sync = getattr(synced_model, "no_sync", contextlib.nullcontext)
@@ -150,7 +162,7 @@ def triplet_step(
         with no_sync() if s != starts[-1] else contextlib.nullcontext():
             forward(synced_model, s).backward(grad[s : s + chunk])
     batch_active, pairs = batch_active_fraction(unit, labels, margin)
-    return BatchTriplets(loss_value, active, batch_active, len(a), pairs)
+    return BatchTriplets(loss_value, active, batch_active, len(a), pairs, distill_value)
 
 
 def batch_active_fraction(unit: torch.Tensor, labels: torch.Tensor, margin: float) -> tuple[float, int]:
@@ -309,6 +321,10 @@ class Trainer:
         self.memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
         self.model.to(memory_format=self.memory_format)
         self.model.train()
+        # The initial network, frozen, for the distill term (built before --resume loads weights).
+        self.teacher: nn.Module | None = None
+        if config.distill.weight > 0:
+            self.teacher = copy.deepcopy(self.model).eval().requires_grad_(False)
         self.synced: nn.Module = self.model
         if world_size > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
@@ -397,7 +413,7 @@ class Trainer:
         m = c.mining
         mined = triplet_step(
             self.model, self.synced, x, labels, margin=m.margin, mode=m.mode, fallback=m.fallback, chunk=m.chunk, seed=seed,
-            reduction=m.reduction,
+            reduction=m.reduction, teacher=self.teacher, distill=c.distill.weight,
         )
         if c.optimizer.grad_clip:
             nn.utils.clip_grad_norm_(self.model.parameters(), c.optimizer.grad_clip)
@@ -406,19 +422,21 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self._average_buffers()
         stats = torch.tensor(
-            [mined.loss, mined.active_fraction, mined.batch_active_fraction, mined.triplets, mined.pairs, len(x)],
+            [mined.loss, mined.active_fraction, mined.batch_active_fraction, mined.distill, mined.triplets, mined.pairs,
+             len(x)],
             dtype=torch.float64,
-        )
+        )  # fmt: skip
         if self.world_size > 1:
-            dist.all_reduce(stats)  # mean of loss and fractions, sum of counts
-            stats[:3] /= self.world_size
+            dist.all_reduce(stats)  # mean of losses and fractions, sum of counts
+            stats[:4] /= self.world_size
         return StepStats(
             loss=float(stats[0]),
             active_fraction=float(stats[1]),
             batch_active_fraction=float(stats[2]),
-            triplets=int(stats[3]),
-            pairs=int(stats[4]),
-            faces=int(stats[5]),
+            distill=float(stats[3]),
+            triplets=int(stats[4]),
+            pairs=int(stats[5]),
+            faces=int(stats[6]),
             lr=lr,
             seconds=time.perf_counter() - start,
             cpu_seconds=time.process_time() - cpu_start,
@@ -451,7 +469,7 @@ class Trainer:
                 if self.step % c.log_every == 0 or self.step == c.steps:
                     row = [
                         self.step, stats.loss, stats.active_fraction, stats.batch_active_fraction, stats.triplets,
-                        stats.pairs, stats.faces, stats.lr, stats.seconds, stats.cpu_seconds, elapsed,
+                        stats.pairs, stats.faces, stats.lr, stats.seconds, stats.cpu_seconds, elapsed, stats.distill,
                     ]
                     _append_csv(self.out / METRICS, METRIC_FIELDS, row)
                     if self.tensorboard is not None:
@@ -701,6 +719,8 @@ def plot_metrics(out: Path) -> Path | None:
     smooth = np.convolve(m["loss"], np.ones(window) / window, mode="valid") if len(m["loss"]) >= window else m["loss"]
     axes[0].plot(m["step"], m["loss"], alpha=0.3, label="per step")
     axes[0].plot(m["step"][window - 1 :][: len(smooth)], smooth, label=f"mean of {window}")
+    if "distill" in m and m["distill"].any():
+        axes[0].plot(m["step"], m["distill"], label="distill: |u - u0|^2")
     axes[0].set(title="triplet loss (mined triplets)", xlabel="step")
     axes[0].legend()
     axes[1].plot(m["step"], m["batch_active_fraction"], label="all triplets of the batch")
