@@ -254,7 +254,8 @@ def test_chunked_step_gives_the_gradient_of_the_whole_batch() -> None:
         assert torch.allclose(g_chunked, param.grad, rtol=1e-4, atol=1e-7)
 
 
-def test_distill_term_adds_its_gradient_to_the_triplet_loss() -> None:
+@pytest.mark.parametrize("flip_mean", [False, True])
+def test_distill_term_adds_its_gradient_to_the_triplet_loss(flip_mean: bool) -> None:
     """With a frozen teacher, the chunked step == autograd of triplet + weight * mean |u - u0|^2."""
     _mining_available()
     import copy
@@ -273,13 +274,15 @@ def test_distill_term_adds_its_gradient_to_the_triplet_loss() -> None:
     labels = torch.arange(4).repeat_interleave(4)
     mined = triplet_step(
         model, model, x, labels, margin=0.2, mode="semihard", fallback="none", chunk=5, seed=3, teacher=teacher,
-        distill=0.5,
+        distill=0.5, flip_mean=flip_mean,
     )
     chunked = [p.grad.clone() for p in model.parameters()]
     model.zero_grad()
     emb = torch.nn.functional.normalize(model(x), dim=1)
     with torch.no_grad():
         target = torch.nn.functional.normalize(teacher(x), dim=1)
+        if flip_mean:  # the teacher's embedding of the face and of its mirror, averaged
+            target = torch.nn.functional.normalize(target + torch.nn.functional.normalize(teacher(x.flip(3)), dim=1), dim=1)
     a, p, n = mine_triplets(emb.detach(), labels, margin=0.2, seed=derive_seed(3, _MINING))
     drift = (emb - target).pow(2).sum(1).mean()
     (triplet_loss(emb, a, p, n, 0.2) + 0.5 * drift).backward()

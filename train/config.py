@@ -68,6 +68,9 @@ class DistillConfig:
     # embeddings of each face of the batch by the network and by its initial weights, kept frozen
     # ("learning without forgetting"): the space moves only where the triplets outweigh it. 0: off.
     weight: float = 0.0
+    # The target u0 is the mean of the initial network's unit embeddings of the face and of its
+    # mirror image (test-time flip averaging, learned into one pass).
+    flip_mean: bool = False
 
 
 @dataclass

@@ -121,13 +121,15 @@ def triplet_step(
     reduction: str = "mean",
     teacher: nn.Module | None = None,
     distill: float = 0.0,
+    flip_mean: bool = False,
 ) -> BatchTriplets:
     """Steps 2-4 of the module docstring: accumulate the parameter gradients of the triplet loss.
 
     model: the bare network (embeds without gradients); synced_model: the same network, possibly
     DDP-wrapped (its backward passes reduce gradients across ranks; all but the last chunk run
-    under ``no_sync``). teacher, distill: a frozen network and the weight of the mean squared L2
-    between its unit embeddings and the model's, added to the loss (``distill`` config section).
+    under ``no_sync``). teacher, distill, flip_mean: a frozen network and the weight of the mean
+    squared L2 between its unit embeddings (of the face and its mirror, averaged, with flip_mean)
+    and the model's, added to the loss (``distill`` config section).
     Returns what the batch's mining found and its loss.
     """
     starts = list(range(0, len(x), chunk))
@@ -148,6 +150,9 @@ def triplet_step(
     if teacher is not None and distill > 0:
         with torch.no_grad():
             target = F.normalize(torch.cat([teacher(x[s : s + chunk]) for s in starts]), dim=1)
+            if flip_mean:
+                mirrored = torch.cat([teacher(x[s : s + chunk].flip(-1)) for s in starts])
+                target = F.normalize(target + F.normalize(mirrored, dim=1), dim=1)
         drift = (emb - target).pow(2).sum(dim=1).mean()
         distill_value = float(drift.detach())
         loss = loss + distill * drift
@@ -414,6 +419,7 @@ class Trainer:
         mined = triplet_step(
             self.model, self.synced, x, labels, margin=m.margin, mode=m.mode, fallback=m.fallback, chunk=m.chunk, seed=seed,
             reduction=m.reduction, teacher=self.teacher, distill=c.distill.weight,
+            flip_mean=c.distill.flip_mean,
         )
         if c.optimizer.grad_clip:
             nn.utils.clip_grad_norm_(self.model.parameters(), c.optimizer.grad_clip)
