@@ -207,6 +207,31 @@ def test_freeze_keeps_named_parameters_out_of_the_optimizer() -> None:
         freeze(model, ["nothing"])
 
 
+def test_relative_lr_moves_each_tensor_by_lr_times_its_own_size() -> None:
+    """AdamW's first step is lr * sign(grad) per weight; relative_lr scales it by the tensor's RMS."""
+    from train.trainer import make_optimizer
+
+    torch.manual_seed(0)
+    model = create_backbone("inception_resnet_small", image_size=48).eval()
+    with torch.no_grad():
+        model.last_linear.weight.mul_(1000)  # sizes 1000x apart, as a folded batch norm leaves them
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    config = config_from_dict({"optimizer": {"name": "adamw", "lr": 1e-3, "weight_decay": 0.0, "relative_lr": True}})
+    optimizer = make_optimizer(model, config)
+    model(torch.rand(4, 3, 150, 150) * 255).pow(2).sum().backward()
+    optimizer.step()
+    moved = 0
+    for name, param in model.named_parameters():
+        rms = float(before[name].pow(2).mean().sqrt())
+        step = (param.detach() - before[name]).abs()
+        assert float(step.max()) <= 1e-3 * rms * 1.001 + 1e-12, name
+        if rms > 0 and bool((param.grad.abs() > 1e-6).any()):
+            changed = step[param.grad.abs() > 1e-6]
+            assert torch.allclose(changed, torch.full_like(changed, 1e-3 * rms), rtol=0.01), name
+            moved += 1
+    assert moved > 10
+
+
 def test_backbone_registry_errors_are_clear() -> None:
     with pytest.raises(ValueError, match="unknown backbone 'resnet9000'.*mobilefacenet"):
         create_backbone("resnet9000")

@@ -94,6 +94,10 @@ class OptimizerConfig:
     weight_decay: float = 0.0
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # adamw only
     grad_clip: float | None = None  # max global gradient norm; None: no clipping
+    # Each tensor's lr times its initial RMS, so steps are relative to the weight's own size.
+    # For fine-tuning a net whose batch norm was folded away (dlib's: conv weights of RMS ~6e-4
+    # feed affine scales of ~10; AdamW moves both by ~lr per step). Zero tensors stay fixed.
+    relative_lr: bool = False
 
 
 @dataclass

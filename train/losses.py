@@ -62,7 +62,7 @@ def triplet_loss(
         raise ValueError(f"reduction must be mean, sum or mean_active, got {reduction!r}")
     losses = triplet_losses(embeddings, a, p, n, margin)
     if losses.numel() == 0:
-        return embeddings.sum() * 0.0
+        return embeddings.sum() * 0.0 + 0.0  # + 0.0: never -0.0 in the logs
     if reduction == "mean":
         return losses.mean()
     if reduction == "sum":

@@ -219,7 +219,9 @@ def freeze(model: nn.Module, prefixes: list[str]) -> None:
 
 def make_optimizer(model: nn.Module, config: Config) -> torch.optim.Optimizer:
     o = config.optimizer
-    trainable = [p for p in model.parameters() if p.requires_grad]
+    trainable: list[Any] = [p for p in model.parameters() if p.requires_grad]
+    if o.relative_lr:  # one group per tensor, lr scaled by its RMS (LambdaLR keeps each group's base)
+        trainable = [{"params": [p], "lr": o.lr * float(p.detach().pow(2).mean().sqrt())} for p in trainable]
     if o.name == "adagrad":
         return torch.optim.Adagrad(trainable, lr=o.lr, weight_decay=o.weight_decay)
     if o.name == "sgd":
@@ -413,7 +415,7 @@ class Trainer:
         else:
             x = chips_to_input(chips)
         x = x.contiguous(memory_format=self.memory_format)
-        lr = self.optimizer.param_groups[0]["lr"]
+        lr = c.optimizer.lr * self.scheduler.lr_lambdas[0](self.scheduler.last_epoch)  # groups may scale it
         self.model.train()
         m = c.mining
         mined = triplet_step(
