@@ -490,3 +490,24 @@ def test_chip_cache_counts_images_without_a_face(data: Path, tmp_path: Path) -> 
     mean = align_faces(paths, name="mix", cache_dir=tmp_path, missing="mean", progress=False)
     assert mean.index.tolist() == [0, 2, 1] and mean.chips.shape[0] == 3
     assert os.path.getsize(mean.path) > os.path.getsize(skipped.path)
+
+
+def test_compare_pairs_a_checkpoint_with_its_initial_network(
+    att_dataset, chip_cache: Path, data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    _mining_available()
+    from train.compare import main, mcnemar_p
+    from train.trainer import CHECKPOINT, Trainer
+
+    assert mcnemar_p(0, 11) == pytest.approx(2 / 2**11) and mcnemar_p(4, 4) == 1.0 and mcnemar_p(0, 0) == 1.0
+    monkeypatch.setenv("FACESDK_HOME", str(tmp_path))  # the LFW chips of the slice are cached there
+    Trainer(tiny_config(chip_cache, steps=2), tmp_path / "run", dataset=att_dataset, progress=False).fit()
+    # Two folds of 3 matched + 3 mismatched pairs from pairs.txt (each of its folds: 300 + 300 lines).
+    lines = (data / "lfw" / "pairs.txt").read_text().splitlines()
+    rows = [lines[1 + 600 * fold + 300 * mismatched + i] for fold in range(2) for mismatched in range(2) for i in range(3)]
+    (tmp_path / "pairs_small.txt").write_text("\n".join(["2\t3", *rows]) + "\n")
+    argv = [str(tmp_path / "run" / CHECKPOINT), "--pairs", str(tmp_path / "pairs_small.txt"), "--data", str(data)]
+    assert main(argv) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("initial mobilefacenet: accuracy") and len(out) == 2
+    assert "(step 2): accuracy" in out[1] and "now right" in out[1] and "McNemar p" in out[1]

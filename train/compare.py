@@ -1,0 +1,109 @@
+"""Did fine-tuning help? LFW verification of checkpoints against the network they started from.
+
+    python -m train.compare RUN/checkpoint.pt [MORE.pt ...] [--pairs pairs.txt] [--flip]
+
+Each model is evaluated on the same chips with sdk.lfw's 10-fold protocol (accuracy, AUC, EER,
+TAR at FAR 1e-3), and each checkpoint is paired with the initial network of its config (for the
+dlib backbone: dlib's model as converted): how many pairs it now gets right that the initial one
+got wrong, the reverse, and the exact two-sided McNemar p of that split. The 10-fold accuracy
+moves by a few pairs whenever a fold's threshold moves, so read the split next to AUC and EER,
+which need no threshold. --flip adds the initial network with test-time flip averaging (the
+embedding of the chip and of its mirror, summed), the reference the ``distill.flip_mean`` target
+aims at.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from train.backbones import create_backbone
+from train.config import config_from_dict
+from train.trainer import LfwEvaluation, embed_chips, read_checkpoint
+
+
+def mcnemar_p(gained: int, lost: int) -> float:
+    """Exact two-sided McNemar p: the chance of a split at least this uneven if each is a coin."""
+    n = gained + lost
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, k) for k in range(min(gained, lost) + 1)) / 2**n
+    return min(1.0, 2 * tail)
+
+
+def pair_outcomes(evaluation: LfwEvaluation, model: nn.Module, flip: bool = False) -> tuple[np.ndarray, object]:
+    """(bool [pairs]: right under its fold's threshold, sdk.lfw.Verification) of `model`."""
+    from sdk.lfw import Embedded, evaluate, pair_distances
+
+    unit = embed_chips(model, evaluation.aligned.chips)
+    if flip:
+        unit = unit + embed_chips(model, np.ascontiguousarray(evaluation.aligned.chips[:, :, ::-1]))
+        unit /= np.linalg.norm(unit, axis=1, keepdims=True)
+    embeddings = np.empty_like(unit)
+    embeddings[evaluation.aligned.index] = unit
+    failed = np.zeros(len(evaluation.images), bool)
+    failed[evaluation.aligned.no_face] = True
+    dist = pair_distances(Embedded(embeddings, failed, {}), evaluation.images, evaluation.pairs)
+    v = evaluate(dist, evaluation.pairs)
+    pairs = evaluation.pairs
+    return (dist <= v.fold_threshold[pairs.fold]) == pairs.same, v
+
+
+def initial_network(state: dict) -> nn.Module:
+    """The network a run started from (the trainer seeds the initial weights with config.seed)."""
+    config = config_from_dict(state["config"], source="checkpoint config")
+    torch.manual_seed(config.seed)
+    return create_backbone(config.backbone.name, **config.backbone.options)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m train.compare", description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoints", nargs="+", type=Path, help="trainer checkpoints (checkpoint.pt)")
+    parser.add_argument("--pairs", default="pairs.txt", help="LFW pairs file (default pairs.txt, the 6,000 pairs)")
+    parser.add_argument("--flip", action="store_true", help="also the initial network with flip averaging")
+    parser.add_argument("--data", type=Path, help="data folder (default $FACESDK_DATA)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s", stream=sys.stderr)
+    from sdk.data import data_dir
+
+    missing = [str(p) for p in args.checkpoints if not p.is_file()]
+    if missing:
+        parser.error(f"no checkpoint at {', '.join(missing)}")
+    evaluation = LfwEvaluation(args.data or data_dir(), args.pairs, progress=False)
+    baselines: dict[str, np.ndarray] = {}
+
+    def report(name: str, ok: np.ndarray, v, base: np.ndarray | None) -> None:
+        line = f"{name}: accuracy {v.accuracy:.4f} +- {v.accuracy_std:.4f}, AUC {v.auc:.6f}, EER {v.eer:.4f}, " \
+               f"TAR@FAR{v.far:g} {v.tar_at_far:.4f}"  # fmt: skip
+        if base is not None:
+            gained, lost = int((~base & ok).sum()), int((base & ~ok).sum())
+            line += f" | vs initial: {gained} pairs now right, {lost} now wrong, McNemar p {mcnemar_p(gained, lost):.3f}"
+        print(line, flush=True)
+
+    for path in args.checkpoints:
+        state = read_checkpoint(path)
+        config = state["config"]
+        key = repr((config["backbone"], config["seed"]))
+        if key not in baselines:
+            initial = initial_network(state)
+            baselines[key], v = pair_outcomes(evaluation, initial)
+            report(f"initial {config['backbone']['name']}", baselines[key], v, None)
+            if args.flip:
+                ok, v = pair_outcomes(evaluation, initial, flip=True)
+                report("  the same with flip averaging", ok, v, baselines[key])
+        model = initial_network(state)
+        model.load_state_dict(state["model"])
+        ok, v = pair_outcomes(evaluation, model)
+        report(f"{path} (step {state['step']})", ok, v, baselines[key])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
