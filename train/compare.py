@@ -17,16 +17,20 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import os
 import sys
 from pathlib import Path
 
-import numpy as np
-import torch
-from torch import nn
+# Idle OpenMP threads sleep (as in train.__main__): spinning ones starve a training run beside it.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from train.backbones import create_backbone
-from train.config import config_from_dict
-from train.trainer import LfwEvaluation, embed_chips, read_checkpoint
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+from train.backbones import create_backbone  # noqa: E402
+from train.config import config_from_dict  # noqa: E402
+from train.trainer import LfwEvaluation, embed_chips, read_checkpoint  # noqa: E402
 
 
 def mcnemar_p(gained: int, lost: int) -> float:
