@@ -7,7 +7,9 @@ One step (FaceNet, Schroff et al. 2015, with the "large selection batch" done ex
    (memory stays bounded however large the batch: FaceNet used ~1,800 faces);
 3. triplets are mined on the unit embeddings (``train.mining.mine_triplets``, semi-hard by default)
    and the triplet loss (``train.losses.triplet_loss``, squared L2, alpha = 0.2) is taken on them;
-   its gradient with respect to every face's embedding is computed (cheap: [B, 128]);
+   with the ``distill`` term when fine-tuning (the distance to a frozen copy of the initial
+   network's embeddings), its gradient with respect to every face's embedding is computed
+   (cheap: [B, 128]);
 4. the chunks holding a face with a non-zero gradient are embedded again WITH gradients and
    back-propagated with that gradient (``out.backward(grad)``). The chunks are the same as in step 2
    and each chunk's random state is re-seeded, so the recomputed embeddings are the mined ones and
