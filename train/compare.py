@@ -25,12 +25,10 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from train.backbones import create_backbone  # noqa: E402
 from train.config import config_from_dict  # noqa: E402
-from train.trainer import LfwEvaluation, embed_chips, read_checkpoint  # noqa: E402
+from train.trainer import LfwEvaluation, backbone_from_state, embed_chips, initial_backbone, read_checkpoint  # noqa: E402
 
 
 def mcnemar_p(gained: int, lost: int) -> float:
@@ -44,27 +42,16 @@ def mcnemar_p(gained: int, lost: int) -> float:
 
 def pair_outcomes(evaluation: LfwEvaluation, model: nn.Module, flip: bool = False) -> tuple[np.ndarray, object]:
     """(bool [pairs]: right under its fold's threshold, sdk.lfw.Verification) of `model`."""
-    from sdk.lfw import Embedded, evaluate, pair_distances
+    from sdk.lfw import evaluate
 
     unit = embed_chips(model, evaluation.aligned.chips)
     if flip:
         unit = unit + embed_chips(model, np.ascontiguousarray(evaluation.aligned.chips[:, :, ::-1]))
         unit /= np.linalg.norm(unit, axis=1, keepdims=True)
-    embeddings = np.empty_like(unit)
-    embeddings[evaluation.aligned.index] = unit
-    failed = np.zeros(len(evaluation.images), bool)
-    failed[evaluation.aligned.no_face] = True
-    dist = pair_distances(Embedded(embeddings, failed, {}), evaluation.images, evaluation.pairs)
+    dist = evaluation.distances(unit)
     v = evaluate(dist, evaluation.pairs)
     pairs = evaluation.pairs
     return (dist <= v.fold_threshold[pairs.fold]) == pairs.same, v
-
-
-def initial_network(state: dict) -> nn.Module:
-    """The network a run started from (the trainer seeds the initial weights with config.seed)."""
-    config = config_from_dict(state["config"], source="checkpoint config")
-    torch.manual_seed(config.seed)
-    return create_backbone(config.backbone.name, **config.backbone.options)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -96,15 +83,13 @@ def main(argv: list[str] | None = None) -> int:
         config = state["config"]
         key = repr((config["backbone"], config["seed"]))
         if key not in baselines:
-            initial = initial_network(state)
+            initial = initial_backbone(config_from_dict(config, source=f"{path} (saved config)"))
             baselines[key], v = pair_outcomes(evaluation, initial)
             report(f"initial {config['backbone']['name']}", baselines[key], v, None)
             if args.flip:
                 ok, v = pair_outcomes(evaluation, initial, flip=True)
                 report("  the same with flip averaging", ok, v, baselines[key])
-        model = initial_network(state)
-        model.load_state_dict(state["model"])
-        ok, v = pair_outcomes(evaluation, model)
+        ok, v = pair_outcomes(evaluation, backbone_from_state(state))
         report(f"{path} (step {state['step']})", ok, v, baselines[key])
     return 0
 

@@ -281,14 +281,20 @@ class LfwEvaluation:
         self, model: nn.Module, device: torch.device | str = "cpu", memory_format: torch.memory_format = torch.contiguous_format
     ) -> Any:
         """sdk.lfw.Verification of `model` (10-fold accuracy, AUC, TAR at FAR 1e-3)."""
-        from sdk.lfw import Embedded, evaluate, pair_distances
+        from sdk.lfw import evaluate
 
         unit = embed_chips(model, self.aligned.chips, device=device, memory_format=memory_format)
+        return evaluate(self.distances(unit), self.pairs)
+
+    def distances(self, unit: np.ndarray) -> np.ndarray:
+        """Squared L2 of every pair from the unit embeddings of ``self.aligned.chips``, in order."""
+        from sdk.lfw import Embedded, pair_distances
+
         embeddings = np.empty_like(unit)
         embeddings[self.aligned.index] = unit
         failed = np.zeros(len(self.images), bool)
         failed[self.aligned.no_face] = True
-        return evaluate(pair_distances(Embedded(embeddings, failed, {}), self.images, self.pairs), self.pairs)
+        return pair_distances(Embedded(embeddings, failed, {}), self.images, self.pairs)
 
 
 class Trainer:
@@ -324,8 +330,7 @@ class Trainer:
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
 
-        torch.manual_seed(config.seed)  # the initial weights (DDP then broadcasts rank 0's)
-        self.model = create_backbone(config.backbone.name, **config.backbone.options).to(self.device)
+        self.model = initial_backbone(config).to(self.device)  # (DDP then broadcasts rank 0's weights)
         freeze(self.model, config.backbone.freeze)
         self.memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
         self.model.to(memory_format=self.memory_format)
@@ -754,6 +759,12 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     """A checkpoint's contents. Tensors and plain data only (``weights_only``): loading a file
     never runs code from it."""
     return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def initial_backbone(config: Config) -> nn.Module:
+    """The network a run starts from: its backbone, initial weights seeded with ``config.seed``."""
+    torch.manual_seed(config.seed)
+    return create_backbone(config.backbone.name, **config.backbone.options)
 
 
 def backbone_from_state(state: dict[str, Any]) -> nn.Module:
