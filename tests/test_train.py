@@ -56,13 +56,13 @@ def chip_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def att_dataset(data: Path, chip_cache: Path):
     """Aligned chips of the first AT&T people (10 images each)."""
     from train.data.chips import ChipDataset
-    from train.data.datasets import face_list
+    from train.data.datasets import face_lists
 
     if not (data / "att").is_dir():
         pytest.skip(f"AT&T not found under {data} (set FACESDK_DATA)")
     try:
         return ChipDataset.from_lists(
-            [face_list("att", data)], max_identities=ATT_IDENTITIES, cache_dir=chip_cache, progress=False
+            face_lists("att", data), max_identities=ATT_IDENTITIES, cache_dir=chip_cache, progress=False
         )
     except ImportError as e:
         pytest.skip(f"no face detector: {e}")
@@ -450,7 +450,7 @@ def test_shipped_configs_load_and_the_cli_reports_errors(tmp_path: Path, capsys:
 
 def test_lfw_people_folds_and_training_people(data: Path) -> None:
     from sdk.lfw import read_pairs
-    from train.data.datasets import lfw_people, lfw_people_folds, lfw_people_outside_folds
+    from train.data.datasets import face_lists, lfw_people, lfw_people_folds, lfw_people_outside_folds
 
     lfw = data / "lfw"
     if not (lfw / "people.txt").is_file():
@@ -466,6 +466,9 @@ def test_lfw_people_folds_and_training_people(data: Path) -> None:
     assert not {p.parent.name for p in dev_test.left + dev_test.right} & set(lfw_people(lfw, "peopleDevTrain.txt"))
     with pytest.raises(ValueError, match="0..9"):
         lfw_people_outside_folds(lfw, [10])
+    lists = face_lists("lfw-folds-except:0,3", data)  # one list per fold: the folds' chips are cached once
+    assert [f.name for f in lists] == [f"lfw-fold-{k}" for k in (1, 2, 4, 5, 6, 7, 8, 9)]
+    assert {name for f in lists for name in f.identities} == set(lfw_people_outside_folds(lfw, [0, 3]))
 
 
 def test_chip_cache_counts_images_without_a_face(data: Path, tmp_path: Path) -> None:
@@ -511,3 +514,51 @@ def test_compare_pairs_a_checkpoint_with_its_initial_network(
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("initial mobilefacenet: accuracy") and len(out) == 2
     assert "(step 2): accuracy" in out[1] and "now right" in out[1] and "McNemar p" in out[1]
+
+
+def test_crossval_scores_each_fold_with_the_run_that_did_not_see_its_people(
+    att_dataset, chip_cache: Path, data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    _mining_available()
+    from sdk.lfw import evaluate
+    from train.crossval import cross_validate, fold_config, main, subset
+    from train.trainer import CHECKPOINT, LfwEvaluation, backbone_from_state, embed_chips, read_checkpoint
+
+    monkeypatch.setenv("FACESDK_HOME", str(tmp_path))  # the LFW chips of the slice are cached there
+    config = tiny_config(chip_cache, steps=1, data__train=["celeba", "lfw-devtrain"], data__eval_pairs="pairsDevTest.txt")
+    c = fold_config(config, 3)
+    assert c.data.train == ["celeba", "lfw-folds-except:3"] and c.data.eval_pairs is None and not c.eval_at_start
+    # pairs.txt's first matched and first mismatched pair of every fold: 10 folds of 1 + 1.
+    lines = (data / "lfw" / "pairs.txt").read_text().splitlines()
+    rows = [lines[1 + 600 * fold + 300 * mismatched] for fold in range(10) for mismatched in range(2)]
+    data_slice = tmp_path / "pairs_slice.txt"
+    data_slice.write_text("\n".join(["10\t1", *rows]) + "\n")
+    out = tmp_path / "cv"
+    # The AT&T slice stands in for the fold's training people (aligning LFW is too slow for a test).
+    result = cross_validate(config, out, data, [0, 1, 2], str(data_slice), progress=False, dataset=att_dataset)
+    assert result["folds"] == [0, 1, 2] and [r["steps"] for r in result["runs"]] == [1, 1, 1]
+    assert "fine-tuned, cross-validated (3 runs): accuracy" in capsys.readouterr().out
+
+    # Fold k's pairs are scored by fold k's network, and the 10-fold protocol runs on those 6 pairs.
+    evaluation = LfwEvaluation(data, str(data_slice), progress=False)
+    dist = np.zeros(len(evaluation.pairs))
+    for k in range(3):
+        unit = embed_chips(backbone_from_state(read_checkpoint(out / f"fold-{k}" / CHECKPOINT)), evaluation.aligned.chips)
+        dist[evaluation.pairs.fold == k] = evaluation.distances(unit)[evaluation.pairs.fold == k]
+    keep = evaluation.pairs.fold < 3
+    expected = evaluate(dist[keep], subset(evaluation.pairs, keep))
+    assert result["fine_tuned"]["auc"] == pytest.approx(expected.auc)
+    assert result["fine_tuned"]["fold_accuracy"] == pytest.approx(expected.fold_accuracy.tolist())
+
+    # A second call reuses the finished runs; a changed config is refused, not mixed in.
+    stamp = (out / "fold-0" / CHECKPOINT).stat().st_mtime_ns
+    assert cross_validate(config, out, data, [0, 1, 2], str(data_slice), progress=False, dataset=att_dataset) == result
+    assert (out / "fold-0" / CHECKPOINT).stat().st_mtime_ns == stamp
+    with pytest.raises(ValueError, match="another config"):
+        cross_validate(tiny_config(chip_cache, steps=2), out, data, [0], str(data_slice), progress=False, dataset=att_dataset)
+    # A pairs file whose fold k shows people of another people.txt fold would test on training people.
+    (shuffled := tmp_path / "pairs_shuffled.txt").write_text("\n".join(["10\t1", *rows[2:4], *rows[:2], *rows[4:]]) + "\n")
+    with pytest.raises(ValueError, match="not in people.txt's fold 0"):
+        cross_validate(config, tmp_path / "cv2", data, [0], str(shuffled), progress=False, dataset=att_dataset)
+    with pytest.raises(SystemExit):
+        main(["--config", "train/configs/lfw_dlib_finetune.json", "--out", str(out), "--folds", "10"])

@@ -40,18 +40,31 @@ def mcnemar_p(gained: int, lost: int) -> float:
     return min(1.0, 2 * tail)
 
 
-def pair_outcomes(evaluation: LfwEvaluation, model: nn.Module, flip: bool = False) -> tuple[np.ndarray, object]:
-    """(bool [pairs]: right under its fold's threshold, sdk.lfw.Verification) of `model`."""
+def outcomes(dist: np.ndarray, pairs) -> tuple[np.ndarray, object]:
+    """(bool [pairs]: right under its fold's threshold, sdk.lfw.Verification) of pair distances."""
     from sdk.lfw import evaluate
 
+    v = evaluate(dist, pairs)
+    return (dist <= v.fold_threshold[pairs.fold]) == pairs.same, v
+
+
+def pair_outcomes(evaluation: LfwEvaluation, model: nn.Module, flip: bool = False) -> tuple[np.ndarray, object]:
+    """:func:`outcomes` of `model` on the evaluation's pairs."""
     unit = embed_chips(model, evaluation.aligned.chips)
     if flip:
         unit = unit + embed_chips(model, np.ascontiguousarray(evaluation.aligned.chips[:, :, ::-1]))
         unit /= np.linalg.norm(unit, axis=1, keepdims=True)
-    dist = evaluation.distances(unit)
-    v = evaluate(dist, evaluation.pairs)
-    pairs = evaluation.pairs
-    return (dist <= v.fold_threshold[pairs.fold]) == pairs.same, v
+    return outcomes(evaluation.distances(unit), evaluation.pairs)
+
+
+def describe(name: str, ok: np.ndarray, v, base: np.ndarray | None = None) -> str:
+    """One line: accuracy, AUC, EER, TAR; with `base`, the pairs gained and lost and McNemar's p."""
+    line = f"{name}: accuracy {v.accuracy:.4f} +- {v.accuracy_std:.4f}, AUC {v.auc:.6f}, EER {v.eer:.4f}, " \
+           f"TAR@FAR{v.far:g} {v.tar_at_far:.4f}"  # fmt: skip
+    if base is not None:
+        gained, lost = int((~base & ok).sum()), int((base & ~ok).sum())
+        line += f" | vs initial: {gained} pairs now right, {lost} now wrong, McNemar p {mcnemar_p(gained, lost):.3f}"
+    return line
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,14 +83,6 @@ def main(argv: list[str] | None = None) -> int:
     evaluation = LfwEvaluation(args.data or data_dir(), args.pairs, progress=False)
     baselines: dict[str, np.ndarray] = {}
 
-    def report(name: str, ok: np.ndarray, v, base: np.ndarray | None) -> None:
-        line = f"{name}: accuracy {v.accuracy:.4f} +- {v.accuracy_std:.4f}, AUC {v.auc:.6f}, EER {v.eer:.4f}, " \
-               f"TAR@FAR{v.far:g} {v.tar_at_far:.4f}"  # fmt: skip
-        if base is not None:
-            gained, lost = int((~base & ok).sum()), int((base & ~ok).sum())
-            line += f" | vs initial: {gained} pairs now right, {lost} now wrong, McNemar p {mcnemar_p(gained, lost):.3f}"
-        print(line, flush=True)
-
     for path in args.checkpoints:
         state = read_checkpoint(path)
         config = state["config"]
@@ -85,12 +90,12 @@ def main(argv: list[str] | None = None) -> int:
         if key not in baselines:
             initial = initial_backbone(config_from_dict(config, source=f"{path} (saved config)"))
             baselines[key], v = pair_outcomes(evaluation, initial)
-            report(f"initial {config['backbone']['name']}", baselines[key], v, None)
+            print(describe(f"initial {config['backbone']['name']}", baselines[key], v), flush=True)
             if args.flip:
                 ok, v = pair_outcomes(evaluation, initial, flip=True)
-                report("  the same with flip averaging", ok, v, baselines[key])
+                print(describe("  the same with flip averaging", ok, v, baselines[key]), flush=True)
         ok, v = pair_outcomes(evaluation, backbone_from_state(state))
-        report(f"{path} (step {state['step']})", ok, v, baselines[key])
+        print(describe(f"{path} (step {state['step']})", ok, v, baselines[key]), flush=True)
     return 0
 
 

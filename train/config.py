@@ -27,7 +27,7 @@ class ConfigError(ValueError):
 
 @dataclass
 class DataConfig:
-    # Face sources (train.data.datasets.face_list): "celeba", "lfw-devtrain", "att", ...
+    # Face sources (train.data.datasets.face_lists): "celeba", "lfw-devtrain", "att", ...
     train: list[str] = field(default_factory=lambda: ["celeba", "lfw-devtrain"])
     root: str | None = None  # data folder; None: sdk.data.data_dir() ($FACESDK_DATA)
     detector: str = "auto"  # "auto" | "yunet" | "dlib"

@@ -53,7 +53,7 @@ from train.backbones import create_backbone
 from train.config import Config, config_from_dict
 from train.data.augment import FaceAugment, chips_to_input
 from train.data.chips import ChipDataset, align_faces
-from train.data.datasets import face_list
+from train.data.datasets import face_lists
 from train.data.sampler import PKSampler
 from train.losses import active_fraction, triplet_loss
 from train.mining import mine_triplets
@@ -397,7 +397,7 @@ class Trainer:
 
     def _load_dataset(self) -> ChipDataset:
         d = self.config.data
-        lists = [face_list(source, self._data_root()) for source in d.train]
+        lists = [faces for source in d.train for faces in face_lists(source, self._data_root())]
         return ChipDataset.from_lists(
             lists,
             min_images=d.min_images,

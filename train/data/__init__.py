@@ -1,7 +1,7 @@
 """Training data: labelled face lists, aligned-chip cache, P x K sampler and face augmentations.
 
 * :mod:`~train.data.datasets`: ``FaceList`` sources (identities file, identity folders, LFW people
-  and folds, CelebA subset, AT&T) and :func:`~train.data.datasets.face_list` for named sources;
+  and folds, CelebA subset, AT&T) and :func:`~train.data.datasets.face_lists` for named sources;
 * :mod:`~train.data.chips`: detect + align once with the SDK's canonical aligner, cached as uint8
   ``.npy`` under ``~/.cache/facesdk/chips``; ``ChipDataset`` joins sources under one label space;
 * :mod:`~train.data.sampler`: ``PKSampler``, P identities x K images, deterministic, DDP-aware;
@@ -12,7 +12,7 @@ from train.data.augment import FaceAugment, chips_to_input
 from train.data.chips import AlignedFaces, ChipDataset, align_faces, chip_cache_dir
 from train.data.datasets import (
     FaceList,
-    face_list,
+    face_lists,
     identities_file,
     image_folder,
     lfw_faces,
@@ -31,7 +31,7 @@ __all__ = [
     "align_faces",
     "chip_cache_dir",
     "chips_to_input",
-    "face_list",
+    "face_lists",
     "identities_file",
     "image_folder",
     "lfw_faces",

@@ -1,13 +1,14 @@
 """Labelled face image lists: an identities file, a folder per identity, LFW's people lists, CelebA.
 
 A :class:`FaceList` is only paths and identity names; :mod:`train.data.chips` turns it into aligned
-chips once. Named sources for configs (:func:`face_list`):
+chips once. Named sources for configs (:func:`face_lists`):
 
 * ``celeba``: the CelebA subset, ``celeba_subset/identities.txt`` (``<id> <path>`` lines);
 * ``lfw-devtrain``: LFW people of ``peopleDevTrain.txt`` (View 1 training people: disjoint from the
   people of ``pairsDevTest.txt``, so a model trained on them is fairly tested on DevTest);
 * ``lfw-folds-except:K[,K...]``: LFW people of ``people.txt``'s folds other than K (View 2: train on
-  the other folds of a 10-fold ``pairs.txt`` run);
+  the other folds of a 10-fold ``pairs.txt`` run), one list per fold, so that the ten runs of a
+  cross-validation share each fold's chips;
 * ``att``: AT&T/ORL, one folder per person (``s1`` ... ``s40``);
 * ``identities:PATH`` / ``folder:PATH``: any ``<id> <path>`` file or identity-per-folder tree.
 """
@@ -155,25 +156,30 @@ def _people_rows(path: Path, rows: Sequence[list[str]]) -> dict[str, int]:
 SOURCES = ("celeba", "lfw-devtrain", "lfw-folds-except:K[,K...]", "att", "identities:PATH", "folder:PATH")
 
 
-def face_list(source: str, data: str | Path) -> FaceList:
-    """A named source (see the module docstring) under the data folder `data`."""
+def face_lists(source: str, data: str | Path) -> list[FaceList]:
+    """The lists of a named source (see the module docstring) under the data folder `data`."""
     data = Path(data)
     kind, _, argument = source.partition(":")
     if kind == "celeba" and not argument:
-        return identities_file(data / "celeba_subset" / "identities.txt", "celeba")
+        return [identities_file(data / "celeba_subset" / "identities.txt", "celeba")]
     if kind == "lfw-devtrain" and not argument:
-        return lfw_faces(data / "lfw", lfw_people(data / "lfw", "peopleDevTrain.txt"), "lfw-devtrain")
+        return [lfw_faces(data / "lfw", lfw_people(data / "lfw", "peopleDevTrain.txt"), "lfw-devtrain")]
     if kind == "lfw-folds-except" and argument:
         try:
-            folds = [int(k) for k in argument.split(",")]
+            test = {int(k) for k in argument.split(",")}
         except ValueError:
             raise ValueError(f"{source!r}: folds must be integers 0..9, e.g. lfw-folds-except:0,1") from None
-        people = lfw_people_outside_folds(data / "lfw", folds)
-        return lfw_faces(data / "lfw", people, f"lfw-folds-except-{'-'.join(map(str, sorted(set(folds))))}")
+        people = lfw_people_outside_folds(data / "lfw", test)
+        folds = lfw_people_folds(data / "lfw")
+        return [
+            lfw_faces(data / "lfw", {name: n for name, n in fold.items() if name in people}, f"lfw-fold-{k}")
+            for k, fold in enumerate(folds)
+            if k not in test
+        ]
     if kind == "att" and not argument:
-        return image_folder(data / "att", "att")
+        return [image_folder(data / "att", "att")]
     if kind == "identities" and argument:
-        return identities_file(argument)
+        return [identities_file(argument)]
     if kind == "folder" and argument:
-        return image_folder(argument)
+        return [image_folder(argument)]
     raise ValueError(f"unknown face source {source!r}; one of: {', '.join(SOURCES)}")

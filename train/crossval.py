@@ -1,0 +1,191 @@
+"""Fine-tuning under LFW's View 2 protocol: ten runs, each pair scored by a model that never saw its people.
+
+    python -m train.crossval --config train/configs/lfw_dlib_finetune.json --out DIR [--set FIELD=VALUE ...]
+                             [--folds 0,1,...]
+
+The pairs of ``pairs.txt``'s fold k are drawn from the people of ``people.txt``'s fold k. For each
+fold k the config is trained into DIR/fold-K with its LFW sources replaced by
+``lfw-folds-except:K`` (the people of the nine other folds; CelebA and other sources kept, its
+periodic evaluation off), and the pairs of fold k are scored by that run's network. The pairs so
+scored then go through sdk.lfw's usual 10-fold protocol (each fold's threshold from the other
+folds), next to the initial network on the same pairs: accuracy, AUC, EER, TAR at FAR 1e-3, the
+pairs gained and lost, McNemar's p (as ``python -m train.compare``). A run already finished is
+reused and an interrupted one resumed, so the command continues where it stopped; --folds trains
+and scores a subset (the others' runs are not needed). Writes DIR/crossval.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+# Idle OpenMP threads sleep (as in train.__main__): spinning ones starve a training run beside it.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np  # noqa: E402
+
+from train.compare import describe, mcnemar_p, outcomes  # noqa: E402
+from train.config import Config, ConfigError, load_config  # noqa: E402
+from train.data.datasets import LFW_FOLDS, lfw_people_folds  # noqa: E402
+from train.trainer import (  # noqa: E402
+    CHECKPOINT,
+    LfwEvaluation,
+    Trainer,
+    backbone_from_state,
+    embed_chips,
+    initial_backbone,
+    read_checkpoint,
+)
+
+log = logging.getLogger("train.crossval")
+
+
+def fold_config(config: Config, fold: int) -> Config:
+    """`config` trained for test fold `fold`: LFW sources -> the other folds' people, no periodic eval."""
+    sources = [s for s in config.data.train if not s.startswith("lfw")] + [f"lfw-folds-except:{fold}"]
+    data = dataclasses.replace(config.data, train=sources, eval_pairs=None)
+    return dataclasses.replace(config, data=data, eval_at_start=False)
+
+
+def train_fold(config: Config, out: Path, fold: int, progress: bool = True, dataset=None) -> dict:
+    """The finished checkpoint of fold `fold` under `out`, trained or resumed as needed.
+
+    dataset: a prepared ChipDataset instead of the config's sources (tests).
+    """
+    c = fold_config(config, fold)
+    run = out / f"fold-{fold}"
+    checkpoint = run / CHECKPOINT
+    if checkpoint.is_file():
+        state = read_checkpoint(checkpoint)
+        if state["config"] != c.to_dict():
+            raise ValueError(f"{run} was trained with another config: remove it or choose another --out")
+        if state["step"] >= c.steps:
+            return state
+        log.info("fold %d: resuming at step %d of %d", fold, state["step"], c.steps)
+    Trainer(c, run, resume=checkpoint.is_file(), progress=progress, dataset=dataset).fit()
+    return read_checkpoint(checkpoint)
+
+
+def check_folds(evaluation: LfwEvaluation, data: Path) -> None:
+    """Refuse a pairs file whose fold k uses people outside people.txt's fold k (the test would leak)."""
+    people = lfw_people_folds(data / "lfw")
+    pairs = evaluation.pairs
+    for i in range(len(pairs)):
+        k = int(pairs.fold[i])
+        for path in (pairs.left[i], pairs.right[i]):
+            if k >= LFW_FOLDS or path.parent.name not in people[k]:
+                raise ValueError(
+                    f"{evaluation.name}: pair {i} (fold {k}) shows {path.parent.name}, who is not in people.txt's fold {k}: "
+                    "cross-validation needs pairs.txt or a slice of it with its folds"
+                )
+
+
+def fold_distances(evaluation: LfwEvaluation, state: dict, fold: int) -> np.ndarray:
+    """Squared L2 of the pairs of `fold` by the network of `state` (NaN for the other pairs)."""
+    pairs = evaluation.pairs
+    test = pairs.fold == fold
+    needed = {p for i in np.flatnonzero(test) for p in (pairs.left[i], pairs.right[i])}
+    images = evaluation.images
+    rows = np.array([i for i, image in enumerate(evaluation.aligned.index) if images[image] in needed], np.int64)
+    unit = np.zeros((len(evaluation.aligned.index), 128), np.float32)  # only the fold's chips are embedded
+    unit[rows] = embed_chips(backbone_from_state(state), evaluation.aligned.chips[rows])
+    return np.where(test, evaluation.distances(unit), np.nan)
+
+
+def subset(pairs, keep: np.ndarray):
+    return dataclasses.replace(
+        pairs,
+        left=[p for p, k in zip(pairs.left, keep) if k],
+        right=[p for p, k in zip(pairs.right, keep) if k],
+        same=pairs.same[keep],
+        fold=pairs.fold[keep],
+    )
+
+
+def cross_validate(
+    config: Config,
+    out: Path,
+    data: Path,
+    folds: list[int],
+    pairs_file: str = "pairs.txt",
+    progress: bool = True,
+    dataset=None,
+) -> dict:
+    """Train every fold of `folds` (reusing finished runs), score, write and return out/crossval.json."""
+    evaluation = LfwEvaluation(data, pairs_file, config.data.detector, config.data.cache_dir, progress=progress)
+    check_folds(evaluation, data)
+    runs, dist = [], np.full(len(evaluation.pairs), np.nan)
+    for fold in folds:
+        state = train_fold(config, out, fold, progress, dataset)
+        scored = fold_distances(evaluation, state, fold)
+        dist = np.where(np.isnan(scored), dist, scored)
+        runs.append(
+            {"fold": fold, "steps": state["step"], "identities": len(state["identities"]),
+             "train_seconds": round(state["elapsed_seconds"], 1)}
+        )  # fmt: skip
+        log.info("fold %d: %d identities, %d steps", fold, runs[-1]["identities"], state["step"])
+
+    keep = np.isin(evaluation.pairs.fold, folds)
+    pairs = subset(evaluation.pairs, keep)
+    base_dist = evaluation.distances(embed_chips(initial_backbone(config), evaluation.aligned.chips))[keep]
+    base_ok, base = outcomes(base_dist, pairs)
+    ok, tuned = outcomes(dist[keep], pairs)
+    gained, lost = int((~base_ok & ok).sum()), int((base_ok & ~ok).sum())
+    print(describe(f"initial {config.backbone.name}", base_ok, base), flush=True)
+    print(describe(f"fine-tuned, cross-validated ({len(folds)} runs)", ok, tuned, base_ok), flush=True)
+
+    def figures(v) -> dict:
+        return {"accuracy": v.accuracy, "accuracy_std": v.accuracy_std, "auc": v.auc, "eer": v.eer,
+                "tar_at_far": v.tar_at_far, "far": v.far, "fold_accuracy": v.fold_accuracy.tolist()}  # fmt: skip
+
+    result = {
+        "pairs": evaluation.name,
+        "folds": folds,
+        "config": config.to_dict(),
+        "runs": runs,
+        "initial": figures(base),
+        "fine_tuned": figures(tuned),
+        "gained": gained,
+        "lost": lost,
+        "mcnemar_p": mcnemar_p(gained, lost),
+    }
+    (out / "crossval.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m train.crossval", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, required=True, help="a trainer config (see train/configs/)")
+    parser.add_argument("--out", type=Path, required=True, help="folder of the runs (DIR/fold-K) and crossval.json")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
+                        help="override a config field, as for python -m train (repeatable)")  # fmt: skip
+    parser.add_argument("--folds", default=",".join(map(str, range(LFW_FOLDS))), help="test folds (default all ten)")
+    parser.add_argument("--pairs", default="pairs.txt", help="LFW pairs file with people.txt's folds (default pairs.txt)")
+    parser.add_argument("--data", type=Path, help="data folder (default $FACESDK_DATA)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
+    from sdk.data import data_dir
+
+    try:
+        folds = sorted({int(k) for k in args.folds.split(",")})
+    except ValueError:
+        parser.error(f"--folds: integers 0..9 separated by commas, got {args.folds!r}")
+    if not folds or not all(0 <= k < LFW_FOLDS for k in folds):
+        parser.error(f"--folds: integers 0..9 separated by commas, got {args.folds!r}")
+    try:
+        config = load_config(args.config, args.overrides)
+        cross_validate(config, args.out, args.data or data_dir(), folds, args.pairs, progress=not args.no_progress)
+    except (ConfigError, ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
