@@ -522,7 +522,7 @@ def test_crossval_scores_each_fold_with_the_run_that_did_not_see_its_people(
     _mining_available()
     from sdk.lfw import evaluate
     from train.crossval import cross_validate, fold_config, main, subset
-    from train.trainer import CHECKPOINT, LfwEvaluation, backbone_from_state, embed_chips, read_checkpoint
+    from train.trainer import CHECKPOINT, LfwEvaluation, Trainer, backbone_from_state, embed_chips, read_checkpoint
 
     monkeypatch.setenv("FACESDK_HOME", str(tmp_path))  # the LFW chips of the slice are cached there
     config = tiny_config(chip_cache, steps=1, data__train=["celeba", "lfw-devtrain"], data__eval_pairs="pairsDevTest.txt")
@@ -531,16 +531,16 @@ def test_crossval_scores_each_fold_with_the_run_that_did_not_see_its_people(
     # pairs.txt's first matched and first mismatched pair of every fold: 10 folds of 1 + 1.
     lines = (data / "lfw" / "pairs.txt").read_text().splitlines()
     rows = [lines[1 + 600 * fold + 300 * mismatched] for fold in range(10) for mismatched in range(2)]
-    data_slice = tmp_path / "pairs_slice.txt"
-    data_slice.write_text("\n".join(["10\t1", *rows]) + "\n")
+    pairs_slice = tmp_path / "pairs_slice.txt"
+    pairs_slice.write_text("\n".join(["10\t1", *rows]) + "\n")
     out = tmp_path / "cv"
     # The AT&T slice stands in for the fold's training people (aligning LFW is too slow for a test).
-    result = cross_validate(config, out, data, [0, 1, 2], str(data_slice), progress=False, dataset=att_dataset)
+    result = cross_validate(config, out, data, [0, 1, 2], str(pairs_slice), progress=False, dataset=att_dataset)
     assert result["folds"] == [0, 1, 2] and [r["steps"] for r in result["runs"]] == [1, 1, 1]
     assert "fine-tuned, cross-validated (3 runs): accuracy" in capsys.readouterr().out
 
     # Fold k's pairs are scored by fold k's network, and the 10-fold protocol runs on those 6 pairs.
-    evaluation = LfwEvaluation(data, str(data_slice), progress=False)
+    evaluation = LfwEvaluation(data, str(pairs_slice), progress=False)
     dist = np.zeros(len(evaluation.pairs))
     for k in range(3):
         unit = embed_chips(backbone_from_state(read_checkpoint(out / f"fold-{k}" / CHECKPOINT)), evaluation.aligned.chips)
@@ -552,13 +552,19 @@ def test_crossval_scores_each_fold_with_the_run_that_did_not_see_its_people(
 
     # A second call reuses the finished runs; a changed config is refused, not mixed in.
     stamp = (out / "fold-0" / CHECKPOINT).stat().st_mtime_ns
-    assert cross_validate(config, out, data, [0, 1, 2], str(data_slice), progress=False, dataset=att_dataset) == result
+    assert cross_validate(config, out, data, [0, 1, 2], str(pairs_slice), progress=False, dataset=att_dataset) == result
     assert (out / "fold-0" / CHECKPOINT).stat().st_mtime_ns == stamp
     with pytest.raises(ValueError, match="another config"):
-        cross_validate(tiny_config(chip_cache, steps=2), out, data, [0], str(data_slice), progress=False, dataset=att_dataset)
+        cross_validate(tiny_config(chip_cache, steps=2), out, data, [0], str(pairs_slice), progress=False, dataset=att_dataset)
     # A pairs file whose fold k shows people of another people.txt fold would test on training people.
-    (shuffled := tmp_path / "pairs_shuffled.txt").write_text("\n".join(["10\t1", *rows[2:4], *rows[:2], *rows[4:]]) + "\n")
+    shuffled = tmp_path / "pairs_shuffled.txt"
+    shuffled.write_text("\n".join(["10\t1", *rows[2:4], *rows[:2], *rows[4:]]) + "\n")
     with pytest.raises(ValueError, match="not in people.txt's fold 0"):
         cross_validate(config, tmp_path / "cv2", data, [0], str(shuffled), progress=False, dataset=att_dataset)
     with pytest.raises(SystemExit):
         main(["--config", "train/configs/lfw_dlib_finetune.json", "--out", str(out), "--folds", "10"])
+    # An interrupted fold is resumed to the end, not restarted.
+    two_steps = tiny_config(chip_cache, steps=2)
+    Trainer(fold_config(two_steps, 5), tmp_path / "cv3" / "fold-5", dataset=att_dataset, progress=False).fit(stop_after=1)
+    resumed = cross_validate(two_steps, tmp_path / "cv3", data, [5], str(pairs_slice), progress=False, dataset=att_dataset)
+    assert resumed["runs"][0]["steps"] == 2

@@ -45,7 +45,8 @@ def outcomes(dist: np.ndarray, pairs) -> tuple[np.ndarray, object]:
     from sdk.lfw import evaluate
 
     v = evaluate(dist, pairs)
-    return (dist <= v.fold_threshold[pairs.fold]) == pairs.same, v
+    position = np.searchsorted(np.unique(pairs.fold), pairs.fold)  # fold_threshold follows the folds present
+    return (dist <= v.fold_threshold[position]) == pairs.same, v
 
 
 def pair_outcomes(evaluation: LfwEvaluation, model: nn.Module, flip: bool = False) -> tuple[np.ndarray, object]:
