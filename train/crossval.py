@@ -29,6 +29,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np  # noqa: E402
 
+from sdk.lfw import Pairs  # noqa: E402
 from train.compare import describe, mcnemar_p, outcomes  # noqa: E402
 from train.config import Config, ConfigError, load_config  # noqa: E402
 from train.data.datasets import LFW_FOLDS, lfw_people_folds  # noqa: E402
@@ -92,12 +93,14 @@ def fold_distances(evaluation: LfwEvaluation, state: dict, fold: int) -> np.ndar
     needed = {p for i in np.flatnonzero(test) for p in (pairs.left[i], pairs.right[i])}
     images = evaluation.images
     rows = np.array([i for i, image in enumerate(evaluation.aligned.index) if images[image] in needed], np.int64)
-    unit = np.zeros((len(evaluation.aligned.index), 128), np.float32)  # only the fold's chips are embedded
-    unit[rows] = embed_chips(backbone_from_state(state), evaluation.aligned.chips[rows])
+    embedded = embed_chips(backbone_from_state(state), evaluation.aligned.chips[rows])
+    unit = np.zeros((len(evaluation.aligned.index), embedded.shape[1]), np.float32)  # only the fold's chips
+    unit[rows] = embedded
     return np.where(test, evaluation.distances(unit), np.nan)
 
 
-def subset(pairs, keep: np.ndarray):
+def subset(pairs: Pairs, keep: np.ndarray) -> Pairs:
+    """The pairs where `keep` is true, with their folds."""
     return dataclasses.replace(
         pairs,
         left=[p for p, k in zip(pairs.left, keep) if k],
