@@ -538,6 +538,7 @@ def test_crossval_scores_each_fold_with_the_run_that_did_not_see_its_people(
     result = cross_validate(config, out, data, [0, 1, 2], str(pairs_slice), progress=False, dataset=att_dataset)
     assert result["folds"] == [0, 1, 2] and [r["steps"] for r in result["runs"]] == [1, 1, 1]
     assert "fine-tuned, cross-validated (3 runs): accuracy" in capsys.readouterr().out
+    assert (out / "crossval.json").is_file() and (out / "crossval.png").is_file()
 
     # Fold k's pairs are scored by fold k's network, and the 10-fold protocol runs on those 6 pairs.
     evaluation = LfwEvaluation(data, str(pairs_slice), progress=False)
@@ -549,6 +550,7 @@ def test_crossval_scores_each_fold_with_the_run_that_did_not_see_its_people(
     expected = evaluate(dist[keep], subset(evaluation.pairs, keep))
     assert result["fine_tuned"]["auc"] == pytest.approx(expected.auc)
     assert result["fine_tuned"]["fold_accuracy"] == pytest.approx(expected.fold_accuracy.tolist())
+    assert np.load(out / "crossval_distances.npz")["fine_tuned"] == pytest.approx(dist[keep], rel=1e-3)  # other batches
 
     # A second call reuses the finished runs; a changed config is refused, not mixed in.
     stamp = (out / "fold-0" / CHECKPOINT).stat().st_mtime_ns

@@ -11,7 +11,8 @@ scored then go through sdk.lfw's usual 10-fold protocol (each fold's threshold f
 folds), next to the initial network on the same pairs: accuracy, AUC, EER, TAR at FAR 1e-3, the
 pairs gained and lost, McNemar's p (as ``python -m train.compare``). A run already finished is
 reused and an interrupted one resumed, so the command continues where it stopped; --folds trains
-and scores a subset (the others' runs are not needed). Writes DIR/crossval.json.
+and scores a subset (the others' runs are not needed). Writes DIR/crossval.json (figures, per-fold
+accuracies), crossval_distances.npz (every pair's distance, both networks) and crossval.png (DET curves).
 """
 
 from __future__ import annotations
@@ -158,7 +159,35 @@ def cross_validate(
         "mcnemar_p": mcnemar_p(gained, lost),
     }
     (out / "crossval.json").write_text(json.dumps(result, indent=2) + "\n")
+    np.savez(out / "crossval_distances.npz", initial=base_dist, fine_tuned=dist[keep], same=pairs.same, fold=pairs.fold)
+    plot_det(out / "crossval.png", pairs.same, {"initial": base_dist, "fine-tuned (cross-validated)": dist[keep]})
     return result
+
+
+def plot_det(path: Path, same: np.ndarray, distances: dict[str, np.ndarray]) -> Path | None:
+    """False rejects against false accepts (log axes) of each distance vector; needs matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log.info("matplotlib not installed: no %s", path)
+        return None
+    from sdk.lfw import roc
+
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for name, dist in distances.items():
+        far, tar, _ = roc(dist, same)
+        ax.step(far, 1 - tar, where="post", label=name)
+    ax.set(xscale="log", yscale="log", xlabel="false accept rate", ylabel="false reject rate",
+           title=f"LFW, {len(same):,} pairs", xlim=(1 / max((~same).sum(), 10), 1), ylim=(1 / max(same.sum(), 10), 1))  # fmt: skip
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
 
 
 def main(argv: list[str] | None = None) -> int:
