@@ -40,6 +40,11 @@ def mcnemar_p(gained: int, lost: int) -> float:
     return min(1.0, 2 * tail)
 
 
+def changes(base: np.ndarray, ok: np.ndarray) -> tuple[int, int]:
+    """(pairs right now and wrong before, pairs wrong now and right before)."""
+    return int((~base & ok).sum()), int((base & ~ok).sum())
+
+
 def outcomes(dist: np.ndarray, pairs) -> tuple[np.ndarray, object]:
     """(bool [pairs]: right under its fold's threshold, sdk.lfw.Verification) of pair distances."""
     from sdk.lfw import evaluate
@@ -63,7 +68,7 @@ def describe(name: str, ok: np.ndarray, v, base: np.ndarray | None = None) -> st
     line = f"{name}: accuracy {v.accuracy:.4f} +- {v.accuracy_std:.4f}, AUC {v.auc:.6f}, EER {v.eer:.4f}, " \
            f"TAR@FAR{v.far:g} {v.tar_at_far:.4f}"  # fmt: skip
     if base is not None:
-        gained, lost = int((~base & ok).sum()), int((base & ~ok).sum())
+        gained, lost = changes(base, ok)
         line += f" | vs initial: {gained} pairs now right, {lost} now wrong, McNemar p {mcnemar_p(gained, lost):.3f}"
     return line
 

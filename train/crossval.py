@@ -31,7 +31,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numpy as np  # noqa: E402
 
 from sdk.lfw import Pairs  # noqa: E402
-from train.compare import describe, mcnemar_p, outcomes  # noqa: E402
+from train.compare import changes, describe, mcnemar_p, outcomes  # noqa: E402
 from train.config import Config, ConfigError, load_config  # noqa: E402
 from train.data.datasets import LFW_FOLDS, lfw_people_folds  # noqa: E402
 from train.trainer import (  # noqa: E402
@@ -139,7 +139,7 @@ def cross_validate(
     base_dist = evaluation.distances(embed_chips(initial_backbone(config), evaluation.aligned.chips))[keep]
     base_ok, base = outcomes(base_dist, pairs)
     ok, tuned = outcomes(dist[keep], pairs)
-    gained, lost = int((~base_ok & ok).sum()), int((base_ok & ~ok).sum())
+    gained, lost = changes(base_ok, ok)
     print(describe(f"initial {config.backbone.name}", base_ok, base), flush=True)
     print(describe(f"fine-tuned, cross-validated ({len(folds)} runs)", ok, tuned, base_ok), flush=True)
 
