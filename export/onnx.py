@@ -260,7 +260,7 @@ def _ms_per_face(fn: Callable[[np.ndarray], object], chips: np.ndarray, repeat: 
 
 def check(path: Path, faces: int, threads: int, batches: list[int], repeat: int) -> None:
     """Print parity (normalised embeddings) and ms per face of the ONNX file against torch."""
-    from sdk.data import data_dir
+    from sdk.paths import data_dir
     from sdk.embed import OnnxEmbedder
     from train.backbones.dlib_resnet import DlibResNet, lfw_face_chips
 

@@ -122,17 +122,17 @@ def calibration_chips(
 
     Images are drawn in a seeded random order (so they spread over the identities), the central
     face of each is detected and aligned with the SDK's own detector and aligner (as
-    ``sdk.lfw.embed_images`` does) into the SDK's chip (``dlib5_150_0.25``); images without a
+    ``evaluate.lfw.embed_images`` does) into the SDK's chip (``dlib5_150_0.25``); images without a
     detected face are skipped, not guessed.
     """
     import cv2
     from tqdm import tqdm
 
     from sdk.align import align
-    from sdk.calibration import labelled_images
-    from sdk.data import data_dir
+    from evaluate.calibration import labelled_images
+    from sdk.paths import data_dir
     from sdk.detect import default_detector
-    from sdk.lfw import central_face
+    from evaluate.lfw import central_face
 
     if name == "lfw" or name.startswith("lfw"):
         raise ValueError(f"calibration set {name!r}: LFW holds the test pairs; calibrate on 'celeba'")
@@ -440,7 +440,7 @@ def quantization_info(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 class _BothModels:
-    """An embedder for sdk.lfw.embed_images that runs two models on the same chips and returns
+    """An embedder for evaluate.lfw.embed_images that runs two models on the same chips and returns
     their embeddings side by side ([N, 2D]), timing each at full batches (alternating which runs
     first, so that neither always meets a cold cache or the other's idle threads)."""
 
@@ -503,8 +503,8 @@ def compare(
     percentile); the mean |distance change| over the pairs; ms per face of each model at ``batch``
     (same run, alternating) and their ratio.
     """
-    from sdk import lfw
-    from sdk.data import data_dir
+    from evaluate import lfw
+    from sdk.paths import data_dir
     from sdk.detect import default_detector
     from sdk.embed import OnnxEmbedder
 

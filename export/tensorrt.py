@@ -500,7 +500,7 @@ def main(argv: list[str] | None = None, prog: str = "facesdk export trt") -> int
         f"(tuned for {args.batch.opt}), {info['gpu']['name']} sm {info['gpu']['compute_capability']}, "
         f"built in {info['build_seconds']:.1f} s"
     )
-    print(f"check it: python -m sdk.tensorrt parity {path}")
+    print(f"check it: python -m evaluate.tensorrt parity {path}")
     return 0
 
 

@@ -23,16 +23,20 @@ OpenCV's results, and a 250x250 LFW image costs a 256x256 pass instead of a 640x
 fewer pixels). YuNet was trained on faces of about 10 to 300 px, so for large frames or close-ups
 ``max_side`` downscales the image first (aspect ratio kept, coordinates mapped back).
 
-The default model is ``yunet_n_dynamic.onnx``: the same weights as ``yunet_n_640_640.onnx`` (the
-larger YuNet; published WIDER FACE val AP 0.892/0.883/0.811 easy/medium/hard) with a dynamic input,
-so it needs no graph edit and no ``onnx`` package. ``yunet_s`` is smaller and ~15% faster here.
-The fixed-size files are relaxed with ``onnx`` when chosen.
+The default model is ``yunet_n_dynamic.onnx``, shipped inside the package (``sdk/models/``, Apache-2.0,
+licence beside it): the same weights as OpenCV Zoo's ``yunet_n_640_640.onnx`` (the larger YuNet) with a
+dynamic input, so it needs no graph edit and no ``onnx`` package. Other YuNet files (e.g. the smaller
+``yunet_s_640_640.onnx`` under ``$FACESDK_MODELS/yunet``) are passed as ``model_path``; fixed-size
+files are relaxed with ``onnx`` when chosen.
+
+Detectors are registered by name in ``DETECTORS`` (``detector_from`` reads it).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -40,12 +44,13 @@ from typing import Any, Protocol
 import cv2
 import numpy as np
 
+from sdk.paths import package_file
+
 log = logging.getLogger("sdk")
 
 DEFAULT_YUNET = "yunet_n_dynamic.onnx"
 _STRIDES = (8, 16, 32)
 _DIVISOR = 32  # the coarsest stride: the padded input must be a multiple of it
-_DEFAULT_MODELS = Path(__file__).resolve().parents[1].parent / "shared" / "models"
 
 # Landmark order of each scheme; "right"/"left" are the subject's (the subject's right eye is on
 # the image's left).
@@ -104,20 +109,10 @@ def as_bgr(image: Any) -> np.ndarray:
     return image
 
 
-def models_dir() -> Path:
-    """The models folder: $FACESDK_MODELS, else ../shared/models beside a source checkout."""
-    return Path(os.environ.get("FACESDK_MODELS", _DEFAULT_MODELS))
-
-
 def _default_yunet_path() -> Path:
-    path = models_dir() / "yunet" / DEFAULT_YUNET
+    path = package_file(DEFAULT_YUNET)
     if not path.is_file():
-        env = os.environ.get("FACESDK_MODELS")
-        raise FileNotFoundError(
-            f"YuNet model not found at {path}: looked in $FACESDK_MODELS/yunet "
-            f"({'=' + env if env else 'unset'}), else {_DEFAULT_MODELS}/yunet; set FACESDK_MODELS to a "
-            f"folder holding yunet/{DEFAULT_YUNET}, or pass model_path"
-        )
+        raise FileNotFoundError(f"YuNet model {path} is missing from the installed package: reinstall facesdk")
     return path
 
 
@@ -287,15 +282,20 @@ def default_detector() -> tuple[Detector, str]:
     return yunet, yunet.name
 
 
+# Detector names -> factories; the CLI's choices and every error message read this one table.
+DETECTORS: dict[str, Callable[[], Detector]] = {
+    "auto": lambda: default_detector()[0],
+    "yunet": YuNetDetector,
+    "dlib": DlibHogDetector,
+}
+
+
 def detector_from(spec: str | Any) -> Any:
-    """A detector from its name ("auto", "yunet", "dlib"), or `spec` itself when it is already
+    """A detector from its name (a key of ``DETECTORS``), or `spec` itself when it is already
     a detector object (``detect(bgr) -> list[Detection]``, ``name``, ``scheme``)."""
     if not isinstance(spec, str):
         return spec
-    if spec == "auto":
-        return default_detector()[0]
-    if spec == "yunet":
-        return YuNetDetector()
-    if spec == "dlib":
-        return DlibHogDetector()
-    raise ValueError(f"unknown detector {spec!r}: use 'auto', 'yunet', 'dlib' or a detector object")
+    if spec not in DETECTORS:
+        names = ", ".join(repr(n) for n in DETECTORS)
+        raise ValueError(f"unknown detector {spec!r}: use {names} or a detector object")
+    return DETECTORS[spec]()

@@ -46,6 +46,8 @@ from typing import Any, Protocol
 import numpy as np
 import onnxruntime as ort
 
+from sdk.paths import home
+
 __all__ = [
     "Embedder",
     "OnnxEmbedder",
@@ -94,9 +96,7 @@ class Embedder(Protocol):
 
 def default_model_path() -> Path:
     """Where the default model lives: ``$FACESDK_HOME`` or ``~/.cache/facesdk``, then ``models/``."""
-    home = os.environ.get("FACESDK_HOME")
-    root = Path(home) if home else Path.home() / ".cache" / "facesdk"
-    return root / "models" / DEFAULT_MODEL_FILE
+    return home() / "models" / DEFAULT_MODEL_FILE
 
 
 def default_pfe_model_path() -> Path:

@@ -25,3 +25,21 @@ class ModelMismatchError(GalleryError):
 
 class BackendUnavailableError(FaceSDKError, RuntimeError):
     """A requested backend or execution provider is not available on this machine."""
+
+
+class EngineMismatchError(BackendUnavailableError):
+    """A TensorRT engine cannot run here: built for another TensorRT or GPU, or its metadata is
+    missing, corrupt or describes another file. The message holds the command that rebuilds it."""
+
+
+class TensorRTError(FaceSDKError, RuntimeError):
+    """A CUDA or TensorRT call failed while running an engine."""
+
+
+class NoFaceError(FaceSDKError, ValueError):
+    """An image that must hold a face (enrolment, verify, identify) holds none."""
+
+
+class LowQualityError(FaceSDKError, ValueError):
+    """A face is below the Verifier's ``min_quality`` where a good one is required (enrolment,
+    identify)."""

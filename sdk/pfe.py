@@ -9,18 +9,13 @@ Scoring
         MLS(mu1, s1, mu2, s2) = -1/2 sum_d [(mu1 - mu2)^2 / (s1 + s2) + log(s1 + s2)] - D/2 log(2 pi)
 
     :func:`mls` (all pairs), :func:`mls_topk` and :func:`mls_match` run the C++ kernels
-    (``sdk.kernels.mls*``) when the build has them, else a float64 numpy reference
-    (:func:`mls_reference`, also the tests' ground truth). :func:`mls_pairs` scores row i
-    against row i (a pairs protocol such as LFW's).
+    (``sdk.kernels.mls*``); :func:`mls_reference` is the float64 numpy ground truth of the
+    tests. :func:`mls_pairs` scores row i against row i (a pairs protocol such as LFW's).
 
-    Measured with ``dlib_resnet_v1_pfe`` (``python -m sdk.pfe_eval``): on clean LFW pairs MLS is
-    on par with squared L2 on mu (98.90 vs 99.03 % accuracy); on single degraded faces it helps
-    at strict FARs (LFW templates of one image, half degraded: TAR at FAR 1e-4 38.9 vs 20.1 %).
-    But with a threshold calibrated on clean faces, MLS accepts far more impostor pairs of two
-    degraded faces than L2 does (both blurred with sigma 6 px: FAR 89 vs 53 %): a larger
-    variance shrinks the distance term more than it lowers the log term. Gate on quality
-    (``min_quality``) when faces may be poor; rejecting the worst 5 % by quality raised TAR at
-    FAR 1e-3 from 55-58 % to 65-68 % on a clean/degraded LFW mix.
+    With a threshold calibrated on clean faces, MLS accepts more impostor pairs of two degraded
+    faces than L2 does: a larger variance shrinks the distance term more than it lowers the log
+    term. Gate on quality (``min_quality``) when faces may be poor. README ("Probabilistic Face
+    Embeddings") has the measured figures.
 
 Fusion (:func:`fuse`) of n faces of one person into one Gaussian, per dimension:
     ``mu_hat = sum(mu_i / s_i) / sum(1 / s_i)`` in both modes (each face weighted by its
@@ -30,31 +25,27 @@ Fusion (:func:`fuse`) of n faces of one person into one Gaussian, per dimension:
     * ``"min_sigma"``: ``s_hat = min_i s_i``, what the authors' released code does
       (``aggregate_PFE``).
 
-    The default is ``"min_sigma"``, measured (``python -m sdk.pfe_eval sets``, LFW templates of
-    k = 2 images, half of the images degraded): TAR at FAR 1e-4 83.4 % with min sigma + MLS
-    against 75.0 % with the closed form + MLS (66.9 % for mean mu + L2); at FAR 1e-3 94.6 %
-    against 90.6 %; on clean templates the two are within 0.2 points. The closed form's
-    variance shrinks as 1/n, so a fused template claims a certainty no single face had and MLS
-    between two templates is dominated by small mu differences divided by tiny variances.
-    mu_hat is re-normalised to unit length (``normalize=True``, as the released code does): the
-    weighted mean of unit vectors is shorter than 1 (the more the faces disagree, the shorter),
-    while the model's mu and both kinds of calibrated threshold live on the unit sphere. The
-    paper's un-normalised mean (``normalize=False``) measured within 0.6 points of it in every
-    cell of the same table, so the choice is for consistency, not for accuracy.
+    The default is ``"min_sigma"``, which measured better on templates with degraded faces
+    (``python -m evaluate.pfe sets``; figures in README): the closed form's variance shrinks as
+    1/n, so a fused template claims a certainty no single face had and MLS between two templates
+    is dominated by small mu differences divided by tiny variances. mu_hat is re-normalised to
+    unit length (``normalize=True``, as the released code does): the weighted mean of unit
+    vectors is shorter than 1, while the model's mu and both kinds of calibrated threshold live
+    on the unit sphere.
 
 Quality (:func:`quality`)
     The paper's quality is the harmonic mean of sigma^2 over dimensions, lower = better. Here
     ``quality = ln(mean_d 1/sigma_d^2) = -ln(harmonic mean of sigma^2)``: the log of the mean
     precision, **higher = better**, and ranking faces by it is exactly the paper's ranking.
     :func:`harmonic_mean_sigma_sq` gives the paper's figure. A reject threshold
-    (``min_quality``) refuses faces below it; :func:`calibrate_quality` gives the quality below
-    which a chosen fraction of a labelled set's faces falls (stored in the model as
+    (``min_quality``) refuses faces below it; ``evaluate.calibration.calibrate_quality`` gives the
+    quality below which a chosen fraction of a labelled set's faces falls (stored in the model as
     ``quality_reject_table``).
 
 Thresholds
-    :func:`calibrate_mls` finds, like :mod:`sdk.calibration` for squared L2, the MLS threshold
+    ``evaluate.calibration.calibrate_mls`` finds, as for squared L2, the MLS threshold
     (accept if ``MLS >= threshold``) meeting a target FAR over all pairs of a labelled set;
-    ``python -m sdk.pfe_eval calibrate --model PATH --write`` stores ``mls_threshold``,
+    ``python -m evaluate.pfe calibrate --model PATH --write`` stores ``mls_threshold``,
     ``mls_threshold_far``, ``mls_threshold_table`` (JSON {far: threshold}),
     ``mls_threshold_calibrated_on`` and ``quality_reject_table`` in the model's metadata.
 
@@ -70,14 +61,13 @@ import json
 import math
 from collections import deque
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import numpy as np
 from numpy.typing import ArrayLike
 
 from sdk import kernels
-from sdk.calibration import Calibration, calibrate_pairwise
 
 __all__ = [
     "FUSION_MODES",
@@ -91,8 +81,6 @@ __all__ = [
     "fuse",
     "quality",
     "harmonic_mean_sigma_sq",
-    "calibrate_mls",
-    "calibrate_quality",
     "mls_threshold_for",
     "quality_threshold_for",
     "Track",
@@ -105,11 +93,6 @@ DEFAULT_FUSION = "min_sigma"
 LOG_2PI = math.log(2 * math.pi)
 # Reference chunks hold at most this many float64 elements ([rows, ng, D]): ~128 MB.
 _CHUNK_ELEMENTS = 1 << 24
-
-
-def kernels_have_mls() -> bool:
-    """True when the C++ kernels of this build include MLS (``sdk.kernels.mls``)."""
-    return hasattr(kernels, "mls") and hasattr(kernels, "mls_topk") and hasattr(kernels, "mls_match")
 
 
 # --------------------------------------------------------------------------------------- checks
@@ -166,9 +149,7 @@ def mls_reference(q_mu: ArrayLike, q_sigma_sq: ArrayLike, g_mu: ArrayLike, g_sig
 
 def mls(q_mu: ArrayLike, q_sigma_sq: ArrayLike, g_mu: ArrayLike, g_sigma_sq: ArrayLike) -> np.ndarray:
     """MLS of every (query, gallery) pair, float32 ``[nq, ng]`` (C++ kernels when built)."""
-    if kernels_have_mls():
-        return np.asarray(kernels.mls(*_two_sets(q_mu, q_sigma_sq, g_mu, g_sigma_sq, np.float32)), np.float32)
-    return mls_reference(q_mu, q_sigma_sq, g_mu, g_sigma_sq).astype(np.float32)
+    return np.asarray(kernels.mls(*_two_sets(q_mu, q_sigma_sq, g_mu, g_sigma_sq, np.float32)), np.float32)
 
 
 def mls_pairs(mu1: ArrayLike, sigma_sq1: ArrayLike, mu2: ArrayLike, sigma_sq2: ArrayLike) -> np.ndarray:
@@ -200,19 +181,9 @@ def mls_topk(
         raise TypeError(f"k must be an integer, got {type(k).__name__}")
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
-    if kernels_have_mls():
-        sets = _two_sets(q_mu, q_sigma_sq, g_mu, g_sigma_sq, np.float32, check_gallery)
-        idx, score = kernels.mls_topk(*sets, int(k))
-        return np.asarray(idx, np.int64), np.asarray(score, np.float32)
-    qm, qs, gm, gs = _two_sets(q_mu, q_sigma_sq, g_mu, g_sigma_sq, np.float64, check_gallery)
-    idx = np.full((len(qm), k), -1, np.int64)
-    score = np.full((len(qm), k), -np.inf, np.float32)
-    if len(gm) and len(qm):
-        scores = mls_reference(qm, qs, gm, gs).astype(np.float32)
-        order = np.argsort(-scores, axis=1, kind="stable")[:, :k]  # stable: ties to the lower index
-        idx[:, : order.shape[1]] = order
-        score[:, : order.shape[1]] = np.take_along_axis(scores, order, axis=1)
-    return idx, score
+    sets = _two_sets(q_mu, q_sigma_sq, g_mu, g_sigma_sq, np.float32, check_gallery)
+    idx, score = kernels.mls_topk(*sets, int(k))
+    return np.asarray(idx, np.int64), np.asarray(score, np.float32)
 
 
 class MLSMatches(NamedTuple):
@@ -235,12 +206,8 @@ def mls_match(
     threshold = float(threshold)
     if not math.isfinite(threshold):
         raise ValueError(f"an MLS threshold must be a finite number, got {threshold}")
-    if kernels_have_mls():
-        found = kernels.mls_match(*_two_sets(q_mu, q_sigma_sq, g_mu, g_sigma_sq, np.float32, check_gallery), threshold)
-        return MLSMatches(np.asarray(found[0], np.int64), np.asarray(found[1], np.int64), np.asarray(found[2], np.float32))
-    scores = mls_reference(*_two_sets(q_mu, q_sigma_sq, g_mu, g_sigma_sq, np.float64, check_gallery)).astype(np.float32)
-    qi, gi = np.nonzero(scores >= threshold)  # row-major: sorted by (query, gallery)
-    return MLSMatches(qi.astype(np.int64), gi.astype(np.int64), scores[qi, gi])
+    found = kernels.mls_match(*_two_sets(q_mu, q_sigma_sq, g_mu, g_sigma_sq, np.float32, check_gallery), threshold)
+    return MLSMatches(np.asarray(found[0], np.int64), np.asarray(found[1], np.int64), np.asarray(found[2], np.float32))
 
 
 # --------------------------------------------------------------------------------------- fusion
@@ -299,27 +266,6 @@ def quality(sigma_sq: ArrayLike) -> np.ndarray | float:
     return float(q) if s.ndim == 1 else q
 
 
-# ---------------------------------------------------------------------------------- calibration
-
-
-def calibrate_mls(mu: ArrayLike, sigma_sq: ArrayLike, labels: ArrayLike, fars: Sequence[float]) -> list[Calibration]:
-    """For each target FAR, the lowest MLS threshold with FAR <= far over all pairs of the set."""
-    if not fars:
-        raise ValueError("no far to calibrate for")
-    scores = mls(mu, sigma_sq, mu, sigma_sq)
-    # -MLS is a dissimilarity (negation is exact in float32): calibrate it as one, flip back.
-    np.negative(scores, out=scores)
-    return [replace(c, threshold=-c.threshold) for c in calibrate_pairwise(scores, np.asarray(labels), fars)]
-
-
-def calibrate_quality(sigma_sq: ArrayLike, reject: Sequence[float]) -> dict[float, float]:
-    """{fraction: q}: the quality below which that fraction of these faces falls."""
-    if not reject or not all(0 < r < 1 for r in reject):
-        raise ValueError(f"every reject fraction must be in (0, 1), got {list(reject)}")
-    q = np.asarray(quality(sigma_sq), np.float64).reshape(-1)
-    return {float(r): float(np.quantile(q, r)) for r in reject}
-
-
 def _table(metadata: Mapping[str, str], key: str) -> dict[float, float]:
     try:
         return {float(k): float(v) for k, v in json.loads(metadata.get(key, "{}")).items()}
@@ -339,7 +285,7 @@ def mls_threshold_for(metadata: Mapping[str, str], far: float | None = None) -> 
 
     Raises LookupError, saying how to calibrate, when the model has none.
     """
-    how = "run `python -m sdk.pfe_eval calibrate --model MODEL --write` or pass threshold="
+    how = "run `python -m evaluate.pfe calibrate --model MODEL --write` or pass threshold="
     if far is None:
         if "mls_threshold" not in metadata:
             raise LookupError(f"the model has no calibrated MLS threshold: {how}")
@@ -358,7 +304,7 @@ def quality_threshold_for(metadata: Mapping[str, str], reject: float) -> float:
     if value is None:
         raise LookupError(
             f"no quality threshold for reject fraction {reject:g}; the model has {sorted(table) or 'none'} "
-            "(run `python -m sdk.pfe_eval calibrate --model MODEL --write`)"
+            "(run `python -m evaluate.pfe calibrate --model MODEL --write`)"
         )
     return value
 

@@ -15,10 +15,10 @@ Probabilistic Face Embeddings (a model with a ``sigma_sq`` output, see :mod:`sdk
 * ``scoring="l2"`` (the default, for every model) compares the model's mu by squared L2 with the
   squared-L2 thresholds. ``scoring="mls"`` compares faces by mutual likelihood score, higher =
   more alike; thresholds are MLS values (accept if ``MLS >= threshold``) from the model's
-  ``mls_threshold`` / ``mls_threshold_table`` (``python -m sdk.pfe_eval calibrate --write``).
+  ``mls_threshold`` / ``mls_threshold_table`` (``python -m evaluate.pfe calibrate --write``).
   MLS is not the default because, with our head, it lost on LFW (98.90 vs 99.03 %) and at a
   threshold calibrated on clean faces it accepts far more impostor pairs of two poor faces
-  than L2 (both faces blurred by 4 px: FAR 53.6 vs 19.9 %; ``python -m sdk.pfe_eval degraded``).
+  than L2 (both faces blurred by 4 px: FAR 53.6 vs 19.9 %; ``python -m evaluate.pfe degraded``).
   Where it wins (one poor face against good ones; quality gating) see README. Set
   ``min_quality`` when faces may be poor, whatever the scoring.
 * Enrolment stores each face's sigma_sq and quality in the gallery; every Match carries its
@@ -52,9 +52,9 @@ import cv2
 import numpy as np
 
 from sdk import align as aligner
-from sdk import detect, pfe
+from sdk import detect, paths, pfe
 from sdk.embed import OnnxEmbedder, default_model_path
-from sdk.errors import BackendUnavailableError, FaceSDKError, InvalidImageError
+from sdk.errors import BackendUnavailableError, FaceSDKError, InvalidImageError, LowQualityError, NoFaceError
 from sdk.gallery import Gallery
 
 log = logging.getLogger(__name__)
@@ -71,15 +71,6 @@ SUPPORTED_CHIP_SCHEME = "dlib5_150_0.25"
 
 SCORINGS = ("mls", "l2")
 NOT_LIVE, LOW_QUALITY, NO_MATCH = "not_live", "low_quality", "no_match"
-
-
-class NoFaceError(FaceSDKError, ValueError):
-    """An image that must hold a face (enrolment, verify, identify) holds none."""
-
-
-class LowQualityError(FaceSDKError, ValueError):
-    """A face is below the Verifier's ``min_quality`` where a good one is required (enrolment,
-    identify)."""
 
 
 @dataclass(frozen=True)
@@ -110,10 +101,6 @@ class Verification:
     mls: float | None = None  # scoring "mls": the mutual likelihood score
     scoring: str = "l2"
     reason: str | None = None  # "low_quality" when a face is below min_quality
-
-
-def default_home() -> Path:
-    return Path(os.environ.get("FACESDK_HOME", Path.home() / ".cache" / "facesdk"))
 
 
 def load_image(image: Image) -> np.ndarray:
@@ -192,7 +179,7 @@ class Verifier:
             raise FaceSDKError(f"model chip_scheme {meta.get('chip_scheme')!r} is not supported (need {SUPPORTED_CHIP_SCHEME})")
         self.detector = detect.detector_from(detector)
         if gallery == "default":
-            gallery = default_home() / "gallery.sqlite"
+            gallery = paths.home() / "gallery.sqlite"
             gallery.parent.mkdir(parents=True, exist_ok=True)
         self.gallery = Gallery(
             gallery,

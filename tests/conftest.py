@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from sdk.data import data_dir
+from sdk.paths import data_dir
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -70,10 +70,10 @@ def pfe_onnx(facesdk_home: Path, data: Path) -> Path:
     (``train.pfe.features``); the head trained PFE_STEPS Adam steps on all of them
     (``train.pfe.train.run``); backbone + head exported (``export.onnx.export_pfe``); then MLS
     thresholds (FAR 1e-1 ... 1e-5) and the quality reject table computed on the same images'
-    clean faces through the exported model (``sdk.pfe_eval.FaceBank``, ``sdk.pfe.calibrate_mls``,
-    ``sdk.pfe.calibrate_quality``) and stored by ``sdk.pfe_eval.store_calibration``.
+    clean faces through the exported model (``evaluate.pfe.FaceBank``, ``evaluate.calibration.calibrate_mls``,
+    ``evaluate.calibration.calibrate_quality``) and stored by ``evaluate.pfe.store_calibration``.
     Calibrating on the faces the head was trained on is acceptable for tests only; a deployed
-    model is calibrated on faces it never saw (``python -m sdk.pfe_eval calibrate --write``).
+    model is calibrated on faces it never saw (``python -m evaluate.pfe calibrate --write``).
 
     Why this size: it is the smallest measured slice where a Gaussian blur of 6 px reliably lowers
     the quality of a face below all three sharp images of the same person: over 8 LFW people and
@@ -89,10 +89,11 @@ def pfe_onnx(facesdk_home: Path, data: Path) -> Path:
 
     from export.onnx import export_pfe
     from sdk import pfe
-    from sdk.calibration import labelled_images
+    from evaluate import calibration
+    from evaluate.calibration import labelled_images
     from sdk.detect import default_detector
     from sdk.embed import PFE_MODEL_FILE, OnnxEmbedder
-    from sdk.pfe_eval import CALIBRATION_FARS, QUALITY_REJECT, FaceBank, store_calibration
+    from evaluate.pfe import CALIBRATION_FARS, QUALITY_REJECT, FaceBank, store_calibration
     from train.pfe.features import FEATURE_MODEL_FILE, FeatureExtractor, extract_features
     from train.pfe.train import TrainConfig, run
 
@@ -115,8 +116,8 @@ def pfe_onnx(facesdk_home: Path, data: Path) -> Path:
 
     bank = FaceBank(OnnxEmbedder(model, threads=2), detector, progress=False, use_cache=False)
     faces = bank.faces(images, "clean")
-    results = pfe.calibrate_mls(faces.mu, faces.sigma_sq, identities, CALIBRATION_FARS)
-    qualities = pfe.calibrate_quality(faces.sigma_sq, QUALITY_REJECT)
+    results = calibration.calibrate_mls(faces.mu, faces.sigma_sq, identities, CALIBRATION_FARS)
+    qualities = calibration.calibrate_quality(faces.sigma_sq, QUALITY_REJECT)
     calibrated_on = (f"celeba (test slice: the head's own training faces), {len(images)} images, "
                      f"detector {detector.name}")
     store_calibration(model, results, 1e-3, qualities, calibrated_on)

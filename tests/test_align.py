@@ -18,8 +18,8 @@ from sdk.align import (
     align,
     align_dlib5,
     image_to_chip,
-    measure_yunet_template,
 )
+from evaluate.yunet_template import measure_yunet_template
 from sdk.dlib_format import dlib_model_path
 
 GOLDEN = pathlib.Path(__file__).parent / "golden" / "AJ_Cook_0001_dlib5_150.png"

@@ -9,7 +9,8 @@ import types
 import numpy as np
 import pytest
 
-from sdk import bench
+from cli import bench as bench_command
+from evaluate import bench
 
 
 def test_kernel_bench_quick_run_writes_json(tmp_path, capsys):
@@ -34,7 +35,7 @@ def _quick_chips(data, count: int):
     cv2 = pytest.importorskip("cv2")
     from sdk.align import align
     from sdk.detect import default_detector
-    from sdk.lfw import central_face
+    from evaluate.lfw import central_face
 
     detector, _ = default_detector()
     root = data / "lfw" / "images_deepfunneled"
@@ -85,8 +86,8 @@ def test_run_quick_on_lfw_writes_every_stage_versions_and_plot(data, default_onn
     argv = ["--quick", "--images", "4", "--pause", "0", "--threads", "1",
             "--backend", "onnxruntime,torch", "--backend", "tensorrt",
             "--model", str(default_onnx), "--model", str(int8_onnx), "--json", str(out), "--plot", str(png)]  # fmt: skip
-    # No subcommand: `facesdk bench [options]` must run this benchmark.
-    assert bench.main(argv + (["--dlib"] if dlib_available else [])) == 0
+    # No subcommand: `facesdk bench [options]` must run this benchmark (torch reference included).
+    assert bench_command.main(argv + (["--dlib"] if dlib_available else [])) == 0
     result = json.loads(out.read_text())
     printed = capsys.readouterr().out
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sdk import calibration
+from evaluate import calibration
 
 
 def clustered(rng, identities: int, per: int, spread: float):

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sdk import cli
+import cli.main as cli
 from sdk.embed import OnnxEmbedder
 
 
@@ -98,7 +98,7 @@ def test_enroll_match_verify_identify_gallery_commands(data, default_onnx, tmp_p
 
 
 def test_pipeline_bench_smoke(data, default_onnx, monkeypatch, tmp_path):
-    from sdk import bench
+    from evaluate import bench
 
     if not (data / "lfw").is_dir():
         pytest.skip("LFW not found")
@@ -168,14 +168,14 @@ def test_match_reads_videos_frame_by_frame(data, default_onnx, tmp_path, capsys)
 @pytest.mark.parametrize(
     "argv, module, rest",
     [
-        (["bench", "--quick"], "sdk.bench", ["--quick"]),
+        (["bench", "--quick"], "cli.bench", ["--quick"]),
         (["train", "--config", "c.json"], "train.__main__", ["--config", "c.json"]),
         (["train", "pfe", "train"], "train.pfe.__main__", ["train"]),
         (["export", "onnx", "default"], "export.onnx", ["default"]),
         (["export", "int8", "m.onnx", "-o", "q.onnx"], "export.quantize", ["int8", "m.onnx", "-o", "q.onnx"]),
         (["export", "trt", "m.onnx"], "export.tensorrt", ["m.onnx"]),
         (["eval", "int8", "a.onnx", "b.onnx"], "export.quantize", ["compare", "a.onnx", "b.onnx"]),
-        (["eval", "pfe", "lfw"], "sdk.pfe_eval", ["lfw"]),
+        (["eval", "pfe", "lfw"], "evaluate.pfe", ["lfw"]),
         (["eval", "lfw"], None, None),
         (["verify", "a", "b"], None, None),
     ],

@@ -10,14 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sdk.clustering import (
-    DEFAULT_THRESHOLD,
-    METHODS,
-    cluster_embeddings,
-    lfw_people,
-    model_threshold,
-    pairwise_precision_recall,
-)
+from evaluate.clustering import DEFAULT_THRESHOLD, lfw_people, model_threshold, pairwise_precision_recall
+from sdk.clustering import METHODS, cluster_embeddings
 
 
 def unit(x: np.ndarray) -> np.ndarray:
@@ -184,14 +178,14 @@ def test_clusters_real_lfw_faces(default_onnx: Path, data: Path) -> None:
     detector and model: average linkage separates them, single linkage chains some together."""
     from sdk.detect import default_detector
     from sdk.embed import OnnxEmbedder
-    from sdk.lfw import embed_images
+    from evaluate.lfw import embed_images
 
     paths, labels, names = lfw_people(data / "lfw", min_images=10)
     keep = np.concatenate([np.flatnonzero(labels == person)[:5] for person in range(10)])
     detector, _ = default_detector()
     embedded = embed_images([paths[i] for i in keep], detector, OnnxEmbedder(default_onnx), progress=False)
     truth = labels[keep]
-    # 0.16: the best threshold of `python -m sdk.clustering --lfw-min-images 10` (F1 0.991 on 4,324 faces).
+    # 0.16: the best threshold of `python -m evaluate.clustering --lfw-min-images 10` (F1 0.991 on 4,324 faces).
     average = pairwise_precision_recall(truth, cluster_embeddings(embedded.embeddings, 0.16))[2]
     single = pairwise_precision_recall(truth, cluster_embeddings(embedded.embeddings, 0.16, "single"))[2]
     assert average >= 0.9

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from sdk import detect
-from sdk.detect import Detection, DlibHogDetector, YuNetDetector, as_bgr, default_detector, models_dir
+from sdk.detect import Detection, DlibHogDetector, YuNetDetector, as_bgr, default_detector
+from sdk.paths import models_dir, package_file
 
 MODELS = ["yunet_n_dynamic", "yunet_n_640_640", "yunet_s_640_640"]
 
@@ -160,10 +161,10 @@ def test_default_detector_falls_back_to_dlib(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     pytest.importorskip("dlib")
-    monkeypatch.setenv("FACESDK_MODELS", str(tmp_path))
-    with pytest.raises(FileNotFoundError, match="FACESDK_MODELS") as missing:
+    monkeypatch.setattr(detect, "package_file", lambda name: tmp_path / name)  # a broken install
+    with pytest.raises(FileNotFoundError, match="reinstall facesdk") as missing:
         YuNetDetector()
-    assert str(tmp_path) in str(missing.value) and "shared/models" in str(missing.value)
+    assert str(tmp_path) in str(missing.value)
     with caplog.at_level(logging.WARNING, logger="sdk"):
         detector, name = default_detector()
     assert isinstance(detector, DlibHogDetector) and name == "dlib_hog"
@@ -171,10 +172,15 @@ def test_default_detector_falls_back_to_dlib(
 
 
 def test_default_detector_with_neither(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("FACESDK_MODELS", str(tmp_path))
+    monkeypatch.setattr(detect, "package_file", lambda name: tmp_path / name)
     monkeypatch.setitem(sys.modules, "dlib", None)
     with pytest.raises(ImportError, match="no face detector available"):
         default_detector()
+
+
+def test_yunet_ships_in_the_package_with_its_licence() -> None:
+    assert YuNetDetector().model_path == package_file(detect.DEFAULT_YUNET)
+    assert "Apache License" in package_file("LICENSE-yunet").read_text()
 
 
 def test_missing_model_file(tmp_path: Path) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sdk import lfw
+from evaluate import lfw
 
 
 def lfw_root(data):

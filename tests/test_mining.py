@@ -281,10 +281,10 @@ def test_matches_pytorch_metric_learning_on_clustered_embeddings() -> None:
 @pytest.fixture(scope="module")
 def face_embeddings(data: Path) -> tuple[torch.Tensor, torch.Tensor]:
     """The default model's embeddings of 8 faces each of 10 CelebA identities (real distances)."""
-    from sdk.calibration import labelled_images
+    from evaluate.calibration import labelled_images
     from sdk.detect import default_detector
     from sdk.embed import OnnxEmbedder, default_model_path
-    from sdk.lfw import embed_images
+    from evaluate.lfw import embed_images
 
     if not default_model_path().is_file():
         pytest.skip(f"default model {default_model_path()} absent (python -m export.onnx default)")

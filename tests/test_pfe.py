@@ -14,8 +14,9 @@ import cv2
 import numpy as np
 import pytest
 
+from evaluate import calibration
+from evaluate.calibration import Calibration
 from sdk import pfe
-from sdk.calibration import Calibration
 
 
 def gaussians(rng: np.random.Generator, n: int, dim: int) -> tuple[np.ndarray, np.ndarray]:
@@ -148,7 +149,7 @@ def test_calibrate_mls_meets_the_target_far():
     mu = centres[labels] + 0.15 * rng.standard_normal((120, 32)).astype(np.float32)
     mu /= np.linalg.norm(mu, axis=1, keepdims=True)
     sigma_sq = np.exp(rng.uniform(-4, -3, (120, 32))).astype(np.float32)
-    cal = pfe.calibrate_mls(mu, sigma_sq, labels, [1e-1, 1e-2])
+    cal = calibration.calibrate_mls(mu, sigma_sq, labels, [1e-1, 1e-2])
     ref = pfe.mls(mu, sigma_sq, mu, sigma_sq)  # the scores the SDK compares with thresholds
     iu = np.triu_indices(120, 1)
     same = (labels[:, None] == labels[None, :])[iu]
@@ -161,9 +162,9 @@ def test_calibrate_mls_meets_the_target_far():
     assert cal[0].threshold < cal[1].threshold and cal[0].tar >= cal[1].tar
     meta = {"mls_threshold": str(cal[1].threshold), "mls_threshold_table": '{"0.1": 1.5, "0.01": 2.5}'}
     assert pfe.mls_threshold_for(meta) == cal[1].threshold and pfe.mls_threshold_for(meta, 1e-2) == 2.5
-    with pytest.raises(LookupError, match="python -m sdk.pfe_eval calibrate"):
+    with pytest.raises(LookupError, match="python -m evaluate.pfe calibrate"):
         pfe.mls_threshold_for({}, None)
-    table = pfe.calibrate_quality(sigma_sq, [0.1, 0.5])
+    table = calibration.calibrate_quality(sigma_sq, [0.1, 0.5])
     q = pfe.quality(sigma_sq)
     assert np.mean(q < table[0.1]) == pytest.approx(0.1, abs=0.01) and table[0.1] < table[0.5]
 
@@ -251,7 +252,7 @@ def test_a_pfe_model_scores_by_l2_unless_asked_and_carries_its_calibration(pfe_o
 
 
 def test_store_calibration_replaces_the_thresholds_the_verifier_reads(pfe_onnx, tmp_path):
-    from sdk.pfe_eval import store_calibration
+    from evaluate.pfe import store_calibration
     from sdk.verifier import Verifier
 
     model = Path(shutil.copy(pfe_onnx, tmp_path / "recalibrated.onnx"))

@@ -48,7 +48,7 @@ def backbone():
 def celeba_images(data: Path) -> tuple[list[Path], list[str], list[str]]:
     if not (data / "celeba_subset" / "identities.txt").is_file():
         pytest.skip(f"CelebA subset not found under {data} (set FACESDK_DATA)")
-    from sdk.calibration import labelled_images
+    from evaluate.calibration import labelled_images
 
     paths, labels = labelled_images(data, "celeba")
     chosen: list[int] = []
@@ -81,7 +81,7 @@ def chips(celeba_images) -> np.ndarray:
 
     from sdk.align import align
     from sdk.detect import default_detector
-    from sdk.lfw import central_face
+    from evaluate.lfw import central_face
 
     detector, _ = default_detector()
     out = []

@@ -59,7 +59,7 @@ def lfw_chips(data: Path) -> np.ndarray:
 
     from sdk.align import align
     from sdk.detect import default_detector
-    from sdk.lfw import central_face
+    from evaluate.lfw import central_face
 
     root = data / "lfw" / "images_deepfunneled"
     if not root.is_dir():

@@ -38,6 +38,7 @@ from onnx import TensorProto, helper
 from onnx import numpy_helper as nh
 
 from export import tensorrt as build
+from evaluate.tensorrt import engine_parity, lfw_chips
 from sdk import tensorrt as rt
 from sdk.embed import OnnxEmbedder
 from sdk.errors import BackendUnavailableError, FaceSDKError
@@ -967,7 +968,7 @@ def test_cli_builds_with_the_fake(fake: types.SimpleNamespace, tiny: Path, capsy
     assert engine.is_file() and rt.sidecar_path(engine).is_file()
     assert rt.read_engine_info(engine)["profile"]["opt"] == [4, 8, 8, 3]
     out = capsys.readouterr().out
-    assert f"wrote {engine}" in out and "batch 2..8 (tuned for 4)" in out and "python -m sdk.tensorrt parity" in out
+    assert f"wrote {engine}" in out and "batch 2..8 (tuned for 4)" in out and "python -m evaluate.tensorrt parity" in out
 
 
 # --- the backend (fake TensorRT + fake cuda-python) -------------------------------------------------
@@ -1278,14 +1279,14 @@ def test_engine_parity_measures_known_errors() -> None:
     base = rng.normal(size=(6, 16))
     base /= np.linalg.norm(base, axis=1, keepdims=True)
     angles = np.array([0.0, 0.01, 0.05, 0.1, 0.2, 0.3])
-    parity = rt.engine_parity(Rotated(base, angles), Rotated(base, np.zeros(6)), chips(6))
+    parity = engine_parity(Rotated(base, angles), Rotated(base, np.zeros(6)), chips(6))
     np.testing.assert_allclose(parity.cosines, np.cos(angles), atol=1e-6)
     assert parity.faces == 6 and parity.cosine_min == pytest.approx(np.cos(0.3), abs=1e-6)
     assert parity.pair_drift_max > 0.01
-    same = rt.engine_parity(Rotated(base, np.zeros(6)), Rotated(base, np.zeros(6)), chips(6))
+    same = engine_parity(Rotated(base, np.zeros(6)), Rotated(base, np.zeros(6)), chips(6))
     assert same.cosine_min == pytest.approx(1.0) and same.pair_drift_max < 1e-6 and same.max_abs_diff == 0
     with pytest.raises(ValueError, match="at least one"):
-        rt.engine_parity(same, same, chips(0))
+        engine_parity(same, same, chips(0))
 
 
 def test_parity_on_real_faces_through_the_backend(
@@ -1293,19 +1294,19 @@ def test_parity_on_real_faces_through_the_backend(
 ) -> None:
     """dlib's ResNet-29 on LFW faces, through the backend's whole data path (fake engine = ONNX
     Runtime): identical to ONNX Runtime; a mirrored-chip embedder, by contrast, is measurably off."""
-    faces = rt.lfw_chips(data, 6)
+    faces = lfw_chips(data, 6)
     assert faces.shape == (6, 150, 150, 3)
     engine = build.build_engine(default_onnx, tmp_path / "dlib.engine", batch=(1, 4, 4))
     reference = OnnxEmbedder(default_onnx, threads=1)
     with rt.TensorRTEmbedder(engine) as embedder:
-        parity = rt.engine_parity(embedder, reference, faces)
+        parity = engine_parity(embedder, reference, faces)
     assert parity.faces == 6 and parity.cosine_min > 1 - 1e-6 and parity.pair_drift_max < 1e-5
 
     class Mirrored:
         def embed(self, x: np.ndarray) -> np.ndarray:
             return reference.embed(np.ascontiguousarray(x[:, :, ::-1]))
 
-    off = rt.engine_parity(Mirrored(), reference, faces)
+    off = engine_parity(Mirrored(), reference, faces)
     assert 0.5 < off.cosine_min < 0.995 and off.pair_drift_max > 1e-3
     lines = "\n".join(off.lines())
     assert "faces 6" in lines and "max drift" in lines
@@ -1335,8 +1336,8 @@ def test_real_tensorrt_fp16_engine_parity(default_onnx: Path, data: Path, tmp_pa
     engine = build.build_engine(default_onnx, tmp_path / "dlib.fp16.engine", batch=(1, 8, 32), timing_cache=tmp_path / "tc")
     info = rt.read_engine_info(engine)
     assert info["gpu"]["compute_capability"] == gpu.compute_capability
-    faces = rt.lfw_chips(data, 32)
+    faces = lfw_chips(data, 32)
     with rt.TensorRTEmbedder(engine) as embedder:
-        parity = rt.engine_parity(embedder, OnnxEmbedder(default_onnx), faces)
+        parity = engine_parity(embedder, OnnxEmbedder(default_onnx), faces)
     print(*parity.lines(), sep="\n")
     assert parity.cosine_min > 0.999 and parity.pair_drift_max < 0.02

@@ -449,7 +449,7 @@ def test_shipped_configs_load_and_the_cli_reports_errors(tmp_path: Path, capsys:
 
 
 def test_lfw_people_folds_and_training_people(data: Path) -> None:
-    from sdk.lfw import read_pairs
+    from evaluate.lfw import read_pairs
     from train.data.datasets import face_lists, lfw_people, lfw_people_folds, lfw_people_outside_folds
 
     lfw = data / "lfw"
@@ -520,7 +520,7 @@ def test_crossval_scores_each_fold_with_the_run_that_did_not_see_its_people(
     att_dataset, chip_cache: Path, data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:
     _mining_available()
-    from sdk.lfw import evaluate
+    from evaluate.lfw import evaluate
     from train.crossval import cross_validate, fold_config, main, subset
     from train.trainer import CHECKPOINT, LfwEvaluation, Trainer, backbone_from_state, embed_chips, read_checkpoint
 

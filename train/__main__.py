@@ -29,8 +29,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def default_out(name: str) -> Path:
-    home = os.environ.get("FACESDK_HOME")
-    return (Path(home) if home else Path.home() / ".cache" / "facesdk") / "runs" / name
+    from sdk.paths import home
+
+    return home() / "runs" / name
 
 
 def build_parser() -> argparse.ArgumentParser:

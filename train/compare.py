@@ -2,7 +2,7 @@
 
     python -m train.compare RUN/checkpoint.pt [MORE.pt ...] [--pairs pairs.txt] [--flip]
 
-Each model is evaluated on the same chips with sdk.lfw's 10-fold protocol (accuracy, AUC, EER,
+Each model is evaluated on the same chips with evaluate.lfw's 10-fold protocol (accuracy, AUC, EER,
 TAR at FAR 1e-3), and each checkpoint is paired with the initial network of its config (for the
 dlib backbone: dlib's model as converted): how many pairs it now gets right that the initial one
 got wrong, the reverse, and the exact two-sided McNemar p of that split. The 10-fold accuracy
@@ -46,8 +46,8 @@ def changes(base: np.ndarray, ok: np.ndarray) -> tuple[int, int]:
 
 
 def outcomes(dist: np.ndarray, pairs) -> tuple[np.ndarray, object]:
-    """(bool [pairs]: right under its fold's threshold, sdk.lfw.Verification) of pair distances."""
-    from sdk.lfw import evaluate
+    """(bool [pairs]: right under its fold's threshold, evaluate.lfw.Verification) of pair distances."""
+    from evaluate.lfw import evaluate
 
     v = evaluate(dist, pairs)
     position = np.searchsorted(np.unique(pairs.fold), pairs.fold)  # fold_threshold follows the folds present
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, help="data folder (default $FACESDK_DATA)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s", stream=sys.stderr)
-    from sdk.data import data_dir
+    from sdk.paths import data_dir
 
     missing = [str(p) for p in args.checkpoints if not p.is_file()]
     if missing:

@@ -29,7 +29,7 @@ class ConfigError(ValueError):
 class DataConfig:
     # Face sources (train.data.datasets.face_lists): "celeba", "lfw-devtrain", "att", ...
     train: list[str] = field(default_factory=lambda: ["celeba", "lfw-devtrain"])
-    root: str | None = None  # data folder; None: sdk.data.data_dir() ($FACESDK_DATA)
+    root: str | None = None  # data folder; None: sdk.paths.data_dir() ($FACESDK_DATA)
     detector: str = "auto"  # "auto" | "yunet" | "dlib"
     min_images: int = 2  # identities with fewer aligned faces are dropped
     max_identities: int | None = None  # keep the first N identities only (quick runs, tests)
@@ -278,7 +278,9 @@ def _check(c: Config, source: str) -> None:
     if not c.data.train:
         fail("data.train must list at least one face source")
     choose("device", c.device, ("cpu", "cuda", "auto"))
-    choose("data.detector", c.data.detector, ("auto", "yunet", "dlib"))
+    from sdk.detect import DETECTORS
+
+    choose("data.detector", c.data.detector, tuple(DETECTORS))
     choose("mining.mode", c.mining.mode, ("semihard", "hardest", "batch_all"))
     choose("mining.fallback", c.mining.fallback, ("none", "easy", "hardest"))
     choose("mining.reduction", c.mining.reduction, ("mean", "sum", "mean_active"))

@@ -7,7 +7,7 @@ The pairs of ``pairs.txt``'s fold k are drawn from the people of ``people.txt``'
 fold k the config is trained into DIR/fold-K with its LFW sources replaced by
 ``lfw-folds-except:K`` (the people of the nine other folds; CelebA and other sources kept, its
 periodic evaluation off), and the pairs of fold k are scored by that run's network. The pairs so
-scored then go through sdk.lfw's usual 10-fold protocol (each fold's threshold from the other
+scored then go through evaluate.lfw's usual 10-fold protocol (each fold's threshold from the other
 folds), next to the initial network on the same pairs: accuracy, AUC, EER, TAR at FAR 1e-3, the
 pairs gained and lost, McNemar's p (as ``python -m train.compare``). A run already finished is
 reused and an interrupted one resumed, so the command continues where it stopped; --folds trains
@@ -30,7 +30,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np  # noqa: E402
 
-from sdk.lfw import Pairs  # noqa: E402
+from evaluate.lfw import Pairs  # noqa: E402
 from train.compare import changes, describe, mcnemar_p, outcomes  # noqa: E402
 from train.config import Config, ConfigError, load_config  # noqa: E402
 from train.data.datasets import LFW_FOLDS, lfw_people_folds  # noqa: E402
@@ -174,7 +174,7 @@ def plot_det(path: Path, same: np.ndarray, distances: dict[str, np.ndarray]) -> 
     except ImportError:
         log.info("matplotlib not installed: no %s", path)
         return None
-    from sdk.lfw import roc
+    from evaluate.lfw import roc
 
     fig, ax = plt.subplots(figsize=(6, 4.5))
     for name, dist in distances.items():
@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
-    from sdk.data import data_dir
+    from sdk.paths import data_dir
 
     try:
         folds = sorted({int(k) for k in args.folds.split(",")})

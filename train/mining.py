@@ -120,9 +120,10 @@ _loaded_with_cuda: bool | None = None  # None: not loaded yet in this process
 
 def build_dir(with_cuda: bool) -> Path:
     """Where the JIT build of the op is cached (one folder per torch version and CUDA flavour)."""
-    home = Path(os.environ.get("FACESDK_HOME", Path.home() / ".cache" / "facesdk"))
+    from sdk.paths import home
+
     flavour = f"cu{torch.version.cuda}" if with_cuda else "cpu"
-    return home / "torch_extensions" / f"mining-torch{torch.__version__}-{flavour}"
+    return home() / "torch_extensions" / f"mining-torch{torch.__version__}-{flavour}"
 
 
 def _build(with_cuda: bool) -> None:

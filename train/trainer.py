@@ -20,7 +20,7 @@ One step (FaceNet, Schroff et al. 2015, with the "large selection batch" done ex
 Everything random is keyed on (seed, step, rank), so a run resumed from a checkpoint (model,
 optimiser, scheduler, sampler state, step, config) continues bit for bit. Rank 0 writes
 ``metrics.csv`` (loss, active-triplet fraction, lr, step time), ``eval.csv`` (LFW accuracy on the
-chips of ``data.eval_pairs``, with ``sdk.lfw``'s 10-fold protocol), ``training.png`` and
+chips of ``data.eval_pairs``, with ``evaluate.lfw``'s 10-fold protocol), ``training.png`` and
 ``checkpoint.pt``. With torch.distributed initialised (torchrun, or :func:`launch_local`), the model
 is wrapped in DDP; each rank draws its own P identities and mines within them.
 """
@@ -257,12 +257,12 @@ def embed_chips(
 
 
 class LfwEvaluation:
-    """LFW verification on a pairs file, with chips cut once (``missing="mean"``, as ``sdk.lfw``)."""
+    """LFW verification on a pairs file, with chips cut once (``missing="mean"``, as ``evaluate.lfw``)."""
 
     def __init__(
         self, data: Path, pairs_file: str, detector: str = "auto", cache_dir: str | None = None, progress: bool = True
     ) -> None:
-        from sdk.lfw import read_pairs
+        from evaluate.lfw import read_pairs
 
         lfw = data / "lfw"
         self.pairs = read_pairs(lfw / pairs_file, lfw / "images_deepfunneled")
@@ -280,15 +280,15 @@ class LfwEvaluation:
     def __call__(
         self, model: nn.Module, device: torch.device | str = "cpu", memory_format: torch.memory_format = torch.contiguous_format
     ) -> Any:
-        """sdk.lfw.Verification of `model` (10-fold accuracy, AUC, TAR at FAR 1e-3)."""
-        from sdk.lfw import evaluate
+        """evaluate.lfw.Verification of `model` (10-fold accuracy, AUC, TAR at FAR 1e-3)."""
+        from evaluate.lfw import evaluate
 
         unit = embed_chips(model, self.aligned.chips, device=device, memory_format=memory_format)
         return evaluate(self.distances(unit), self.pairs)
 
     def distances(self, unit: np.ndarray) -> np.ndarray:
         """Squared L2 of every pair from the unit embeddings of ``self.aligned.chips``, in order."""
-        from sdk.lfw import Embedded, pair_distances
+        from evaluate.lfw import Embedded, pair_distances
 
         embeddings = np.empty_like(unit)
         embeddings[self.aligned.index] = unit
@@ -388,7 +388,7 @@ class Trainer:
     # --- data ---------------------------------------------------------------------------------
 
     def _data_root(self) -> Path:
-        from sdk.data import data_dir
+        from sdk.paths import data_dir
 
         root = Path(self.config.data.root) if self.config.data.root else data_dir()
         if not root.is_dir():

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sdk.data import data_dir
+from sdk.paths import data_dir
 from sdk.dlib_format import DlibNetwork, LayerRecord, dlib_model_path, load_network
 
 Shape = tuple[int, int, int]  # channels, rows, cols

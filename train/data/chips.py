@@ -2,7 +2,7 @@
 
 Detection per epoch would dominate training on a small CPU (YuNet + alignment cost ~3 ms per image,
 the chip a fraction of that to read back), so every image list is detected and aligned once:
-``sdk.detect`` finds the faces, the one nearest the image centre is kept (as ``sdk.lfw.embed_images``
+``sdk.detect`` finds the faces, the one nearest the image centre is kept (as ``evaluate.lfw.embed_images``
 does: these sets are centred face crops), and ``sdk.align.align`` cuts the runtime's chip
 (``dlib5_150_0.25``: 150 x 150 RGB, padding 0.25). The chips are stored as a uint8 ``.npy``
 ``[M, 150, 150, 3]`` (read back memory-mapped) with a ``.json`` beside it (which image each row is,
@@ -10,7 +10,7 @@ which images had no face), under ``$FACESDK_HOME/chips`` or ``~/.cache/facesdk/c
 repository. The cache key covers the image paths, detector, scheme and chip geometry.
 
 Images without a face are skipped and counted (training), or, with ``missing="mean"``, cut with the
-mean landmarks of the others, exactly as ``sdk.lfw.embed_images`` does for LFW pairs (evaluation:
+mean landmarks of the others, exactly as ``evaluate.lfw.embed_images`` does for LFW pairs (evaluation:
 no pair may be dropped).
 """
 
@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from sdk.paths import home
+
 log = logging.getLogger(__name__)
 
 CHIP_SIZE = 150
@@ -37,8 +39,7 @@ _FORMAT = 1  # bump when the cache layout or the cutting rule changes
 
 def chip_cache_dir() -> Path:
     """``$FACESDK_HOME/chips`` or ``~/.cache/facesdk/chips`` (the runtime's cache root)."""
-    home = os.environ.get("FACESDK_HOME")
-    return (Path(home) if home else Path.home() / ".cache" / "facesdk") / "chips"
+    return home() / "chips"
 
 
 @dataclass(frozen=True)
@@ -139,7 +140,7 @@ def _detect_and_align(
     from tqdm import tqdm
 
     from sdk.align import align
-    from sdk.lfw import central_face
+    from evaluate.lfw import central_face
 
     def read(path: str | Path) -> np.ndarray:
         image = cv2.imread(str(path), cv2.IMREAD_COLOR)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from sdk.data import data_dir
+from sdk.paths import data_dir
 from train.pfe.features import FeatureSet, cache_dir, default_features_path, default_head_path
 
 DEFAULT_VARIANTS = 10

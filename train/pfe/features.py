@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from sdk.embed import default_model_path
+from sdk.paths import home
 from train.pfe.degrade import CLEAN, KINDS, degrade
 from train.pfe.head import pooled_features
 
@@ -41,7 +42,7 @@ POOLED_NAME, MU_NAME = "pooled", "mu"
 
 def cache_dir() -> Path:
     """``$FACESDK_HOME/pfe`` or ``~/.cache/facesdk/pfe``: features, the feature graph, checkpoints."""
-    return default_model_path().parent.parent / "pfe"
+    return home() / "pfe"
 
 
 def default_head_path() -> Path:
@@ -167,14 +168,14 @@ ARRAYS = ("pooled", "mu", "image", "degradation", "paths", "identity", "source",
 
 
 def _people_in_pairs(pairs_file: Path, images: Path) -> set[str]:
-    from sdk.lfw import read_pairs
+    from evaluate.lfw import read_pairs
 
     return {p.parent.name for p in read_pairs(pairs_file, images).images()}
 
 
 def training_images(data: Path, min_lfw_images: int = 2) -> tuple[list[Path], list[str], list[str]]:
     """(paths, identity, source) of the CelebA subset and the LFW people outside the test pairs."""
-    from sdk.calibration import labelled_images
+    from evaluate.calibration import labelled_images
 
     paths, identity, source = [], [], []
     if (data / "celeba_subset" / "identities.txt").is_file():
@@ -221,7 +222,7 @@ def extract_features(
 
     from sdk.align import align
     from sdk.detect import default_detector
-    from sdk.lfw import central_face
+    from evaluate.lfw import central_face
 
     if not len(paths) == len(identity) == len(source):
         raise ValueError(f"{len(paths)} paths, {len(identity)} identities, {len(source)} sources")

@@ -289,7 +289,7 @@ def rises_with_level(table: list[dict[str, Any]]) -> dict[str, bool]:
 
 def _auc_tar(score: np.ndarray, same: np.ndarray, far: float = 1e-3) -> tuple[float, float]:
     """(AUC, TAR at FAR <= far) where a higher score means "same person"."""
-    from sdk.lfw import roc
+    from evaluate.lfw import roc
 
     f, t, _ = roc(-score, same)
     return float(np.trapezoid(t, f)), float(t[np.flatnonzero(f <= far)[-1]])

@@ -1,7 +1,7 @@
 """Benchmarks, printed as tables of ratios against reference libraries measured
 in the same run (these machines are shared and noisy: compare ratios).
 
-    python -m sdk.bench kernels [--json PATH] [--repeat N] [--isa NAME] [--quick]
+    python -m evaluate.bench kernels [--json PATH] [--repeat N] [--isa NAME] [--quick]
 
 ``kernels``: our fused top-1 and threshold match against numpy (BLAS GEMM with
 precomputed gallery norms) and faiss (``faiss.knn``, ``IndexFlatL2.range_search``)
@@ -10,11 +10,11 @@ memory bandwidth at q=1 (against a large copy timed in the same run), GFLOP/s
 at q=1024, and the peak memory of fused top-k and match at (q=1024, n=1M),
 where the unfused distance matrix would take 4 GB.
 
-    python -m sdk.bench [run] [--backend onnxruntime,torch,tensorrt] [--model PATH ...] [--dlib]
+    python -m evaluate.bench [run] [--backend onnxruntime,torch,tensorrt] [--model PATH ...] [--dlib]
                               [--precision P] [--json PATH] [--plot PATH.png] [--quick]
 
 ``run`` (the default, so ``facesdk bench`` alone runs it): the offline benchmark of the whole
-pipeline on real faces (LFW images from ``sdk.data.data_dir()``). Per-stage latency p50/p95:
+pipeline on real faces (LFW images from ``sdk.paths.data_dir()``). Per-stage latency p50/p95:
 decode (``cv2.imdecode`` of the JPEG bytes), detect (the default detector), align
 (``sdk.align``), embed at batch 1/8/32 for every backend and model, top-1 match of one query
 against galleries of 10k/100k/1M random unit vectors (``sdk.kernels``), and throughput (embed
@@ -259,7 +259,7 @@ def bench_pipeline(args: argparse.Namespace) -> dict:
     import cv2
 
     from sdk import align
-    from sdk.data import data_dir
+    from sdk.paths import data_dir
     from sdk.verifier import Verifier
 
     root = data_dir() / "lfw" / "images_deepfunneled"
@@ -396,7 +396,7 @@ def sample_ms(
 
 def lfw_jpegs(count: int) -> tuple[list[Path], list[np.ndarray]]:
     """The JPEG bytes of the first image of `count` LFW people, in a fixed pseudo-random order."""
-    from sdk.data import data_dir
+    from sdk.paths import data_dir
 
     root = data_dir() / "lfw" / "images_deepfunneled"
     if not root.is_dir():
@@ -412,7 +412,7 @@ def measure_stages(jpegs: list[np.ndarray], detector, passes: int) -> tuple[dict
     import cv2
 
     from sdk.align import align
-    from sdk.lfw import central_face
+    from evaluate.lfw import central_face
 
     def one(jpeg: np.ndarray) -> tuple[list[float], np.ndarray | None]:
         t0 = time.perf_counter()
@@ -451,25 +451,6 @@ def load_onnx(path: Path, threads: int) -> Candidate:
     precision = embedder.metadata.get("precision", "fp32").lower()
     detail = {"path": str(path), "model_name": embedder.name, "threads": threads, "providers": embedder.providers}
     return Candidate("onnxruntime", precision, path.name, embedder.embed, detail)
-
-
-def load_torch(threads: int) -> Candidate:
-    """dlib's ResNet-29 converted to PyTorch, wrapped in the very graph export.onnx exports
-    (uint8 NHWC -> float NCHW -> network -> L2-normalised), so it computes what the ONNX file does."""
-    import torch
-
-    # A benchmark-only exception to "sdk never imports train/": the reference it measures against.
-    from export.onnx import ChipEmbedding
-    from train.backbones.dlib_resnet import DlibResNet
-
-    torch.set_num_threads(threads)
-    net = ChipEmbedding(DlibResNet.from_dlib()).eval()
-
-    def embed(chips: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            return net(torch.from_numpy(chips)).numpy()
-
-    return Candidate("torch", "fp32", "DlibResNet.from_dlib", embed, {"threads": threads, "torch": torch.__version__})
 
 
 def load_dlib() -> Candidate:
@@ -534,15 +515,22 @@ def load_tensorrt(engines: list[Path], precision: str | None) -> tuple[list[Cand
     return found, skipped
 
 
-def load_candidates(args: argparse.Namespace) -> tuple[list[Candidate], list[dict]]:
-    """The engines to measure, and the skipped ones with the reason (printed, never fatal)."""
+def load_candidates(
+    args: argparse.Namespace, torch_loader: Callable[[int], Candidate] | None = None
+) -> tuple[list[Candidate], list[dict]]:
+    """The engines to measure, and the skipped ones with the reason (printed, never fatal).
+
+    ``torch_loader(threads)`` gives the torch reference; it lives above this package (it needs
+    ``train``), so the caller passes it."""
     candidates: list[Candidate] = []
     skipped: list[dict] = []
     for path in args.onnx_models:
         candidates.append(load_onnx(path, args.threads))
     if "torch" in args.backends:
         try:
-            candidates.append(load_torch(args.threads))
+            if torch_loader is None:
+                raise ImportError("the torch reference is loaded by `facesdk bench` (it needs the train package)")
+            candidates.append(torch_loader(args.threads))
         except (ImportError, FileNotFoundError) as e:
             skipped.append({"backend": "torch", "reason": f"{type(e).__name__}: {e}"})
     if "tensorrt" in args.backends:
@@ -611,7 +599,7 @@ def measure_end_to_end(
     import cv2
 
     from sdk.align import align
-    from sdk.lfw import central_face
+    from evaluate.lfw import central_face
 
     def frame(i: int) -> None:
         image = cv2.imdecode(jpegs[i % len(jpegs)], cv2.IMREAD_COLOR)
@@ -757,10 +745,10 @@ def versions() -> dict:
     }
 
 
-def bench_run(args: argparse.Namespace) -> dict:
+def bench_run(args: argparse.Namespace, torch_loader: Callable[[int], Candidate] | None = None) -> dict:
     """Everything `run` measures (see the module doc), as one JSON-ready dict."""
     paths, jpegs = lfw_jpegs(args.sizes.images)
-    candidates, skipped = load_candidates(args)
+    candidates, skipped = load_candidates(args, torch_loader)
     if not candidates:
         reasons = "; ".join(f"{s['backend']}: {s['reason']}" for s in skipped)
         raise BenchError(f"no embedding backend could run: {reasons}")
@@ -969,11 +957,11 @@ def add_run_parser(sub) -> None:
                    help="seconds of rest before each timing (idle thread pools stop spinning)")  # fmt: skip
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, torch_loader: Callable[[int], Candidate] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or (argv[0] not in SUBCOMMANDS and argv[0] not in ("-h", "--help")):
         argv = ["run", *argv]  # `facesdk bench [options]` runs the whole-pipeline benchmark
-    parser = argparse.ArgumentParser(prog="python -m sdk.bench", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m evaluate.bench", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="what", required=True)
     add_run_parser(sub)
     k = sub.add_parser("kernels", help="matching kernels vs numpy and faiss")
@@ -990,7 +978,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.what == "run":
         check_run_args(parser, args)
         try:
-            result = bench_run(args)
+            result = bench_run(args, torch_loader)
         except BenchError as e:
             print(f"error: {e}", file=sys.stderr)
             return 1

@@ -1,7 +1,7 @@
 """Evaluations of Probabilistic Face Embeddings on real faces (LFW), and MLS calibration::
 
-    python -m sdk.pfe_eval lfw|degraded|risk|sets|all [--model PATH] [--out DIR]
-    python -m sdk.pfe_eval calibrate [--model PATH] [--set celeba] [--far 1e-3] [--write]
+    python -m evaluate.pfe lfw|degraded|risk|sets|all [--model PATH] [--out DIR]
+    python -m evaluate.pfe calibrate [--model PATH] [--set celeba] [--far 1e-3] [--write]
 
 calibrate
     MLS thresholds per FAR over all pairs of a labelled set (CelebA by default, as
@@ -38,7 +38,7 @@ isolates recognition from detection, which fails or drifts on heavily degraded i
 detector is still run on each degraded image, for its score (0 when it finds no face
 overlapping the clean one), which the risk evaluation uses as the baseline quality measure.
 A clean image where no face is found is aligned with the mean landmarks of the others (LFW
-faces are centred), as :mod:`sdk.lfw` does.
+faces are centred), as :mod:`evaluate.lfw` does.
 
 Embeddings are cached per model (weights only: recalibrating its metadata keeps the cache),
 detector, degradation and image in ``$FACESDK_HOME/pfe_eval`` (default
@@ -62,8 +62,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from sdk import kernels, lfw, pfe
-from sdk.calibration import Calibration
+from evaluate import lfw
+from evaluate.calibration import Calibration
+from sdk import kernels, pfe
+from sdk.paths import home
 
 __all__ = ["DEGRADATIONS", "KINDS", "degrade", "FaceBank", "Faces", "store_calibration", "main"]
 
@@ -87,8 +89,7 @@ TEMPLATE_SIZES = (1, 2, 4, 8)
 
 
 def default_cache_dir() -> Path:
-    home = os.environ.get("FACESDK_HOME")
-    return (Path(home) if home else Path.home() / ".cache" / "facesdk") / "pfe_eval"
+    return home() / "pfe_eval"
 
 
 def degrade(image: np.ndarray, variant: str, face_width: float) -> np.ndarray:
@@ -751,14 +752,14 @@ def _template_scores(faces: Faces, groups: list[tuple[int, list[int]]], method: 
 def calibrate(ctx: Context, args: argparse.Namespace) -> None:
     """MLS thresholds per FAR and quality reject thresholds on a labelled set (clean faces);
     with ``--write`` they go into the model's metadata."""
-    from sdk import calibration
+    from evaluate import calibration
 
     paths, labels = calibration.labelled_images(ctx.data, args.set)
     faces = ctx.bank.faces(paths, "clean")
     fars = sorted({args.far, *args.table}, reverse=True)
-    results = pfe.calibrate_mls(faces.mu, faces.sigma_sq, labels, fars)
+    results = calibration.calibrate_mls(faces.mu, faces.sigma_sq, labels, fars)
     l2 = calibration.calibrate(faces.mu, labels, fars)  # the same faces by squared L2, for comparison
-    qualities = pfe.calibrate_quality(faces.sigma_sq, args.reject)
+    qualities = calibration.calibrate_quality(faces.sigma_sq, args.reject)
     first, say = results[0], ctx.say
     say(
         f"\n== calibrate on {args.set}: {len(paths)} images, {len(np.unique(labels))} identities, "
@@ -785,8 +786,8 @@ def store_calibration(
     qualities: dict[float, float],
     calibrated_on: str,
 ) -> Calibration:
-    """Write MLS thresholds (``results`` of :func:`sdk.pfe.calibrate_mls`, the one at ``far`` as
-    the default) and ``qualities`` (of :func:`sdk.pfe.calibrate_quality`) into the model's
+    """Write MLS thresholds (``results`` of :func:`evaluate.calibration.calibrate_mls`, the one at ``far`` as
+    the default) and ``qualities`` (of :func:`evaluate.calibration.calibrate_quality`) into the model's
     metadata; returns the default one. ``calibrated_on`` says on which faces."""
     from sdk.embed import set_metadata
 
@@ -811,10 +812,10 @@ EVALS = {"lfw": eval_lfw, "degraded": eval_degraded, "risk": eval_risk, "sets": 
 
 def main(argv: list[str] | None = None) -> int:
     from sdk import detect
-    from sdk.data import data_dir
+    from sdk.paths import data_dir
     from sdk.embed import OnnxEmbedder, default_pfe_model_path
 
-    parser = argparse.ArgumentParser(prog="python -m sdk.pfe_eval", description="PFE evaluations on LFW (see the module doc)")
+    parser = argparse.ArgumentParser(prog="python -m evaluate.pfe", description="PFE evaluations on LFW (see the module doc)")
     parser.add_argument("which", choices=[*EVALS, "all", "calibrate"], help="an evaluation, all four, or calibrate")
     parser.add_argument("--model", type=Path, default=None, help="PFE ONNX model (default: the cached PFE model)")
     parser.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "pfe_eval", help="folder for plots, JSON and summary.txt")
@@ -850,7 +851,7 @@ def main(argv: list[str] | None = None) -> int:
     say = Report()
     say(
         f"model {embedder.metadata['model_name']} v{embedder.metadata['model_version']} ({model}); detector {detector.name}; "
-        f"MLS on {'the C++ kernels' if pfe.kernels_have_mls() else 'the numpy reference'}; seed {args.seed}"
+        f"MLS on the C++ kernels; seed {args.seed}"
     )
     ctx = Context(bank, data, args.out, data / "lfw" / args.pairs, args.seed, say, {})
     start = time.perf_counter()

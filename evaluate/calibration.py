@@ -10,12 +10,13 @@ one for the default FAR as ``threshold``, for the Verifier.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+from numpy.typing import ArrayLike
 
-from sdk import kernels
+from sdk import kernels, pfe
 
 # Labelled sets in the data folder. Calibrate on these, never on LFW's test pairs, so that the
 # LFW figures stay honest: CelebA is another dataset; LFW's View 1 training people do appear in
@@ -91,3 +92,21 @@ def calibrate_pairwise(dissimilarity: np.ndarray, labels: np.ndarray, fars: Sequ
             )
         )
     return out
+
+
+def calibrate_mls(mu: ArrayLike, sigma_sq: ArrayLike, labels: ArrayLike, fars: Sequence[float]) -> list[Calibration]:
+    """For each target FAR, the lowest MLS threshold with FAR <= far over all pairs of the set."""
+    if not fars:
+        raise ValueError("no far to calibrate for")
+    scores = pfe.mls(mu, sigma_sq, mu, sigma_sq)
+    # -MLS is a dissimilarity (negation is exact in float32): calibrate it as one, flip back.
+    np.negative(scores, out=scores)
+    return [replace(c, threshold=-c.threshold) for c in calibrate_pairwise(scores, np.asarray(labels), fars)]
+
+
+def calibrate_quality(sigma_sq: ArrayLike, reject: Sequence[float]) -> dict[float, float]:
+    """{fraction: q}: the quality below which that fraction of these faces falls."""
+    if not reject or not all(0 < r < 1 for r in reject):
+        raise ValueError(f"every reject fraction must be in (0, 1), got {list(reject)}")
+    q = np.asarray(pfe.quality(sigma_sq), np.float64).reshape(-1)
+    return {float(r): float(np.quantile(q, r)) for r in reject}

@@ -28,7 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from sdk.data import data_dir
+from sdk.paths import data_dir
+from sdk.detect import DETECTORS
 from sdk.errors import FaceSDKError
 
 log = logging.getLogger("sdk")
@@ -41,7 +42,7 @@ def make_detector(name: str):
 
 
 def calibration_sets() -> tuple[str, ...]:
-    from sdk.calibration import SETS
+    from evaluate.calibration import SETS
 
     return SETS
 
@@ -56,7 +57,7 @@ def make_embedder(model: str | None):
 
 
 def eval_lfw(args: argparse.Namespace) -> int:
-    from sdk import lfw
+    from evaluate import lfw
 
     root = args.data / "lfw"
     pairs_file = args.pairs if args.pairs.is_absolute() or args.pairs.exists() else root / args.pairs
@@ -183,7 +184,7 @@ def write_distances(path: Path, pairs, images: list[Path], results: dict) -> Non
 
 
 def calibrate_cmd(args: argparse.Namespace) -> int:
-    from sdk import calibration, lfw
+    from evaluate import calibration, lfw
     from sdk.embed import set_metadata
 
     paths, labels = calibration.labelled_images(args.data, args.set)
@@ -353,6 +354,7 @@ def gallery_cmd(args: argparse.Namespace) -> int:
 
 
 def cluster_cmd(args: argparse.Namespace) -> int:
+    from evaluate.clustering import pairwise_precision_recall
     from sdk import clustering
 
     folder = Path(args.folder)
@@ -373,7 +375,7 @@ def cluster_cmd(args: argparse.Namespace) -> int:
     found = labels >= 0
     if all(len(p.relative_to(folder).parts) > 1 for p in paths):  # subfolders name the people
         truth = np.unique([p.relative_to(folder).parts[0] for p in paths], return_inverse=True)[1]
-        precision, recall, f1 = clustering.pairwise_precision_recall(truth[found], labels[found])
+        precision, recall, f1 = pairwise_precision_recall(truth[found], labels[found])
         payload.update(precision=precision, recall=recall, f1=f1, identities=int(truth.max()) + 1)
         lines.append(f"against the subfolders ({int(truth.max()) + 1} people): pairwise precision {precision:.3f}, recall {recall:.3f}, F1 {f1:.3f}")
     emit(args, payload, lines)
@@ -384,7 +386,7 @@ def cluster_cmd(args: argparse.Namespace) -> int:
 
 
 def openset_cmd(args: argparse.Namespace) -> int:
-    from sdk import openset
+    from evaluate import openset
     from sdk.verifier import Verifier
 
     protocol = openset.att_protocol(args.data) if args.set == "att" else openset.lfw_protocol(args.data, args.min_images)
@@ -424,7 +426,7 @@ def ensure_default_model() -> None:
 
 def demo_cmd(args: argparse.Namespace) -> int:
     """The main job on the embedded default: enrol AT&T people, match their unseen images."""
-    from sdk import openset
+    from evaluate import openset
     from sdk.verifier import Verifier
 
     ensure_default_model()
@@ -457,7 +459,7 @@ def build_parser() -> argparse.ArgumentParser:
     lfw_p = ev.add_parser("lfw", help="LFW 10-fold verification on pairs.txt")
     lfw_p.add_argument("--data", type=Path, default=data_dir(), help="folder holding lfw/ (default $FACESDK_DATA)")
     lfw_p.add_argument("--model", help="ONNX model (default: the cached default model)")
-    lfw_p.add_argument("--detector", choices=["auto", "yunet", "dlib"], default="auto")
+    lfw_p.add_argument("--detector", choices=list(DETECTORS), default="auto")
     lfw_p.add_argument("--pairs", type=Path, default=Path("pairs.txt"), help="pairs file, e.g. pairsDevTest.txt")
     lfw_p.add_argument("--far", type=float, default=1e-3, help="FAR for the TAR@FAR figure")
     lfw_p.add_argument("--batch", type=int, default=32, help="faces per embedding batch")
@@ -476,7 +478,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="FARs of the stored threshold table (per-call FAR in the Verifier)",
     )
     cal.add_argument("--model", help="ONNX model (default: the cached default model)")
-    cal.add_argument("--detector", choices=["auto", "yunet", "dlib"], default="auto")
+    cal.add_argument("--detector", choices=list(DETECTORS), default="auto")
     cal.add_argument("--batch", type=int, default=32, help="faces per embedding batch")
     cal.add_argument("--max-images", type=int, help="calibrate on a random subset of this many images")
     cal.add_argument("--write", action="store_true", help="store the threshold in the model's metadata")
@@ -484,7 +486,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def runtime(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         p.add_argument("--model", help="ONNX model (default: the cached default model)")
-        p.add_argument("--detector", choices=["auto", "yunet", "dlib"], default="auto")
+        p.add_argument("--detector", choices=list(DETECTORS), default="auto")
         p.add_argument("--gallery", help="gallery file (default $FACESDK_HOME/gallery.sqlite)")
         p.add_argument("--json", action="store_true", help="print JSON")
         p.add_argument("--scoring", choices=["l2", "mls"], default="l2", help="mls: PFE models only (see README)")
@@ -528,7 +530,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", choices=["lfw", "att"], default="lfw")
     p.add_argument("--min-images", type=int, default=10, help="lfw: people with at least this many images")
     p.add_argument("--model", help="ONNX model (default: the cached default model)")
-    p.add_argument("--detector", choices=["auto", "yunet", "dlib"], default="auto")
+    p.add_argument("--detector", choices=list(DETECTORS), default="auto")
     p.add_argument("--json", action="store_true", help="print JSON")
     decision(p).set_defaults(run=openset_cmd)
 
@@ -549,14 +551,14 @@ def build_parser() -> argparse.ArgumentParser:
 # Command words -> (module whose main(argv) takes the rest of the arguments, help). The longest
 # match wins: `train pfe ...` goes to train.pfe, `train --config ...` to train.
 FORWARDED: dict[tuple[str, ...], tuple[tuple[str, ...], str]] = {
-    ("bench",): (("sdk.bench",), "benchmarks: pipeline per backend (default), kernels, pipeline"),
+    ("bench",): (("cli.bench",), "benchmarks: pipeline per backend (default), kernels, pipeline"),
     ("train",): (("train.__main__",), "the FaceNet triplet trainer (--config FILE)"),
     ("train", "pfe"): (("train.pfe.__main__",), "PFE uncertainty head: features, train"),
     ("export", "onnx"): (("export.onnx",), "checkpoint or dlib's model -> facesdk ONNX"),
     ("export", "int8"): (("export.quantize", "int8"), "INT8 QDQ ONNX calibrated on CelebA faces"),
     ("export", "trt"): (("export.tensorrt",), "TensorRT engine from a facesdk ONNX (needs TensorRT)"),
     ("eval", "int8"): (("export.quantize", "compare"), "FP32 vs INT8 on LFW pairs"),
-    ("eval", "pfe"): (("sdk.pfe_eval",), "PFE: MLS vs L2, degraded LFW, risk control, sets"),
+    ("eval", "pfe"): (("evaluate.pfe",), "PFE: MLS vs L2, degraded LFW, risk control, sets"),
 }
 
 
