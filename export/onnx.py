@@ -41,6 +41,8 @@ import onnx
 import torch
 from torch import nn
 
+# The runtime writes the default model too (sdk.dlib_onnx), so it owns its thresholds.
+from sdk.dlib_onnx import DEFAULT_FAR, DEFAULT_THRESHOLDS, default_threshold_metadata  # noqa: F401
 from sdk.embed import (
     DLIB_CHIP_SCHEME,
     INPUT_NAME,
@@ -156,25 +158,6 @@ def export_onnx(
     onnx.checker.check_model(proto, full_check=True)
     save_model_atomic(proto, path)
     return path
-
-
-# The default model's thresholds (squared L2), measured by
-#     facesdk calibrate --set celeba --write --table 1e-1 1e-2 1e-3 1e-4 1e-5
-# on the CelebA subset (5,093 images, 239 identities, 12.9M impostor pairs), YuNet
-# (yunet_n_dynamic) alignment: TAR 96.88 / 90.86 / 79.56 / 52.71 / 11.00 % at these FARs.
-# Recalibrate on data like the deployment's; `--write` replaces these in the model file.
-DEFAULT_THRESHOLDS = {"0.1": 0.233562, "0.01": 0.176365, "0.001": 0.140188, "0.0001": 0.103603, "1e-05": 0.061144}
-DEFAULT_FAR = "0.001"
-
-
-def default_threshold_metadata(note: str = "") -> dict[str, str]:
-    """The default model's calibrated thresholds as metadata (``note`` qualifies where they came from)."""
-    return {
-        "threshold": str(DEFAULT_THRESHOLDS[DEFAULT_FAR]),
-        "threshold_far": DEFAULT_FAR,
-        "threshold_table": json.dumps(DEFAULT_THRESHOLDS),
-        "threshold_calibrated_on": f"celeba, 5093 images, detector yunet_n_dynamic{note}",
-    }
 
 
 def export_dlib_default(path: str | os.PathLike[str] | None = None) -> Path:
