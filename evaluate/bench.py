@@ -48,6 +48,7 @@ from pathlib import Path
 import numpy as np
 
 from sdk import kernels
+from sdk.chips import central_face, cut, face_chips
 
 DIM = 128
 THRESHOLD = 1.0  # squared L2 on unit embeddings; unrelated faces sit near 2
@@ -258,7 +259,6 @@ def bench_pipeline(args: argparse.Namespace) -> dict:
     against a gallery of `args.gallery_size` random identities plus the 8 people."""
     import cv2
 
-    from sdk import align
     from sdk.paths import data_dir
     from sdk.verifier import Verifier
 
@@ -287,8 +287,7 @@ def bench_pipeline(args: argparse.Namespace) -> dict:
                 t1 = time.perf_counter()
                 _, found = v.faces(frame)
                 t2 = time.perf_counter()
-                rgb = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
-                chips = np.stack([align.align(rgb, d.landmarks, d.scheme) for d in found])
+                chips = face_chips(frame, found, v.chip)
                 t3 = time.perf_counter()
                 emb = v.embedder.embed(chips)
                 t4 = time.perf_counter()
@@ -411,9 +410,6 @@ def measure_stages(jpegs: list[np.ndarray], detector, passes: int) -> tuple[dict
     """p50/p95 of decode, detect and align per image; the aligned chips and which images had a face."""
     import cv2
 
-    from sdk.align import align
-    from evaluate.lfw import central_face
-
     def one(jpeg: np.ndarray) -> tuple[list[float], np.ndarray | None]:
         t0 = time.perf_counter()
         image = cv2.imdecode(jpeg, cv2.IMREAD_COLOR)
@@ -422,7 +418,7 @@ def measure_stages(jpegs: list[np.ndarray], detector, passes: int) -> tuple[dict
         t2 = time.perf_counter()
         if face is None:
             return [t1 - t0, t2 - t1], None
-        chip = align(cv2.cvtColor(image, cv2.COLOR_BGR2RGB), face.landmarks, detector.scheme)
+        chip = cut(image, face.landmarks, face.scheme)
         return [t1 - t0, t2 - t1, time.perf_counter() - t2], chip
 
     one(jpegs[0])  # warm-up: first calls allocate
@@ -598,15 +594,12 @@ def measure_end_to_end(
     """Single-face frames one after the other: decode, detect, align, embed (batch 1), top-1 match."""
     import cv2
 
-    from sdk.align import align
-    from evaluate.lfw import central_face
-
     def frame(i: int) -> None:
         image = cv2.imdecode(jpegs[i % len(jpegs)], cv2.IMREAD_COLOR)
         face = central_face(detector.detect(image), image.shape)
         if face is None:  # the jpegs are those where a face was found; a frame without one costs this
             return
-        chip = align(cv2.cvtColor(image, cv2.COLOR_BGR2RGB), face.landmarks, detector.scheme)
+        chip = cut(image, face.landmarks, face.scheme)
         kernels.topk(c.embed(chip[None]), gallery, 1)
 
     print(f"  end-to-end {c.label} ...", file=sys.stderr, flush=True)

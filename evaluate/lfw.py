@@ -13,8 +13,11 @@ import contextlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+
+from sdk.chips import DEFAULT_CHIP, ChipScheme, central_chip, central_face, cut
 
 
 @dataclass(frozen=True)
@@ -170,19 +173,6 @@ class Embedded:
         return per_stage
 
 
-def central_face(detections: list, shape: tuple[int, ...]):
-    """The detection nearest the image centre: LFW's subject is the centred face."""
-    if not detections:
-        return None
-    cy, cx = shape[0] / 2, shape[1] / 2
-
-    def off_centre(d) -> float:
-        x1, y1, x2, y2 = d.box
-        return ((x1 + x2) / 2 - cx) ** 2 + ((y1 + y2) / 2 - cy) ** 2
-
-    return min(detections, key=off_centre)
-
-
 def embed_images(paths: list[Path], detector, embedder, batch: int = 32, progress: bool = True) -> Embedded:
     """Detect, align and embed the central face of every image, streaming in batches.
 
@@ -193,8 +183,7 @@ def embed_images(paths: list[Path], detector, embedder, batch: int = 32, progres
     import cv2
     from tqdm import tqdm
 
-    from sdk.align import align
-
+    scheme = ChipScheme.parse(embedder.metadata["chip_scheme"])
     seconds = dict.fromkeys(("decode", "detect", "align", "embed"), 0.0)
     rows: list[int] = []  # image index of each embedded chip, in embedding order
     chips: list[np.ndarray] = []
@@ -209,7 +198,7 @@ def embed_images(paths: list[Path], detector, embedder, batch: int = 32, progres
 
     def add(index: int, image: np.ndarray, landmarks: np.ndarray) -> None:
         with _timed(seconds, "align"):
-            chips.append(align(cv2.cvtColor(image, cv2.COLOR_BGR2RGB), landmarks, detector.scheme))
+            chips.append(cut(image, landmarks, detector.scheme, scheme))
         rows.append(index)
         if len(chips) == batch:
             flush()
@@ -241,6 +230,31 @@ def embed_images(paths: list[Path], detector, embedder, batch: int = 32, progres
     is_failed = np.zeros(len(paths), bool)
     is_failed[failed] = True
     return Embedded(embeddings, is_failed, seconds)
+
+
+def lfw_chips(data: Path, count: int, detector: Any = None, scheme: ChipScheme = DEFAULT_CHIP) -> np.ndarray:
+    """Chips [N, size, size, 3] of up to ``count`` LFW people (first image of each, sorted by name),
+    cut by the SDK's detector (default: ``default_detector``) and ``sdk.chips``; images without a
+    face are skipped."""
+    import cv2
+
+    from sdk.detect import default_detector
+
+    detector = detector if detector is not None else default_detector()[0]
+    root = data / "lfw" / "images_deepfunneled"
+    if not root.is_dir():
+        raise FileNotFoundError(f"LFW images not found at {root} (set FACESDK_DATA)")
+    chips = []
+    for person in sorted(p.name for p in root.iterdir() if p.is_dir()):
+        if len(chips) == count:
+            break
+        image = cv2.imread(str(root / person / f"{person}_0001.jpg"), cv2.IMREAD_COLOR)
+        found = central_chip(image, detector, scheme) if image is not None else None
+        if found is not None:
+            chips.append(found[0])
+    if not chips:
+        raise RuntimeError(f"no face found in LFW images under {root}")
+    return np.stack(chips)
 
 
 @contextlib.contextmanager

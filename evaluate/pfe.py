@@ -65,6 +65,7 @@ import numpy as np
 from evaluate import lfw
 from evaluate.calibration import Calibration
 from sdk import kernels, pfe
+from sdk.chips import ChipScheme, central_face, cut
 from sdk.paths import home
 
 __all__ = ["DEGRADATIONS", "KINDS", "degrade", "FaceBank", "Faces", "store_calibration", "main"]
@@ -193,6 +194,7 @@ class FaceBank:
         root = (cache_dir or default_cache_dir()) if use_cache else None
         self._root = root
         self._tag = model_tag(Path(embedder.path)) + f"-{detector.name}"
+        self.chip = ChipScheme.parse(embedder.metadata["chip_scheme"])
         self._landmarks = _Store(root / f"landmarks-{detector.name}.npz" if root else None)
         self._stores: dict[str, _Store] = {}
 
@@ -207,7 +209,7 @@ class FaceBank:
         missing = [p for p in paths if str(p) not in self._landmarks.rows]
         for i, path in enumerate(tqdm(missing, desc=f"detect ({self.detector.name})", unit="img", disable=not self.progress or not missing)):
             image = _read(path)
-            face = lfw.central_face(self.detector.detect(image), image.shape)
+            face = central_face(self.detector.detect(image), image.shape)
             if face is None:
                 row = {"landmarks": np.full((5, 2), np.nan, np.float32), "box": np.full(4, np.nan, np.float32), "score": np.float32(0)}
             else:
@@ -221,8 +223,6 @@ class FaceBank:
     def faces(self, paths: Sequence[Path], variant: str) -> Faces:
         """The faces of ``paths`` degraded by ``variant`` ("clean" or a key of DEGRADATIONS)."""
         from tqdm import tqdm
-
-        from sdk.align import align
 
         if variant not in VARIANTS:
             raise ValueError(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
@@ -254,7 +254,7 @@ class FaceBank:
             box = marks[i]["box"] if found[i] else mean_box
             image = degrade(_read(paths[i]), variant, box[2] - box[0])
             score = float(marks[i]["score"]) if variant == "clean" else _score_near(self.detector.detect(image), box)
-            chips.append(align(cv2.cvtColor(image, cv2.COLOR_BGR2RGB), landmarks, self.detector.scheme))
+            chips.append(cut(image, landmarks, self.detector.scheme, self.chip))
             pending.append((str(paths[i]), score))
             if len(chips) == self.batch:
                 flush()

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from evaluate.lfw import lfw_chips
 from sdk.tensorrt import TensorRTEmbedder, sha256_file
 
 
@@ -67,32 +68,6 @@ def engine_parity(engine_embedder: Any, onnx_embedder: Any, chips: np.ndarray) -
         pair_drift_max=float(drift.max()) if drift.size else 0.0,
         pair_drift_mean=float(drift.mean()) if drift.size else 0.0,
     )
-
-
-def lfw_chips(data: Path, count: int, detector: Any = None) -> np.ndarray:
-    """Aligned chips [N, 150, 150, 3] of up to ``count`` LFW people (first image of each, sorted by
-    name), cut by the SDK's own detector and alignment; images without a face are skipped."""
-    import cv2
-
-    from sdk.align import align
-    from sdk.detect import default_detector
-    from evaluate.lfw import central_face
-
-    detector = detector if detector is not None else default_detector()[0]
-    root = data / "lfw" / "images_deepfunneled"
-    if not root.is_dir():
-        raise FileNotFoundError(f"LFW images not found at {root} (set FACESDK_DATA)")
-    chips = []
-    for person in sorted(p.name for p in root.iterdir() if p.is_dir()):
-        if len(chips) == count:
-            break
-        image = cv2.imread(str(root / person / f"{person}_0001.jpg"), cv2.IMREAD_COLOR)
-        face = central_face(detector.detect(image), image.shape) if image is not None else None
-        if face is not None:
-            chips.append(align(cv2.cvtColor(image, cv2.COLOR_BGR2RGB), face.landmarks, detector.scheme))
-    if not chips:
-        raise RuntimeError(f"no face found in LFW images under {root}")
-    return np.stack(chips)
 
 
 def _ms_per_face(fn: Callable[[np.ndarray], object], chips: np.ndarray, repeat: int) -> float:

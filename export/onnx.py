@@ -43,8 +43,8 @@ from torch import nn
 
 # The runtime writes the default model too (sdk.dlib_onnx), so it owns its thresholds.
 from sdk.dlib_onnx import DEFAULT_FAR, DEFAULT_THRESHOLDS, default_threshold_metadata  # noqa: F401
+from sdk.chips import DEFAULT_CHIP
 from sdk.embed import (
-    DLIB_CHIP_SCHEME,
     INPUT_NAME,
     OUTPUT_NAME,
     REQUIRED_KEYS,
@@ -92,7 +92,7 @@ def export_onnx(
     version: str,
     source: str,
     input_size: tuple[int, int] = (150, 150),
-    chip_scheme: str = DLIB_CHIP_SCHEME,
+    chip_scheme: str = str(DEFAULT_CHIP),
     metadata: Mapping[str, str] | None = None,
 ) -> Path:
     """Export ``model`` (float NCHW RGB 0..255 in, [N, D] out) as a chip-to-unit-embedding ONNX file.

@@ -71,7 +71,8 @@ from typing import Any
 import numpy as np
 import onnx
 
-from sdk.embed import DLIB_CHIP_SCHEME, INPUT_NAME, parse_metadata, save_model_atomic
+from sdk.chips import DEFAULT_CHIP, ChipScheme, central_chip
+from sdk.embed import INPUT_NAME, parse_metadata, save_model_atomic
 
 METHODS = ("entropy", "percentile", "minmax")
 DEFAULT_METHOD = "percentile"  # chosen by measurement on LFW View 1, see the module docstring
@@ -115,24 +116,22 @@ def calibration_chips(
     *,
     data: Path | None = None,
     detector: Any = None,
+    scheme: ChipScheme = DEFAULT_CHIP,
     seed: int = 0,
     progress: bool = True,
 ) -> CalibrationChips:
     """``count`` aligned face chips from a labelled calibration set (never LFW's test pairs).
 
     Images are drawn in a seeded random order (so they spread over the identities), the central
-    face of each is detected and aligned with the SDK's own detector and aligner (as
-    ``evaluate.lfw.embed_images`` does) into the SDK's chip (``dlib5_150_0.25``); images without a
-    detected face are skipped, not guessed.
+    face of each is detected and cut by ``sdk.chips`` into ``scheme``; images without a detected
+    face are skipped, not guessed.
     """
     import cv2
     from tqdm import tqdm
 
-    from sdk.align import align
     from evaluate.calibration import labelled_images
-    from sdk.paths import data_dir
     from sdk.detect import default_detector
-    from evaluate.lfw import central_face
+    from sdk.paths import data_dir
 
     if name == "lfw" or name.startswith("lfw"):
         raise ValueError(f"calibration set {name!r}: LFW holds the test pairs; calibrate on 'celeba'")
@@ -158,10 +157,10 @@ def calibration_chips(
             image = cv2.imread(str(paths[i]), cv2.IMREAD_COLOR)
             if image is None:
                 raise ValueError(f"cannot read calibration image {paths[i]}")
-            face = central_face(detector.detect(image), image.shape)
-            if face is None:
+            found = central_chip(image, detector, scheme)
+            if found is None:
                 continue
-            chips.append(align(cv2.cvtColor(image, cv2.COLOR_BGR2RGB), face.landmarks, detector.scheme))
+            chips.append(found[0])
             identities.add(int(labels[i]))
             bar.update()
     if len(chips) < count:
@@ -357,12 +356,8 @@ def quantize_int8(
         )
 
     if isinstance(calibration, str):
-        if metadata["chip_scheme"] != DLIB_CHIP_SCHEME:
-            raise ValueError(
-                f"{fp32_path}: chip_scheme {metadata['chip_scheme']!r}; the SDK's aligner cuts {DLIB_CHIP_SCHEME!r}: "
-                "pass chips cut for this model as calibration="
-            )
-        calib = calibration_chips(calibration, count, data=data, progress=progress)
+        scheme = ChipScheme.parse(metadata["chip_scheme"])
+        calib = calibration_chips(calibration, count, data=data, scheme=scheme, progress=progress)
     elif isinstance(calibration, CalibrationChips):
         calib = calibration
     else:
@@ -446,6 +441,7 @@ class _BothModels:
 
     def __init__(self, fp32: Any, int8: Any, batch: int) -> None:
         self.fp32, self.int8, self.batch = fp32, int8, batch
+        self.metadata = fp32.metadata  # the chip both models take
         self.seconds = {"fp32": 0.0, "int8": 0.0}
         self.timed_faces = 0
         self._calls = 0

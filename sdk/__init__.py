@@ -1,30 +1,67 @@
 """Face-recognition SDK for edge devices (FaceNet embeddings, PFE scoring).
 
     import sdk
-    v = sdk.Verifier()                  # default model, best detector, gallery file
+    v = sdk.Verifier()                  # default model, packaged YuNet detector, gallery file
     v.enroll("alice", ["alice1.jpg", "alice2.jpg"])
     for m in v.match(frame):            # frame: BGR uint8 array or image path
         print(m.identity, m.distance, m.accepted)
     labels = sdk.cluster(image_paths)   # group faces by identity
+    embedder = sdk.load("model.onnx")   # any model file, by what it is
+
+``import sdk`` is cheap: OpenCV, ONNX Runtime and the C++ kernels load with the first name that
+needs them.
 """
 
-from sdk.clustering import cluster
-from sdk.errors import BackendUnavailableError, FaceSDKError, GalleryError, InvalidImageError, ModelMismatchError
-from sdk.verifier import FaceStream, LowQualityError, Match, NoFaceError, Verification, Verifier
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from sdk.errors import (
+    BackendUnavailableError,
+    EngineMismatchError,
+    FaceSDKError,
+    GalleryError,
+    InvalidImageError,
+    LowQualityError,
+    ModelMismatchError,
+    NoFaceError,
+    TensorRTError,
+)
 
 __version__ = "0.1.0"
 
+# Public name -> the module that defines it, imported on first access.
+_LAZY = {
+    "cluster": "sdk.clustering",
+    "load": "sdk.loader",
+    "FaceStream": "sdk.verifier",
+    "Match": "sdk.verifier",
+    "Verification": "sdk.verifier",
+    "Verifier": "sdk.verifier",
+}
+
 __all__ = [
-    "cluster",
-    "FaceStream",
-    "LowQualityError",
     "BackendUnavailableError",
+    "EngineMismatchError",
     "FaceSDKError",
     "GalleryError",
     "InvalidImageError",
-    "Match",
+    "LowQualityError",
     "ModelMismatchError",
     "NoFaceError",
-    "Verification",
-    "Verifier",
+    "TensorRTError",
+    *_LAZY,
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value  # later lookups skip this function
+        return value
+    raise AttributeError(f"module 'sdk' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

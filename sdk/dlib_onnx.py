@@ -32,9 +32,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from sdk.chips import DEFAULT_CHIP
 from sdk.dlib_format import DlibNetwork, LayerRecord, dlib_model_path, parse_network
 from sdk.embed import (
-    DLIB_CHIP_SCHEME,
     INPUT_NAME,
     OUTPUT_NAME,
     default_model_path,
@@ -290,7 +290,7 @@ def dlib_onnx_model(network: DlibNetwork, *, source: str) -> onnx.ModelProto:
         "input_size": f"{rows}x{cols}",
         "input_layout": "NHWC",
         "input_color": "RGB",
-        "chip_scheme": DLIB_CHIP_SCHEME,
+        "chip_scheme": str(DEFAULT_CHIP),
         "embedding_dim": str(dim),
         "embedding_normalized": "1",
         "distance": "squared_l2",

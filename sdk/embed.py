@@ -46,6 +46,7 @@ from typing import Any, Protocol
 import numpy as np
 import onnxruntime as ort
 
+from sdk.chips import ChipScheme
 from sdk.paths import home
 
 __all__ = [
@@ -62,7 +63,6 @@ logger = logging.getLogger(__name__)
 INPUT_NAME = "chip"
 OUTPUT_NAME = "embedding"
 SIGMA_SQ_NAME = "sigma_sq"  # optional second output of a PFE model
-DLIB_CHIP_SCHEME = "dlib5_150_0.25"
 DEFAULT_MODEL_FILE = "dlib_resnet_v1.onnx"
 PFE_MODEL_FILE = "dlib_resnet_v1_pfe.onnx"
 REQUIRED_KEYS = (
@@ -122,6 +122,12 @@ def parse_metadata(metadata: Mapping[str, str], source: str) -> tuple[tuple[int,
     size = re.fullmatch(r"([1-9]\d*)x([1-9]\d*)", metadata["input_size"])
     if size is None:
         raise ValueError(f"{source}: metadata input_size={metadata['input_size']!r} is not 'HxW'")
+    try:
+        chip = ChipScheme.parse(metadata["chip_scheme"])
+    except ValueError as e:
+        raise ValueError(f"{source}: metadata {e}") from None
+    if (chip.size, chip.size) != (int(size[1]), int(size[2])):
+        raise ValueError(f"{source}: metadata chip_scheme={str(chip)!r} cuts {chip.size} px chips, input_size is {metadata['input_size']}")
     dim = metadata["embedding_dim"]
     if not dim.isdigit() or int(dim) < 1:
         raise ValueError(f"{source}: metadata embedding_dim={dim!r} is not a positive integer")
@@ -171,13 +177,12 @@ class OnnxEmbedder:
         providers: Sequence[str | tuple[str, dict[str, Any]]] | None = None,
         threads: int | None = None,
     ) -> None:
-        self.path = default_model_path() if path is None else Path(path)
+        if path is None:
+            from sdk.loader import ensure_default_model  # it writes models with this module's contract
+
+            path = ensure_default_model()
+        self.path = Path(path)
         if not self.path.is_file():
-            if self.path == default_model_path():
-                raise FileNotFoundError(
-                    f"default model {self.path} not found; create it once with "
-                    f"`python -m export.onnx default -o {self.path}` (the runtime never downloads models)"
-                )
             raise FileNotFoundError(f"model file {self.path} not found")
         requested = list(providers) if providers is not None else ["CPUExecutionProvider"]
         names = [_provider_name(p) for p in requested]

@@ -51,10 +51,8 @@ from typing import Any, Union
 import cv2
 import numpy as np
 
-from sdk import align as aligner
-from sdk import detect, paths, pfe
-from sdk.embed import OnnxEmbedder, default_model_path
-from sdk.errors import BackendUnavailableError, FaceSDKError, InvalidImageError, LowQualityError, NoFaceError
+from sdk import chips, detect, loader, paths, pfe
+from sdk.errors import FaceSDKError, InvalidImageError, LowQualityError, NoFaceError
 from sdk.gallery import Gallery
 
 log = logging.getLogger(__name__)
@@ -66,7 +64,6 @@ Liveness = Callable[[np.ndarray, detect.Detection], bool]
 MAX_PIXELS = 50_000_000
 # Detection runs on a copy whose longer side is at most this; alignment uses full resolution.
 DETECT_MAX_SIDE = 1280
-SUPPORTED_CHIP_SCHEME = "dlib5_150_0.25"
 
 
 SCORINGS = ("mls", "l2")
@@ -158,25 +155,9 @@ class Verifier:
         scoring: str = "l2",
         min_quality: float | None = None,
     ) -> None:
-        if backend == "tensorrt":
-            if model is None or Path(model).suffix == ".onnx":
-                raise BackendUnavailableError(
-                    f"backend 'tensorrt' runs an engine, not {model or 'the default ONNX model'}: build one on this "
-                    f"device with `facesdk export trt {model or 'MODEL.onnx'} -o model.engine` (docs/tensorrt.md)"
-                )
-            from sdk.tensorrt import TensorRTEmbedder
-
-            self.embedder = TensorRTEmbedder(model)
-        elif backend == "onnxruntime":
-            try:
-                self.embedder = OnnxEmbedder(model if model is not None else default_model_path(), providers, threads)
-            except RuntimeError as e:
-                raise BackendUnavailableError(str(e)) from e
-        else:
-            raise BackendUnavailableError(f"backend {backend!r} is unknown: use 'onnxruntime' or 'tensorrt'")
+        self.embedder = loader.embedder(model, backend, providers=providers, threads=threads)
         meta = self.embedder.metadata
-        if meta.get("chip_scheme") != SUPPORTED_CHIP_SCHEME:
-            raise FaceSDKError(f"model chip_scheme {meta.get('chip_scheme')!r} is not supported (need {SUPPORTED_CHIP_SCHEME})")
+        self.chip = chips.ChipScheme.parse(meta["chip_scheme"])  # checked against input_size at load
         self.detector = detect.detector_from(detector)
         if gallery == "default":
             gallery = paths.home() / "gallery.sqlite"
@@ -263,8 +244,7 @@ class Verifier:
         return frame, found
 
     def _chips(self, frame: np.ndarray, detections: Sequence[detect.Detection]) -> np.ndarray:
-        rgb = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
-        return np.stack([aligner.align(rgb, d.landmarks, d.scheme) for d in detections])
+        return chips.face_chips(frame, detections, self.chip)
 
     def embed(self, frame: np.ndarray, detections: Sequence[detect.Detection]) -> np.ndarray:
         """Embeddings [n, D] of the detected faces, in one batch."""

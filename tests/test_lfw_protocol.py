@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from evaluate import lfw
+from sdk.chips import central_face
 
 
 def lfw_root(data):
@@ -105,6 +106,8 @@ def test_bad_distances_are_refused():
 class ChipMeans:
     """A stand-in embedder: each chip's mean colour, enough to check which chip went where."""
 
+    metadata = {"chip_scheme": "dlib5_150_0.25"}
+
     def embed(self, chips: np.ndarray) -> np.ndarray:
         return chips.reshape(len(chips), -1, 3).mean(1).astype(np.float32)
 
@@ -136,7 +139,7 @@ def test_images_without_a_face_get_the_mean_landmarks_and_keep_their_place(data)
     landmarks = {}
     for p in paths:
         image = cv2.imread(str(p))
-        landmarks[p] = lfw.central_face(yunet.detect(image), image.shape).landmarks
+        landmarks[p] = central_face(yunet.detect(image), image.shape).landmarks
     mean = np.mean([landmarks[p] for p in paths if p not in blind], axis=0)
     for i, p in enumerate(paths):
         rgb = cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB)

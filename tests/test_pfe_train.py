@@ -79,17 +79,11 @@ def chips(celeba_images) -> np.ndarray:
     """Aligned clean chips of the real faces, as the SDK cuts them."""
     import cv2
 
-    from sdk.align import align
+    from sdk.chips import central_chip
     from sdk.detect import default_detector
-    from evaluate.lfw import central_face
 
     detector, _ = default_detector()
-    out = []
-    for path in celeba_images[0]:
-        image = cv2.imread(str(path))
-        face = central_face(detector.detect(image), image.shape)
-        out.append(align(cv2.cvtColor(image, cv2.COLOR_BGR2RGB), face.landmarks, detector.scheme))
-    return np.stack(out)
+    return np.stack([central_chip(cv2.imread(str(path)), detector)[0] for path in celeba_images[0]])
 
 
 # --- head and loss --------------------------------------------------------------------------------

@@ -57,9 +57,8 @@ def lfw_chips(data: Path) -> np.ndarray:
     """8 real LFW faces (never used for calibration), detected and aligned as the runtime does."""
     import cv2
 
-    from sdk.align import align
+    from sdk.chips import central_chip
     from sdk.detect import default_detector
-    from evaluate.lfw import central_face
 
     root = data / "lfw" / "images_deepfunneled"
     if not root.is_dir():
@@ -69,9 +68,9 @@ def lfw_chips(data: Path) -> np.ndarray:
     for person in sorted(root.glob("A*"))[::40]:  # 8 different people
         path = sorted(person.glob("*.jpg"))[0]
         image = cv2.imread(str(path))
-        face = central_face(detector.detect(image), image.shape)
-        if face is not None:
-            chips.append(align(cv2.cvtColor(image, cv2.COLOR_BGR2RGB), face.landmarks, detector.scheme))
+        found = central_chip(image, detector)
+        if found is not None:
+            chips.append(found[0])
         if len(chips) == 8:
             break
     return np.stack(chips)

@@ -38,7 +38,8 @@ from onnx import TensorProto, helper
 from onnx import numpy_helper as nh
 
 from export import tensorrt as build
-from evaluate.tensorrt import engine_parity, lfw_chips
+from evaluate.lfw import lfw_chips
+from evaluate.tensorrt import engine_parity
 from sdk import tensorrt as rt
 from sdk.embed import OnnxEmbedder
 from sdk.errors import BackendUnavailableError, FaceSDKError
@@ -89,7 +90,7 @@ def tiny_model(path: Path, *, pfe: bool = False, batch: int | str = "N", consume
         "input_size": f"{SIZE}x{SIZE}",
         "input_layout": "NHWC",
         "input_color": "RGB",
-        "chip_scheme": "dlib5_150_0.25",
+        "chip_scheme": f"dlib5_{SIZE}_0.25",
         "embedding_dim": str(DIM),
         "embedding_normalized": "1",
         "distance": "squared_l2",

@@ -81,10 +81,11 @@ def create_backbone(name: str, **kwargs: Any) -> nn.Module:
 def create_dlib_resnet(pretrained: bool = True, path: str | None = None) -> nn.Module:
     """dlib's ResNet-29 (150x150 chips). pretrained=False keeps the architecture and re-initialises
     every weight (He for convolutions and fc, identity for the folded batch-norm affines)."""
+    from train.backbones._common import CHIP_SCHEME
     from train.backbones.dlib_resnet import Affine, DlibResNet
 
     model = DlibResNet.from_dlib(path)
-    model.chip_scheme = "dlib5_150_0.25"
+    model.chip_scheme = CHIP_SCHEME
     if not pretrained:
         for module in model.modules():
             if isinstance(module, (nn.Conv2d, nn.Linear)):

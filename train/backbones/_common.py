@@ -6,9 +6,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# The SDK's one chip (sdk.embed.DLIB_CHIP_SCHEME): dlib's 5-point template, 150 px, padding 0.25.
-CHIP_SCHEME = "dlib5_150_0.25"
-CHIP_SIZE = 150
+from sdk.chips import DEFAULT_CHIP
+
+# Every backbone takes the SDK's one chip.
+CHIP_SCHEME = str(DEFAULT_CHIP)
+CHIP_SIZE = DEFAULT_CHIP.size
 
 
 def make_divisible(channels: float, divisor: int = 8) -> int:

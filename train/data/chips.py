@@ -3,8 +3,8 @@
 Detection per epoch would dominate training on a small CPU (YuNet + alignment cost ~3 ms per image,
 the chip a fraction of that to read back), so every image list is detected and aligned once:
 ``sdk.detect`` finds the faces, the one nearest the image centre is kept (as ``evaluate.lfw.embed_images``
-does: these sets are centred face crops), and ``sdk.align.align`` cuts the runtime's chip
-(``dlib5_150_0.25``: 150 x 150 RGB, padding 0.25). The chips are stored as a uint8 ``.npy``
+does: these sets are centred face crops), and ``sdk.chips`` cuts the runtime's chip
+(``sdk.chips.DEFAULT_CHIP``: 150 x 150 RGB, padding 0.25). The chips are stored as a uint8 ``.npy``
 ``[M, 150, 150, 3]`` (read back memory-mapped) with a ``.json`` beside it (which image each row is,
 which images had no face), under ``$FACESDK_HOME/chips`` or ``~/.cache/facesdk/chips``, never in the
 repository. The cache key covers the image paths, detector, scheme and chip geometry.
@@ -27,13 +27,11 @@ from typing import Any
 
 import numpy as np
 
+from sdk.chips import DEFAULT_CHIP, central_face, cut
 from sdk.paths import home
 
 log = logging.getLogger(__name__)
 
-CHIP_SIZE = 150
-CHIP_PADDING = 0.25
-CHIP_SCHEME = "dlib5_150_0.25"  # sdk.embed.DLIB_CHIP_SCHEME: what every backbone takes
 _FORMAT = 1  # bump when the cache layout or the cutting rule changes
 
 
@@ -104,7 +102,7 @@ def align_faces(
 
 def _cache_key(paths: Sequence[str | Path], detector: str, scheme: str, missing: str) -> str:
     digest = hashlib.sha256()
-    header = {"format": _FORMAT, "detector": detector, "scheme": scheme, "size": CHIP_SIZE, "padding": CHIP_PADDING}
+    header = {"format": _FORMAT, "detector": detector, "scheme": scheme, "size": DEFAULT_CHIP.size, "padding": DEFAULT_CHIP.padding}
     digest.update(json.dumps({**header, "missing": missing}, sort_keys=True).encode())
     for path in paths:
         digest.update(str(Path(path).resolve()).encode() + b"\0")
@@ -126,7 +124,7 @@ def _read_cache(stem: Path, key: str) -> AlignedFaces | None:
         log.warning("ignoring unreadable chip cache %s: %s", stem, e)
         return None
     index = np.asarray(meta.get("index", []), np.int64)
-    if meta.get("key") != key or chips.shape != (len(index), CHIP_SIZE, CHIP_SIZE, 3) or chips.dtype != np.uint8:
+    if meta.get("key") != key or chips.shape != (len(index), DEFAULT_CHIP.size, DEFAULT_CHIP.size, 3) or chips.dtype != np.uint8:
         log.warning("ignoring stale chip cache %s", stem)
         return None
     return AlignedFaces(chips, index, np.asarray(meta["no_face"], np.int64), meta["detector"], chips_path)
@@ -138,9 +136,6 @@ def _detect_and_align(
     """Stream chips to the raw file `out` in row order; returns (image of each row, images without a face)."""
     import cv2
     from tqdm import tqdm
-
-    from sdk.align import align
-    from evaluate.lfw import central_face
 
     def read(path: str | Path) -> np.ndarray:
         image = cv2.imread(str(path), cv2.IMREAD_COLOR)
@@ -158,16 +153,14 @@ def _detect_and_align(
             if face is None:
                 no_face.append(i)
                 continue
-            rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-            f.write(np.ascontiguousarray(align(rgb, face.landmarks, det.scheme, CHIP_SIZE, CHIP_PADDING)).tobytes())
+            f.write(np.ascontiguousarray(cut(bgr, face.landmarks, det.scheme)).tobytes())
             index.append(i)
             landmark_sum, found = landmark_sum + face.landmarks, found + 1
         if found == 0:
             raise RuntimeError(f"{name}: {det.name} found no face in any of {len(paths)} images")
         if missing == "mean":
             for i in no_face:
-                rgb = cv2.cvtColor(read(paths[i]), cv2.COLOR_BGR2RGB)
-                f.write(np.ascontiguousarray(align(rgb, landmark_sum / found, det.scheme, CHIP_SIZE, CHIP_PADDING)).tobytes())
+                f.write(np.ascontiguousarray(cut(read(paths[i]), landmark_sum / found, det.scheme)).tobytes())
                 index.append(i)
     return index, no_face
 
@@ -175,7 +168,7 @@ def _detect_and_align(
 def _write_cache(
     stem: Path, key: str, raw: Path, index: list[int], no_face: list[int], detector: str, paths: Sequence[str | Path]
 ) -> None:
-    shape = (len(index), CHIP_SIZE, CHIP_SIZE, 3)
+    shape = (len(index), DEFAULT_CHIP.size, DEFAULT_CHIP.size, 3)
     source = np.memmap(raw, np.uint8, "r", shape=shape)
     npy_tmp = stem.with_name(f".{stem.name}.{os.getpid()}.npy")
     json_tmp = stem.with_name(f".{stem.name}.{os.getpid()}.json")
@@ -188,7 +181,7 @@ def _write_cache(
         meta = {
             "key": key,
             "detector": detector,
-            "chip_scheme": CHIP_SCHEME,
+            "chip_scheme": str(DEFAULT_CHIP),
             "images": len(paths),
             "index": index,
             "no_face": no_face,
@@ -223,7 +216,7 @@ class ChipDataset:
     def gather(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
         """uint8 chips [len(indices), 150, 150, 3] (copied out of the memory maps)."""
         indices = np.asarray(indices, np.int64)
-        out = np.empty((len(indices), CHIP_SIZE, CHIP_SIZE, 3), np.uint8)
+        out = np.empty((len(indices), DEFAULT_CHIP.size, DEFAULT_CHIP.size, 3), np.uint8)
         for k, i in enumerate(indices):
             out[k] = self.parts[self.part[i]][self.row[i]]
         return out

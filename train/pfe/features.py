@@ -220,9 +220,8 @@ def extract_features(
     """
     from tqdm import tqdm
 
-    from sdk.align import align
+    from sdk.chips import central_chip
     from sdk.detect import default_detector
-    from evaluate.lfw import central_face
 
     if not len(paths) == len(identity) == len(source):
         raise ValueError(f"{len(paths)} paths, {len(identity)} identities, {len(source)} sources")
@@ -255,11 +254,11 @@ def extract_features(
         image = cv2.imread(str(path), cv2.IMREAD_COLOR)
         if image is None:
             raise ValueError(f"cannot read image {path}")
-        face = central_face(detector.detect(image), image.shape)
-        if face is None:
+        found = central_chip(image, detector)
+        if found is None:
             skipped.append(str(path))
             continue
-        chip = align(cv2.cvtColor(image, cv2.COLOR_BGR2RGB), face.landmarks, detector.scheme)
+        chip = found[0]
         seconds["detect+align"] += time.perf_counter() - start
         start = time.perf_counter()
         rng = np.random.default_rng([seed, index])
