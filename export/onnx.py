@@ -181,7 +181,7 @@ def export_dlib_default(path: str | os.PathLike[str] | None = None) -> Path:
 def export_checkpoint(checkpoint: str | os.PathLike[str], path: str | os.PathLike[str]) -> Path:
     """The backbone of a ``python -m train`` checkpoint. No threshold: calibrate the exported file
     (``facesdk calibrate --model PATH --write``) before a Verifier uses it."""
-    from train.trainer import backbone_from_state, read_checkpoint
+    from train.checkpoint import backbone_from_state, read_checkpoint
 
     checkpoint = Path(checkpoint)
     state = read_checkpoint(checkpoint)

@@ -279,21 +279,19 @@ def test_matches_pytorch_metric_learning_on_clustered_embeddings() -> None:
 
 
 @pytest.fixture(scope="module")
-def face_embeddings(data: Path) -> tuple[torch.Tensor, torch.Tensor]:
+def face_embeddings(data: Path, default_onnx: Path) -> tuple[torch.Tensor, torch.Tensor]:
     """The default model's embeddings of 8 faces each of 10 CelebA identities (real distances)."""
     from evaluate.calibration import labelled_images
-    from sdk.detect import default_detector
-    from sdk.embed import OnnxEmbedder, default_model_path
     from evaluate.lfw import embed_images
+    from sdk.detect import default_detector
+    from sdk.embed import OnnxEmbedder
 
-    if not default_model_path().is_file():
-        pytest.skip(f"default model {default_model_path()} absent (python -m export.onnx default)")
     if not (data / "celeba_subset" / "identities.txt").is_file():
         pytest.skip(f"CelebA subset not found under {data}")
     paths, labels = labelled_images(data, "celeba")
     chosen = [i for ident in sorted(set(labels.tolist()))[:10] for i in (labels == ident).nonzero()[0][:8]]
     detector, _ = default_detector()
-    embedded = embed_images([paths[i] for i in chosen], detector, OnnxEmbedder(threads=2), progress=False)
+    embedded = embed_images([paths[i] for i in chosen], detector, OnnxEmbedder(default_onnx, threads=2), progress=False)
     return torch.from_numpy(embedded.embeddings), torch.from_numpy(labels[chosen]).long()
 
 

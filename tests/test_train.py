@@ -194,7 +194,8 @@ def test_a_small_backbone_exports_to_the_runtime_model_contract(tmp_path: Path) 
 
 def test_freeze_keeps_named_parameters_out_of_the_optimizer() -> None:
     from train.config import Config
-    from train.trainer import freeze, make_optimizer
+    from train.optim import make_optimizer
+    from train.trainer import freeze
 
     model = create_backbone("mobilefacenet", image_size=64, width=0.25)
     first = next(iter(model.named_parameters()))[0].split(".")[0]
@@ -209,7 +210,7 @@ def test_freeze_keeps_named_parameters_out_of_the_optimizer() -> None:
 
 def test_relative_lr_moves_each_tensor_by_lr_times_its_own_size() -> None:
     """AdamW's first step is lr * sign(grad) per weight; relative_lr scales it by the tensor's RMS."""
-    from train.trainer import make_optimizer
+    from train.optim import make_optimizer
 
     torch.manual_seed(0)
     model = create_backbone("inception_resnet_small", image_size=48).eval()
@@ -395,7 +396,8 @@ def test_resume_continues_bit_exactly(att_dataset, chip_cache: Path, tmp_path: P
 def test_two_gloo_processes_end_with_identical_weights(att_dataset, chip_cache: Path, tmp_path: Path) -> None:
     """DDP on CPU: 2 processes, each its own P identities; both replicas must end bit-identical."""
     _mining_available()
-    from train.trainer import CHECKPOINT, launch_local, load_trained_backbone
+    from train.checkpoint import load_trained_backbone
+    from train.trainer import CHECKPOINT, launch_local
 
     config = tiny_config(chip_cache, steps=3, checkpoint_every=100)
     summary = launch_local(config, tmp_path / "ddp", nprocs=2)
@@ -522,7 +524,8 @@ def test_crossval_scores_each_fold_with_the_run_that_did_not_see_its_people(
     _mining_available()
     from evaluate.lfw import evaluate
     from train.crossval import cross_validate, fold_config, main, subset
-    from train.trainer import CHECKPOINT, LfwEvaluation, Trainer, backbone_from_state, embed_chips, read_checkpoint
+    from train.checkpoint import backbone_from_state, read_checkpoint
+    from train.trainer import CHECKPOINT, LfwEvaluation, Trainer, embed_chips
 
     monkeypatch.setenv("FACESDK_HOME", str(tmp_path))  # the LFW chips of the slice are cached there
     config = tiny_config(chip_cache, steps=1, data__train=["celeba", "lfw-devtrain"], data__eval_pairs="pairsDevTest.txt")

@@ -28,7 +28,8 @@ import numpy as np  # noqa: E402
 from torch import nn  # noqa: E402
 
 from train.config import config_from_dict  # noqa: E402
-from train.trainer import LfwEvaluation, backbone_from_state, embed_chips, initial_backbone, read_checkpoint  # noqa: E402
+from train.checkpoint import backbone_from_state, read_checkpoint  # noqa: E402
+from train.trainer import LfwEvaluation, embed_chips, initial_backbone  # noqa: E402
 
 
 def mcnemar_p(gained: int, lost: int) -> float:

@@ -253,7 +253,12 @@ def _describe(hint: Any) -> str:
 
 def _check(c: Config, source: str) -> None:
     """Values in range and names that exist (backbone, optimiser, schedule, mining mode)."""
+    # The registries that name what a config may choose (they need torch; a config is for training).
+    from sdk.detect import DETECTORS
     from train.backbones import backbone_factory, list_backbones
+    from train.losses import REDUCTIONS
+    from train.mining import FALLBACKS, MODES
+    from train.optim import OPTIMIZERS, SCHEDULES
 
     def fail(message: str) -> None:
         raise ConfigError(f"{source}: {message}")
@@ -278,21 +283,19 @@ def _check(c: Config, source: str) -> None:
     if not c.data.train:
         fail("data.train must list at least one face source")
     choose("device", c.device, ("cpu", "cuda", "auto"))
-    from sdk.detect import DETECTORS
-
     choose("data.detector", c.data.detector, tuple(DETECTORS))
-    choose("mining.mode", c.mining.mode, ("semihard", "hardest", "batch_all"))
-    choose("mining.fallback", c.mining.fallback, ("none", "easy", "hardest"))
-    choose("mining.reduction", c.mining.reduction, ("mean", "sum", "mean_active"))
+    choose("mining.mode", c.mining.mode, MODES)
+    choose("mining.fallback", c.mining.fallback, FALLBACKS)
+    choose("mining.reduction", c.mining.reduction, REDUCTIONS)
     positive("mining.margin", c.mining.margin, allow_zero=True)
     positive("distill.weight", c.distill.weight, allow_zero=True)
-    choose("optimizer.name", c.optimizer.name, ("adagrad", "adamw", "sgd"))
+    choose("optimizer.name", c.optimizer.name, tuple(OPTIMIZERS))
     positive("optimizer.lr", c.optimizer.lr)
     positive("optimizer.weight_decay", c.optimizer.weight_decay, allow_zero=True)
     positive("optimizer.grad_clip", c.optimizer.grad_clip)
     if len(c.optimizer.betas) != 2 or not all(0 <= b < 1 for b in c.optimizer.betas):
         fail(f"optimizer.betas must be two numbers in [0, 1), got {c.optimizer.betas}")
-    choose("schedule.name", c.schedule.name, ("cosine", "step", "constant"))
+    choose("schedule.name", c.schedule.name, SCHEDULES)
     positive("schedule.warmup_steps", c.schedule.warmup_steps, allow_zero=True)
     if not 0 <= c.schedule.min_lr_ratio <= 1:
         fail(f"schedule.min_lr_ratio must be in [0, 1], got {c.schedule.min_lr_ratio}")

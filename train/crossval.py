@@ -34,15 +34,8 @@ from evaluate.lfw import Pairs  # noqa: E402
 from train.compare import changes, describe, mcnemar_p, outcomes  # noqa: E402
 from train.config import Config, ConfigError, load_config  # noqa: E402
 from train.data.datasets import LFW_FOLDS, lfw_people_folds  # noqa: E402
-from train.trainer import (  # noqa: E402
-    CHECKPOINT,
-    LfwEvaluation,
-    Trainer,
-    backbone_from_state,
-    embed_chips,
-    initial_backbone,
-    read_checkpoint,
-)
+from train.checkpoint import backbone_from_state, read_checkpoint  # noqa: E402
+from train.trainer import CHECKPOINT, LfwEvaluation, Trainer, embed_chips, initial_backbone  # noqa: E402
 
 log = logging.getLogger("train.crossval")
 

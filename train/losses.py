@@ -12,6 +12,8 @@ from typing import Literal
 
 import torch
 
+REDUCTIONS = ("mean", "sum", "mean_active")
+
 
 def _check(embeddings: torch.Tensor, a: torch.Tensor, p: torch.Tensor, n: torch.Tensor) -> None:
     if embeddings.dim() != 2:
@@ -58,8 +60,8 @@ def triplet_loss(
     gradient from fading as more triplets are satisfied. No triplet gives 0, still connected to
     the graph so that ``backward()`` works.
     """
-    if reduction not in ("mean", "sum", "mean_active"):
-        raise ValueError(f"reduction must be mean, sum or mean_active, got {reduction!r}")
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {', '.join(REDUCTIONS)}, got {reduction!r}")
     losses = triplet_losses(embeddings, a, p, n, margin)
     if losses.numel() == 0:
         return embeddings.sum() * 0.0 + 0.0  # + 0.0: never -0.0 in the logs

@@ -35,7 +35,6 @@ import hashlib
 import inspect
 import json
 import logging
-import math
 import os
 import socket
 import time
@@ -50,6 +49,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from train.backbones import create_backbone
+from train.checkpoint import read_checkpoint
 from train.config import Config, config_from_dict
 from train.data.augment import FaceAugment, chips_to_input
 from train.data.chips import ChipDataset, align_faces
@@ -57,6 +57,7 @@ from train.data.datasets import face_lists
 from train.data.sampler import PKSampler
 from train.losses import active_fraction, triplet_loss
 from train.mining import mine_triplets
+from train.optim import make_optimizer, make_scheduler
 
 log = logging.getLogger(__name__)
 
@@ -189,24 +190,6 @@ def batch_active_fraction(unit: torch.Tensor, labels: torch.Tensor, margin: floa
         return (float(count) / float(total) if int(total) else 0.0), int(positive.sum())
 
 
-class LRFactor:
-    """The schedule as a factor of the base lr at step t (a class: LambdaLR saves its fields)."""
-
-    def __init__(self, name: str, steps: int, warmup: int, min_ratio: float, milestones: list[int], gamma: float) -> None:
-        self.name, self.steps, self.warmup, self.min_ratio = name, steps, warmup, min_ratio
-        self.milestones, self.gamma = list(milestones), gamma
-
-    def __call__(self, t: int) -> float:
-        if t < self.warmup:
-            return (t + 1) / self.warmup
-        if self.name == "cosine":
-            progress = min(1.0, (t - self.warmup) / max(1, self.steps - self.warmup))
-            return self.min_ratio + (1 - self.min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-        if self.name == "step":
-            return self.gamma ** sum(t >= m for m in self.milestones)
-        return 1.0
-
-
 def freeze(model: nn.Module, prefixes: list[str]) -> None:
     """Keep the parameters whose names start with one of ``prefixes`` fixed."""
     names = [name for name, _ in model.named_parameters()]
@@ -217,24 +200,6 @@ def freeze(model: nn.Module, prefixes: list[str]) -> None:
     for name, parameter in model.named_parameters():
         if any(name.startswith(p) for p in prefixes):
             parameter.requires_grad_(False)
-
-
-def make_optimizer(model: nn.Module, config: Config) -> torch.optim.Optimizer:
-    o = config.optimizer
-    trainable: list[Any] = [p for p in model.parameters() if p.requires_grad]
-    if o.relative_lr:  # one group per tensor, lr scaled by its RMS (LambdaLR keeps each group's base)
-        trainable = [{"params": [p], "lr": o.lr * float(p.detach().pow(2).mean().sqrt())} for p in trainable]
-    if o.name == "adagrad":
-        return torch.optim.Adagrad(trainable, lr=o.lr, weight_decay=o.weight_decay)
-    if o.name == "sgd":
-        return torch.optim.SGD(trainable, lr=o.lr, momentum=0.9, weight_decay=o.weight_decay)
-    return torch.optim.AdamW(trainable, lr=o.lr, weight_decay=o.weight_decay, betas=tuple(o.betas))
-
-
-def make_scheduler(optimizer: torch.optim.Optimizer, config: Config) -> torch.optim.lr_scheduler.LambdaLR:
-    s = config.schedule
-    factor = LRFactor(s.name, config.steps, s.warmup_steps, s.min_lr_ratio, s.milestones, s.gamma)
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 def embed_chips(
@@ -666,8 +631,7 @@ def _warm_up_mining() -> None:
     """Compile/load the mining op once before other ranks race to build it."""
     from train import mining
 
-    if hasattr(mining, "load_op"):
-        mining.load_op()
+    mining.load_op()
 
 
 def _changed_fields(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
@@ -755,28 +719,10 @@ def plot_metrics(out: Path) -> Path | None:
 # --- loading a trained model (export) and local multi-process runs -------------------------------
 
 
-def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """A checkpoint's contents. Tensors and plain data only (``weights_only``): loading a file
-    never runs code from it."""
-    return torch.load(path, map_location=map_location, weights_only=True)
-
-
 def initial_backbone(config: Config) -> nn.Module:
     """The network a run starts from: its backbone, initial weights seeded with ``config.seed``."""
     torch.manual_seed(config.seed)
     return create_backbone(config.backbone.name, **config.backbone.options)
-
-
-def backbone_from_state(state: dict[str, Any]) -> nn.Module:
-    """The backbone a checkpoint's contents describe, with its weights, in eval mode."""
-    model = create_backbone(state["backbone"]["name"], **state["backbone"]["options"])
-    model.load_state_dict(state["model"])
-    return model.eval()
-
-
-def load_trained_backbone(checkpoint: str | Path, map_location: str = "cpu") -> nn.Module:
-    """The backbone of a training checkpoint, in eval mode (for ``export.onnx.export_onnx``)."""
-    return backbone_from_state(read_checkpoint(checkpoint, map_location))
 
 
 def _free_port() -> int:
