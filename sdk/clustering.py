@@ -6,20 +6,10 @@ clusters merge while the mean squared L2 distance over all pairs of faces across
 the threshold) is kept for comparison: one chance match joins two people, so on real faces it
 chains everything into a few clusters at any threshold near the verification one.
 
-Why average linkage: pairwise F1 on the default pipeline's embeddings (YuNet, dlib's ResNet),
-thresholds 0.04..0.22 in steps of 0.01: the best, and at 0.14 (the threshold `facesdk calibrate`
-finds for the default model at FAR 1e-3 on CelebA):
-
-    faces (identities)                  average linkage     single linkage      Chinese whispers
-    LFW, people with >= 10 images       0.991 @0.16, 0.983  0.970 @0.09, 0.055  0.989 @0.12, 0.950
-      4,324 (158)
-    LFW, everyone: 13,233 (5,749)       0.969 @0.14, 0.969  0.896 @0.07, 0.007  0.968 @0.09, 0.399
-    CelebA subset: 5,093 (239)          0.880 @0.16, 0.861  0.775 @0.09, 0.010  0.861 @0.12, 0.819
-
-Average linkage is the best of the three everywhere, and near its best over a wide band around
-the verification threshold (within 5% of it from 0.13 to 0.17 on all three sets). Chinese whispers
-(dlib's face clustering; measured with a seeded Python version, not shipped) comes close only at
-a lower threshold, collapses just above it, and is randomised.
+Why average linkage: on the default pipeline's embeddings it had the best pairwise F1 of the
+three methods tried (average, single, Chinese whispers) on LFW and the CelebA subset, and stays
+near its best over a wide band around the verification threshold (README, "Clustering", has the
+figures; ``python -m evaluate.clustering`` measures them).
 
 How average linkage runs in near-linear memory:
 
@@ -30,9 +20,8 @@ How average linkage runs in near-linear memory:
   <= t (a minimum is at most the mean), and the link of A∪B to C is a weighted mean of the links
   of A and of B to C, so the candidate edges of a merged cluster are those of its parts. The
   starting edges are each face's ``neighbours`` nearest faces within the threshold
-  (``kernels.topk``). With every face as a neighbour the result is exact average linkage; with
-  32 (the default) pairwise F1 on the first and third sets stayed within 0.002 of exact at every
-  threshold tried, 20-30x faster (64 matched exact, 1.7x slower than 32).
+  (``kernels.topk``). With every face as a neighbour the result is exact average linkage; the
+  default of 32 measured as close to exact and much faster (README, "Clustering").
 * Merges are made in rounds: every pair of clusters that are each other's nearest candidate is
   merged at once (reciprocal nearest neighbours). Average linkage is reducible (a merge never
   brings a cluster closer to a third), so this gives the clusters of merging the closest pair
@@ -64,9 +53,8 @@ def cluster_embeddings(
 ) -> np.ndarray:
     """Cluster labels int64 [n] of embeddings [n, dim], numbered 0.. in order of first appearance.
 
-    ``threshold`` is in squared L2. The verification threshold is a good choice for "average":
-    with the default model, F1 was within 5% of its best from 0.13 to 0.17 on LFW and CelebA, and
-    its calibrated threshold at FAR 1e-3 is 0.14. ``method``: "average" (see the module docstring)
+    ``threshold`` is in squared L2. The model's verification threshold is a good choice for
+    "average" (README, "Clustering"). ``method``: "average" (see the module docstring)
     or "single" (its cost grows with the number of pairs within the threshold). ``neighbours``:
     candidate edges per face for "average". The result is deterministic: no randomness, and the
     same for any number of threads.

@@ -51,8 +51,7 @@ Matching
     changed: this object's own writes bump a generation counter, other connections'
     commits show in ``PRAGMA data_version``. A snapshot is an immutable tuple
     replaced by one assignment, so a search holds a consistent one throughout.
-    A reload reads every row (about 0.13 s for 100,000 embeddings of dim 128 on a
-    2-core Xeon), paid by the first search after each change.
+    A reload reads every row, paid by the first search after each change.
 
     :meth:`Gallery.search` returns the ``k`` best *distinct* identities, each
     ranked by its nearest image (ties: the image enrolled first). It runs

@@ -16,9 +16,9 @@ Probabilistic Face Embeddings (a model with a ``sigma_sq`` output, see :mod:`sdk
   squared-L2 thresholds. ``scoring="mls"`` compares faces by mutual likelihood score, higher =
   more alike; thresholds are MLS values (accept if ``MLS >= threshold``) from the model's
   ``mls_threshold`` / ``mls_threshold_table`` (``python -m evaluate.pfe calibrate --write``).
-  MLS is not the default because, with our head, it lost on LFW (98.90 vs 99.03 %) and at a
-  threshold calibrated on clean faces it accepts far more impostor pairs of two poor faces
-  than L2 (both faces blurred by 4 px: FAR 53.6 vs 19.9 %; ``python -m evaluate.pfe degraded``).
+  MLS is not the default: with our head it did not beat L2 on LFW, and at a threshold
+  calibrated on clean faces it accepts far more impostor pairs of two poor faces than L2
+  (README, "Probabilistic Face Embeddings").
   Where it wins (one poor face against good ones; quality gating) see README. Set
   ``min_quality`` when faces may be poor, whatever the scoring.
 * Enrolment stores each face's sigma_sq and quality in the gallery; every Match carries its
