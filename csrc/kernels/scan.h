@@ -122,11 +122,12 @@ struct HigherIsBetter {  // mutual likelihood scores
 
 // ---- Collectors ------------------------------------------------------------
 
-// Calls f(j) for every candidate column j < ncols of row i.
+// Calls f(j) for every candidate column j < ncols of row i (every column when
+// hits is null).
 template <class F>
-inline void for_each_candidate(const Block& b, std::size_t i, std::size_t ncols, F&& f) {
-  if (b.hits) {
-    std::uint32_t m = b.hits[i];
+inline void for_each_candidate(const std::uint32_t* hits, std::size_t i, std::size_t ncols, F&& f) {
+  if (hits) {
+    std::uint32_t m = hits[i];
     if (ncols < 32) m &= (1u << ncols) - 1u;  // a partial panel's valid columns
     for (; m; m &= m - 1) f(std::size_t(__builtin_ctz(m)));
   } else {
@@ -168,11 +169,22 @@ struct MatchCollector {
   }
   const float* bound(int) const { return bounds.data(); }
   void block(int t, std::size_t i0, std::size_t mr, std::size_t j0, std::size_t ncols, const Block& b) {
-    for (std::size_t i = 0; i < mr; ++i)
-      for_each_candidate(b, i, ncols, [&](std::size_t j) {
-        const float v = b.values[i * b.stride + j];
-        if (Order::within(v, threshold)) hits[t].push_back({std::int64_t(j0 + j), std::uint32_t(i0 + i), v});
+    // Locals, not members: push_back could alias them and force reloads.
+    std::vector<Hit>& out = hits[t];
+    const float limit = threshold;
+    for (std::size_t i = 0; i < mr; ++i) {
+      const float* row = b.values + i * b.stride;
+      const auto q = std::uint32_t(i0 + i);
+      for_each_candidate(b.hits, i, ncols, [&](std::size_t j) {
+        if (!Order::within(row[j], limit)) return;
+        // Field by field: a braced Hit was built on the stack and copied as
+        // one 16-byte load, which stalls on store forwarding.
+        Hit& h = out.emplace_back();
+        h.gallery = std::int64_t(j0 + j);
+        h.query = q;
+        h.value = row[j];
       });
+    }
   }
   // Counting sort by query; within a query, threads and tiles already ascend.
   void collect(std::vector<std::int64_t>& query, std::vector<std::int64_t>& gallery,
@@ -222,9 +234,10 @@ struct TopkCollector {
   const float* bound(int t) const { return states[t].bound.data(); }
   void block(int t, std::size_t i0, std::size_t mr, std::size_t j0, std::size_t ncols, const Block& b) {
     State& s = states[t];
-    for (std::size_t i = 0; i < mr; ++i)
-      for_each_candidate(b, i, ncols,
-                         [&](std::size_t j) { insert(s, i0 + i, b.values[i * b.stride + j], std::int64_t(j0 + j)); });
+    for (std::size_t i = 0; i < mr; ++i) {
+      const float* row = b.values + i * b.stride;
+      for_each_candidate(b.hits, i, ncols, [&](std::size_t j) { insert(s, i0 + i, row[j], std::int64_t(j0 + j)); });
+    }
   }
   void insert(State& s, std::size_t q, float v, std::int64_t g) const {
     std::size_t& count = s.count[q];
