@@ -162,7 +162,7 @@ struct MatchCollector {
   float threshold;
   std::vector<float> bounds;
   std::vector<std::vector<Hit>> hits;
-  MatchCollector(std::size_t nq, float threshold) : nq(nq), threshold(threshold) {}
+  MatchCollector(std::size_t queries, float limit) : nq(queries), threshold(limit) {}
   void start(int threads) {
     bounds.assign(nq, threshold);
     hits.assign(threads, {});
@@ -177,8 +177,8 @@ struct MatchCollector {
       const auto q = std::uint32_t(i0 + i);
       for_each_candidate(b.hits, i, ncols, [&](std::size_t j) {
         if (!Order::within(row[j], limit)) return;
-        // Field by field: a braced Hit was built on the stack and copied as
-        // one 16-byte load, which stalls on store forwarding.
+        // Field by field: GCC builds a braced Hit on the stack and copies it
+        // with one 16-byte load, which stalls on store forwarding.
         Hit& h = out.emplace_back();
         h.gallery = std::int64_t(j0 + j);
         h.query = q;
@@ -221,7 +221,8 @@ struct TopkCollector {
   };
   std::vector<State> states;
   // A thread's list never needs more than ng entries; the rest is padding.
-  TopkCollector(std::size_t nq, std::size_t k, std::size_t ng) : nq(nq), k(std::max<std::size_t>(1, std::min(k, ng))) {}
+  TopkCollector(std::size_t queries, std::size_t wanted, std::size_t ng)
+      : nq(queries), k(std::max<std::size_t>(1, std::min(wanted, ng))) {}
   void start(int threads) {
     states.assign(threads, {});
     for (State& s : states) {
@@ -261,7 +262,8 @@ struct TopkCollector {
       cand.clear();
       for (const State& s : states)
         for (std::size_t r = 0; r < s.count[q]; ++r) cand.emplace_back(s.value[q * k + r], s.idx[q * k + r]);
-      std::stable_sort(cand.begin(), cand.end(), [](const auto& a, const auto& b) { return Order::better(a.first, b.first); });
+      std::stable_sort(cand.begin(), cand.end(),
+                       [](const auto& a, const auto& b) { return Order::better(a.first, b.first); });
       for (std::size_t r = 0; r < out_k; ++r) {
         const bool have = r < k && r < cand.size();
         idx_out[q * out_k + r] = have ? cand[r].second : -1;
