@@ -8,18 +8,25 @@ in pyproject.toml.
 """
 
 from glob import glob
+from pathlib import Path
 
 from pybind11.setup_helpers import ParallelCompile, Pybind11Extension, build_ext
 from setuptools import setup
 
 ParallelCompile("FACESDK_BUILD_JOBS", default=0).install()
 
+# The one list of kernel sources, shared with CMakeLists.txt.
+SOURCES = "csrc/kernels/sources.txt"
+kernel_sources = [
+    line.strip() for line in Path(SOURCES).read_text().splitlines() if line.strip() and not line.startswith("#")
+]
+
 kernels = Pybind11Extension(
     "sdk._kernels",
-    sources=sorted(glob("csrc/kernels/*.cpp")) + ["csrc/python/module.cpp"],
+    sources=[*kernel_sources, "csrc/python/module.cpp"],
     include_dirs=["csrc/include"],
-    # Headers, so that editing one rebuilds the extension.
-    depends=sorted(glob("csrc/kernels/*.h") + glob("csrc/include/facesdk/*.h")),
+    # Headers (and the source list), so that editing one rebuilds the extension.
+    depends=sorted(glob("csrc/kernels/*.h") + glob("csrc/include/facesdk/*.h")) + [SOURCES],
     cxx_std=17,
     # -ffp-contract=off: the portable kernels must round every chain the same way.
     extra_compile_args=["-O3", "-fopenmp", "-ffp-contract=off"],

@@ -1,42 +1,26 @@
-// Mutual likelihood score (PFE): argument checks, threading and the selection
-// of matches / top-k around the per-instruction-set `mls` kernels of tile.h.
-//
-// Unlike squared L2 there is nothing to pack: the kernels read gallery rows in
-// place, so the gallery is only cut into cache-sized tiles, one contiguous run
-// of tiles per thread, and every query is swept over a tile while it is hot.
-// Each gallery tile is validated by the thread that scores it, so the gallery
-// is read from memory once.
+// Mutual likelihood score (PFE): argument checks and the scorer that runs the
+// per-instruction-set `mls` kernels of tile.h inside the scan of scan.h.
 #include <algorithm>
-#include <atomic>
-#include <cfloat>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
-#include <exception>
 #include <limits>
 #include <stdexcept>
 #include <string>
-#include <utility>
 #include <vector>
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
+#include "dispatch.h"
 #include "facesdk/kernels.h"
+#include "scan.h"
 #include "tile.h"
 
 namespace facesdk {
 namespace {
 
+using detail::Block;
+using detail::Layout;
 using detail::TileKernels;
 using std::size_t;
-
-// Pairs x dim below which one thread is faster than waking a team (a pair-dim
-// of MLS costs about ten of squared L2's).
-constexpr double kWorkPerThread = 1 << 17;
-// Bytes of gallery (mu and sigma^2) a thread keeps hot while it sweeps all queries.
-constexpr size_t kTileBytes = 256 * 1024;
 
 struct Gaussians {  // `rows` rows of (mu, sigma^2), and their names for errors
   const float* mu;
@@ -105,152 +89,43 @@ Gaussians gallery(const float* mu, const float* s, size_t rows) {
   return {mu, s, rows, "G_mu (gallery mu)", "G_s (gallery sigma^2)"};
 }
 
-// Scores every (query, gallery) pair and hands them to the sink a tile row at a
-// time, as sink.block(thread, query, j0, rows, scores) with scores[j] for
-// gallery row j0 + j. Queries must be checked already; the gallery is checked here.
-template <class Sink>
-void scan(const TileKernels& K, const Gaussians& Q, const Gaussians& G, size_t dim, Sink& sink) {
-  const size_t nq = Q.rows, ng = G.rows;
-  int threads = 1;
-#ifdef _OPENMP
-  const double work = double(nq) * double(ng) * double(dim);
-  threads = int(std::max(1.0, std::min({double(omp_get_max_threads()), work / kWorkPerThread,
-                                        double((ng + 3) / 4)})));
-#endif
-  // Cache-sized tiles of whole 4-row groups, small enough that every thread gets one.
-  size_t tile = std::max<size_t>(4, kTileBytes / (2 * dim * sizeof(float)));
-  tile = std::min(tile, (ng + size_t(threads) - 1) / size_t(threads));
-  tile = std::max<size_t>(4, (tile + 3) / 4 * 4);
-  const size_t tiles = (ng + tile - 1) / tile;
-  sink.start(threads);
-  // No exception may leave an OpenMP region: the first one stops every thread
-  // and is rethrown after it.
-  std::exception_ptr error;
-  std::atomic<bool> stop{false};
+// Nothing to pack: the kernels read gallery rows in place, so the gallery is
+// only cut into cache-sized tiles of whole 4-row groups, each validated by the
+// thread that scores it (the gallery is read from memory once), and each query
+// is scored against a whole tile per call.
+struct MlsScorer {
+  const TileKernels& K;
+  const Gaussians &Q, &G;
+  size_t nq, ng, dim;
 
-#pragma omp parallel num_threads(threads) if (threads > 1)
-  try {
-    int t = 0;
-#ifdef _OPENMP
-    t = omp_get_thread_num();
-#endif
-    std::vector<float> scores(tile);
-    for (size_t p = tiles * t / threads; p < tiles * (t + 1) / threads && !stop.load(std::memory_order_relaxed); ++p) {
-      const size_t j0 = p * tile, rows = std::min(tile, ng - j0);
-      check_rows(G, j0, j0 + rows, dim);
-      for (size_t i = 0; i < nq; ++i) {
-        K.mls(Q.mu + i * dim, Q.s + i * dim, G.mu + j0 * dim, G.s + j0 * dim, rows, dim, scores.data());
-        sink.block(t, i, j0, rows, scores.data());
-      }
-    }
-  } catch (...) {
-#pragma omp critical(facesdk_mls_scan_error)
-    if (!error) error = std::current_exception();
-    stop = true;
+  // A pair-dim of MLS costs about ten of squared L2's.
+  static double work_per_thread() { return 1 << 17; }
+  static size_t granule() { return 4; }
+  Layout layout(int threads) const {  // small enough that every thread gets a tile
+    size_t tile = std::max<size_t>(4, detail::kTileBytes / (2 * dim * sizeof(float)));
+    tile = std::min(tile, (ng + size_t(threads) - 1) / size_t(threads));
+    return {std::max<size_t>(4, (tile + 3) / 4 * 4), 1};
   }
-  if (error) std::rethrow_exception(error);
+  static size_t query_rows() { return 1; }
+  static size_t gallery_rows(const Layout& L) { return L.unit_rows; }
+
+  using Workspace = std::vector<float>;  // one query's scores against a tile
+  static Workspace workspace(const Layout& L) { return Workspace(L.unit_rows); }
+  void load(Workspace&, size_t j_begin, size_t j_end) const { check_rows(G, j_begin, j_end, dim); }
+  Block score(Workspace& scores, size_t i, size_t, size_t j0, size_t rows, const float*, bool) const {
+    K.mls(Q.mu + i * dim, Q.s + i * dim, G.mu + j0 * dim, G.s + j0 * dim, rows, dim, scores.data());
+    return {scores.data(), rows, nullptr};
+  }
+};
+
+// Checks the queries; runs the scan unless there are none (the gallery is
+// still checked then).
+template <class Collector>
+void run(const Gaussians& Q, const Gaussians& G, size_t dim, Collector& out) {
+  check_rows(Q, 0, Q.rows, dim);
+  if (Q.rows == 0) return check_rows(G, 0, G.rows, dim);
+  detail::scan(MlsScorer{detail::active_kernels(), Q, G, Q.rows, G.rows, dim}, out);
 }
-
-// mls: every score into the full matrix.
-struct MatrixSink {
-  float* out;
-  size_t ng;
-  void start(int) {}
-  void block(int, size_t i, size_t j0, size_t rows, const float* scores) {
-    std::memcpy(out + i * ng + j0, scores, rows * sizeof(float));
-  }
-};
-
-// mls_match: every score >= threshold, per thread in (query, gallery) order
-// for each query.
-struct MatchSink {
-  struct Hit {
-    std::int64_t gallery;
-    std::uint32_t query;
-    float score;
-  };
-  size_t nq;
-  float threshold;
-  std::vector<std::vector<Hit>> hits;
-  void start(int threads) { hits.assign(threads, {}); }
-  void block(int t, size_t i, size_t j0, size_t rows, const float* scores) {
-    for (size_t j = 0; j < rows; ++j)
-      if (scores[j] >= threshold) hits[t].push_back({std::int64_t(j0 + j), std::uint32_t(i), scores[j]});
-  }
-  // Counting sort by query; within a query, threads and tiles already ascend.
-  MlsMatches collect() const {
-    std::vector<size_t> start(nq + 1, 0);
-    for (const auto& th : hits)
-      for (const Hit& h : th) ++start[h.query + 1];
-    for (size_t i = 0; i < nq; ++i) start[i + 1] += start[i];
-    MlsMatches m;
-    m.query.resize(start[nq]);
-    m.gallery.resize(start[nq]);
-    m.score.resize(start[nq]);
-    for (const auto& th : hits)
-      for (const Hit& h : th) {
-        const size_t at = start[h.query]++;
-        m.query[at] = h.query;
-        m.gallery[at] = h.gallery;
-        m.score[at] = h.score;
-      }
-    return m;
-  }
-};
-
-// mls_topk: per thread and query, the best k so far, highest first. Gallery
-// rows arrive in ascending order, so a newcomer goes after equal scores and
-// only a strictly higher score displaces a full list's last entry.
-struct TopkSink {
-  size_t nq, k;
-  struct State {
-    std::vector<float> score;
-    std::vector<std::int64_t> idx;
-    std::vector<size_t> count;
-  };
-  std::vector<State> states;
-  void start(int threads) {
-    states.assign(threads, {});
-    for (State& s : states) {
-      s.score.resize(nq * k);
-      s.idx.resize(nq * k);
-      s.count.assign(nq, 0);
-    }
-  }
-  void block(int t, size_t i, size_t j0, size_t rows, const float* scores) {
-    State& s = states[t];
-    float* best = s.score.data() + i * k;
-    std::int64_t* idx = s.idx.data() + i * k;
-    size_t& count = s.count[i];
-    for (size_t j = 0; j < rows; ++j) {
-      const float v = scores[j];
-      if (count == k && !(v > best[k - 1])) continue;
-      size_t pos = count < k ? count++ : k - 1;
-      for (; pos > 0 && best[pos - 1] < v; --pos) {
-        best[pos] = best[pos - 1];
-        idx[pos] = idx[pos - 1];
-      }
-      best[pos] = v;
-      idx[pos] = std::int64_t(j0 + j);
-    }
-  }
-  // Merges the threads' lists (of `out_k` >= k entries per query, padded);
-  // a stable sort keeps lower chunks (indices) first on ties.
-  void collect(size_t out_k, std::int64_t* idx_out, float* score_out) const {
-    std::vector<std::pair<float, std::int64_t>> cand;
-    for (size_t q = 0; q < nq; ++q) {
-      cand.clear();
-      for (const State& s : states)
-        for (size_t r = 0; r < s.count[q]; ++r) cand.emplace_back(s.score[q * k + r], s.idx[q * k + r]);
-      std::stable_sort(cand.begin(), cand.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
-      for (size_t r = 0; r < out_k; ++r) {
-        const bool have = r < k && r < cand.size();
-        idx_out[q * out_k + r] = have ? cand[r].second : -1;
-        score_out[q * out_k + r] = have ? cand[r].first : -std::numeric_limits<float>::infinity();
-      }
-    }
-  }
-};
 
 }  // namespace
 
@@ -259,10 +134,8 @@ void mls(const float* Q_mu, const float* Q_s, size_t nq, const float* G_mu, cons
   const Gaussians Q = queries(Q_mu, Q_s, nq), G = gallery(G_mu, G_s, ng);
   check_args(Q, G, dim);
   if (nq * ng > 0 && !out) throw std::invalid_argument("out is null");
-  check_rows(Q, 0, nq, dim);
-  if (nq == 0) return check_rows(G, 0, ng, dim);
-  MatrixSink sink{out, ng};
-  scan(detail::active_kernels(), Q, G, dim, sink);
+  detail::MatrixCollector sink{out, ng};
+  run(Q, G, dim, sink);
 }
 
 MlsMatches mls_match(const float* Q_mu, const float* Q_s, size_t nq, const float* G_mu, const float* G_s,
@@ -270,14 +143,11 @@ MlsMatches mls_match(const float* Q_mu, const float* Q_s, size_t nq, const float
   const Gaussians Q = queries(Q_mu, Q_s, nq), G = gallery(G_mu, G_s, ng);
   check_args(Q, G, dim);
   if (std::isnan(threshold)) throw std::invalid_argument("threshold must be a number, got NaN");
-  check_rows(Q, 0, nq, dim);
-  if (nq == 0) {
-    check_rows(G, 0, ng, dim);
-    return {};
-  }
-  MatchSink sink{nq, threshold, {}};
-  scan(detail::active_kernels(), Q, G, dim, sink);
-  return sink.collect();
+  detail::MatchCollector<detail::HigherIsBetter> sink(nq, threshold);
+  run(Q, G, dim, sink);
+  MlsMatches m;
+  sink.collect(m.query, m.gallery, m.score);
+  return m;
 }
 
 void mls_topk(const float* Q_mu, const float* Q_s, size_t nq, const float* G_mu, const float* G_s, size_t ng,
@@ -286,12 +156,8 @@ void mls_topk(const float* Q_mu, const float* Q_s, size_t nq, const float* G_mu,
   check_args(Q, G, dim);
   if (k == 0) throw std::invalid_argument("k must be >= 1");
   if (nq > 0 && (!idx || !score)) throw std::invalid_argument("idx or score is null");
-  check_rows(Q, 0, nq, dim);
-  if (nq == 0) return check_rows(G, 0, ng, dim);
-  // Per-thread lists need no more than ng entries; the rest is padding.
-  TopkSink sink{nq, std::max<size_t>(1, std::min(k, ng)), {}};
-  if (ng > 0) scan(detail::active_kernels(), Q, G, dim, sink);
-  else sink.start(1);
+  detail::TopkCollector<detail::HigherIsBetter> sink(nq, k, ng);
+  run(Q, G, dim, sink);
   sink.collect(k, idx, score);
 }
 

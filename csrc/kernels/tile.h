@@ -56,9 +56,6 @@ const TileKernels* generic_kernels();
 const TileKernels* avx2_kernels();
 const TileKernels* avx512_kernels();
 
-// The kernels chosen by FACESDK_ISA / set_isa (distance.cpp).
-const TileKernels& active_kernels();
-
 // (D/2) log(2 pi), the constant term of the mutual likelihood score.
 inline double mls_constant(std::size_t dim) { return 0.5 * double(dim) * 1.8378770664093454836; }
 
