@@ -126,12 +126,14 @@ def load_image(image: Image) -> np.ndarray:
 class Verifier:
     """Face verification and identification against an enrolment gallery.
 
-    model: ONNX file written by ``export.onnx`` (default: the cached default model).
-    backend: "onnxruntime" (providers e.g. ["CUDAExecutionProvider"]; an unavailable one raises
-    BackendUnavailableError, never a silent CPU fallback) or "tensorrt" (``model`` is an engine
-    built by ``facesdk export trt``; see docs/tensorrt.md, never run on real TensorRT yet).
-    detector: "auto" (YuNet if its model is found, else dlib's HOG), "yunet", "dlib", or an object
-    with ``detect(bgr) -> list[Detection]``, ``name`` and ``scheme``.
+    model: a facesdk model file (default: the default model, written on first use; see
+    :mod:`sdk.loader`). Its ``chip_scheme`` says how faces are cut (:mod:`sdk.chips`).
+    backend: a key of ``sdk.loader.EMBEDDING_BACKENDS``: "onnxruntime" (providers e.g.
+    ["CUDAExecutionProvider"]; an unavailable one raises BackendUnavailableError, never a silent
+    CPU fallback) or "tensorrt" (``model`` is an engine built by ``facesdk export trt``; see
+    docs/tensorrt.md, never run on real TensorRT yet).
+    detector: a key of ``sdk.detect.DETECTORS`` ("auto": the packaged YuNet, else dlib's HOG;
+    "yunet"; "dlib"), or an object with ``detect(bgr) -> list[Detection]``, ``name`` and ``scheme``.
     gallery: SQLite file (default ``$FACESDK_HOME/gallery.sqlite``), or None for in-memory.
     scoring: "l2" (default) or "mls" (PFE models only; see the module doc).
     threshold: squared L2 (scoring "l2") or MLS (scoring "mls"); default the model's calibrated
