@@ -90,6 +90,26 @@ class DlibNetwork:
         return sum(layer.kind == kind for layer in self.layers)
 
 
+class LayerCursor:
+    """Walks a network's layer records in forward order; ``take`` checks each against the kind
+    the caller's picture of the network expects (the file does not hold the wiring)."""
+
+    def __init__(self, layers: tuple[LayerRecord, ...]) -> None:
+        self.layers = layers
+        self.index = 0
+
+    def peek(self) -> str | None:
+        return self.layers[self.index].kind if self.index < len(self.layers) else None
+
+    def take(self, kind: str) -> LayerRecord:
+        found = self.peek()
+        if found != kind:
+            where = f"at byte {self.layers[self.index].offset}" if found else "at the end"
+            raise ValueError(f"layer {self.index} {where}: expected {kind}, found {found or 'nothing'}")
+        self.index += 1
+        return self.layers[self.index - 1]
+
+
 class _Reader:
     """Cursor over the file's bytes; every read names what it reads so errors say where."""
 

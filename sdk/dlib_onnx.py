@@ -33,7 +33,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from sdk.chips import DEFAULT_CHIP
-from sdk.dlib_format import DlibNetwork, LayerRecord, dlib_model_path, parse_network
+from sdk.dlib_format import DlibNetwork, LayerCursor, LayerRecord, dlib_model_path, parse_network
 from sdk.embed import (
     INPUT_NAME,
     OUTPUT_NAME,
@@ -97,32 +97,16 @@ def _weights(rec: LayerRecord, value: object, shape: tuple[int, ...], what: str)
     return array
 
 
-class _GraphBuilder:
+class _GraphBuilder(LayerCursor):
     """Walks the layer records in forward order, checks each against the pattern and emits nodes.
 
     Each node's output tensor has the node's name, so the graph reads like the network.
     """
 
     def __init__(self, layers: tuple[LayerRecord, ...]) -> None:
-        self.layers = layers
-        self.index = 0
+        super().__init__(layers)
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = []
-
-    # --- records ---
-
-    def peek(self) -> str | None:
-        return self.layers[self.index].kind if self.index < len(self.layers) else None
-
-    def take(self, kind: str) -> LayerRecord:
-        found = self.peek()
-        if found != kind:
-            where = f"at byte {self.layers[self.index].offset}" if found else "at the end"
-            raise ValueError(f"layer {self.index} {where}: expected {kind}, found {found or 'nothing'}")
-        self.index += 1
-        return self.layers[self.index - 1]
-
-    # --- graph ---
 
     def const(self, name: str, value: np.ndarray) -> str:
         self.initializers.append(numpy_helper.from_array(value, name))

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sdk.paths import data_dir
-from sdk.dlib_format import DlibNetwork, LayerRecord, dlib_model_path, load_network
+from sdk.dlib_format import DlibNetwork, LayerCursor, LayerRecord, dlib_model_path, load_network
 
 Shape = tuple[int, int, int]  # channels, rows, cols
 
@@ -85,23 +85,8 @@ def _end_pad(shape: Shape, target: Shape) -> tuple[int, ...] | None:
     return None if dc == dh == dw == 0 else (0, dw, 0, dh, 0, dc)
 
 
-class _Records:
-    """Walks the layer records in order, checking each against the expected topology."""
-
-    def __init__(self, layers: tuple[LayerRecord, ...]) -> None:
-        self.layers = layers
-        self.index = 0
-
-    def peek(self) -> str | None:
-        return self.layers[self.index].kind if self.index < len(self.layers) else None
-
-    def take(self, kind: str) -> LayerRecord:
-        found = self.peek()
-        if found != kind:
-            where = f"at byte {self.layers[self.index].offset}" if found else "at the end"
-            raise ValueError(f"layer {self.index} {where}: expected {kind}, found {found or 'nothing'}")
-        self.index += 1
-        return self.layers[self.index - 1]
+class _Records(LayerCursor):
+    """The layer records as torch modules, checked against the expected topology."""
 
     def conv(self, shape: Shape) -> tuple[nn.Conv2d, Affine, Shape]:
         """A con record and the affine that follows it, with the resulting shape."""
