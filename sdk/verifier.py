@@ -15,10 +15,10 @@ Probabilistic Face Embeddings (a model with a ``sigma_sq`` output, see :mod:`sdk
 * ``scoring="l2"`` (the default, for every model) compares the model's mu by squared L2 with the
   squared-L2 thresholds. ``scoring="mls"`` compares faces by mutual likelihood score, higher =
   more alike; thresholds are MLS values (accept if ``MLS >= threshold``) from the model's
-  ``mls_threshold`` / ``mls_threshold_table`` (``python -m evaluate.pfe calibrate --write``).
+  ``mls_threshold`` / ``mls_threshold_table`` (``facesdk calibrate --scoring mls --write``).
   MLS is not the default because, with our head, it lost on LFW (98.90 vs 99.03 %) and at a
   threshold calibrated on clean faces it accepts far more impostor pairs of two poor faces
-  than L2 (both faces blurred by 4 px: FAR 53.6 vs 19.9 %; ``python -m evaluate.pfe degraded``).
+  than L2 (both faces blurred by 4 px: FAR 53.6 vs 19.9 %; ``facesdk eval pfe degraded``).
   Where it wins (one poor face against good ones; quality gating) see README. Set
   ``min_quality`` when faces may be poor, whatever the scoring.
 * Enrolment stores each face's sigma_sq and quality in the gallery; every Match carries its

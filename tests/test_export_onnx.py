@@ -193,7 +193,7 @@ def test_default_model_path(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> 
     monkeypatch.setenv("FACESDK_HOME", str(tmp_path / "home"))
     path = tmp_path / "home" / "models" / "dlib_resnet_v1.onnx"
     assert embed.default_model_path() == path
-    with pytest.raises(FileNotFoundError, match=rf"python -m export\.onnx default -o {path}"):
+    with pytest.raises(FileNotFoundError, match=rf"facesdk models install -o {path}"):
         OnnxEmbedder()
     with pytest.raises(FileNotFoundError, match="model file .*other.onnx not found"):
         OnnxEmbedder(tmp_path / "other.onnx")
