@@ -95,21 +95,21 @@ def onnx_pfe_cmd(args: argparse.Namespace) -> int:
 
 
 def onnx_checkpoint_cmd(args: argparse.Namespace) -> int:
-    from export.onnx import export_checkpoint
-
     if not args.checkpoint.is_file():
         raise FileNotFoundError(f"no checkpoint at {args.checkpoint}")
+    from export.onnx import export_checkpoint
+
     print(f"wrote {export_checkpoint(args.checkpoint, args.output)}")
     return 0
 
 
 def onnx_check_cmd(args: argparse.Namespace) -> int:
-    from export.onnx import check
-
     if not args.path.is_file():
         raise FileNotFoundError(f"no ONNX model at {args.path}")
     if args.faces < max(args.batch):
         raise UsageError(f"--faces {args.faces}: at least the largest --batch ({max(args.batch)})")
+    from export.onnx import check
+
     check(args.path, args.faces, args.threads, args.batch, args.repeat)
     return 0
 

@@ -28,10 +28,11 @@ import argparse
 import logging
 import sys
 
-from cli import bench, calibrate, eval, export, models, runtime, train
+from cli import bench, calibrate, export, models, runtime, train
+from cli import eval as eval_verbs  # not `eval`: the builtin
 from cli.common import UsageError
 
-GROUPS = (runtime, models, calibrate, eval, bench, export, train)
+GROUPS = (runtime, models, calibrate, eval_verbs, bench, export, train)
 
 # What to install when a command's optional dependency is missing.
 EXTRAS = {

@@ -288,6 +288,30 @@ def test_models_install_writes_a_loadable_model_once(tmp_path, monkeypatch, caps
     assert f"present  {path}" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["eval", "lfw", "--data", "{tmp}"],
+        ["eval", "openset", "--data", "{tmp}"],
+        ["eval", "clustering", "--data", "{tmp}"],
+        ["eval", "pfe", "lfw", "--data", "{tmp}"],
+        ["eval", "int8", "{tmp}/a.onnx", "{tmp}/b.onnx"],
+        ["calibrate", "--data", "{tmp}"],
+        ["demo", "--data", "{tmp}"],
+        ["cluster", "{tmp}/nothing"],
+        ["verify", "{tmp}/a.jpg", "{tmp}/b.jpg", "--model", "{tmp}/none.onnx"],
+        ["export", "int8", "{tmp}/none.onnx", "-o", "{tmp}/q.onnx"],
+        ["export", "onnx", "checkpoint", "{tmp}/none.pt", "-o", "{tmp}/m.onnx"],
+        ["train", "compare", "{tmp}/none.pt"],
+    ],
+    ids=lambda argv: " ".join(w for w in argv[:2] if not w.startswith(("-", "{"))),
+)
+def test_a_missing_file_is_one_line_not_a_traceback(argv, tmp_path, capsys):
+    assert cli.main([w.replace("{tmp}", str(tmp_path)) for w in argv]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("facesdk: error:") and err.count("\n") == 1 and str(tmp_path) in err
+
+
 def test_export_help_lists_every_format(capsys):
     with pytest.raises(SystemExit):
         cli.main(["export", "-h"])
