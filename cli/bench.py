@@ -1,17 +1,146 @@
-"""``facesdk bench``: the benchmarks of ``evaluate.bench``, with the torch reference they compare against."""
+"""``facesdk bench [run|kernels|pipeline]``: the benchmarks of ``evaluate.bench``, with the torch
+reference they compare against (it needs ``train``, which sits above ``evaluate``)."""
 
 from __future__ import annotations
 
+import argparse
+from dataclasses import replace
+from pathlib import Path
+
 import numpy as np
 
-from evaluate import bench
+from cli.common import UsageError, write_json
 
 
-def load_torch(threads: int) -> bench.Candidate:
+def register(sub) -> None:
+    from evaluate import bench
+
+    b = sub.add_parser("bench", help="benchmarks: the pipeline per backend (default), kernels, pipeline stages")
+    add_run_options(b)  # `facesdk bench [options]` runs `run`
+    b.set_defaults(run=run_cmd)
+    verbs = b.add_subparsers(dest="bench_verb", metavar="{run,kernels,pipeline}")
+    add_run_options(verbs.add_parser("run", help="the whole pipeline on LFW faces, per stage and per backend (default)"))
+    k = verbs.add_parser("kernels", help="matching kernels vs numpy and faiss")
+    k.add_argument("--json", type=Path, help="also write the figures to this JSON file")
+    k.add_argument("--repeat", type=int, default=5, help="timed runs per case (the best is reported)")
+    k.add_argument("--isa", choices=bench.kernels.available_isas(), help="instruction set for our kernels")
+    k.add_argument("--quick", action="store_true", help="small sizes, a smoke run in seconds")
+    k.add_argument("--pause", type=float, default=0.5, help="seconds of rest before each timing (see timed)")
+    k.set_defaults(run=kernels_cmd)
+    pl = verbs.add_parser("pipeline", help="per-stage latency of Verifier.match, 1 face and 8 faces")
+    pl.add_argument("--json", type=Path, help="also write the figures to this JSON file")
+    pl.add_argument("--repeat", type=int, default=30, help="timed runs per frame")
+    pl.add_argument("--gallery-size", type=int, default=10_000, help="random identities in the gallery")
+    pl.set_defaults(run=pipeline_cmd)
+
+
+def add_run_options(r: argparse.ArgumentParser) -> None:
+    from evaluate.bench import BACKENDS, FULL_RUN, PRECISIONS, QUICK_RUN, usable_cores
+
+    r.add_argument("--backend", action="append", metavar="NAME",
+                   help=f"{', '.join(BACKENDS)}; repeat or comma-separate (default: all; any that cannot run is skipped)")  # fmt: skip
+    r.add_argument("--model", action="append", type=Path, metavar="PATH",
+                   help="an ONNX model for onnxruntime (precision from its metadata key `precision`, default fp32) "
+                        "or a TensorRT engine (.engine/.plan); repeatable (default: the default model)")  # fmt: skip
+    r.add_argument("--precision", choices=PRECISIONS, help="precision of the TensorRT engines given with --model")
+    r.add_argument("--dlib", action="store_true", help="also dlib-bin's own descriptor (slow: ~100 ms per face)")
+    r.add_argument("--json", type=Path, help="also write every figure to this JSON file")
+    r.add_argument("--plot", type=Path, help="write a PNG of per-stage and per-backend latency")
+    r.add_argument("--quick", action="store_true", help="small sizes: a smoke run in seconds")
+    r.add_argument("--images", type=int, help=f"LFW images to use (default {FULL_RUN.images}, quick {QUICK_RUN.images})")
+    r.add_argument("--repeat", type=int,
+                   help=f"timed calls per embed batch (default {FULL_RUN.repeat}, quick {QUICK_RUN.repeat})")  # fmt: skip
+    r.add_argument("--threads", type=int, default=usable_cores(),
+                   help="threads for onnxruntime and torch (default: all cores)")  # fmt: skip
+    r.add_argument("--pause", type=float, default=0.5,
+                   help="seconds of rest before each timing (idle thread pools stop spinning)")  # fmt: skip
+
+
+def check_run_args(args: argparse.Namespace) -> None:
+    """Validate `run`'s options (UsageError: exit 2 with the reason) and resolve models and sizes."""
+    from evaluate.bench import ENGINE_SUFFIXES, FULL_RUN, QUICK_RUN, parse_backends
+    from sdk.embed import default_model_path
+
+    try:
+        args.backends = parse_backends(args.backend)
+    except ValueError as e:
+        raise UsageError(f"--backend: {e}") from e
+    for name in ("images", "repeat", "threads"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise UsageError(f"--{name} must be >= 1, got {value}")
+    if args.pause < 0:
+        raise UsageError(f"--pause must be >= 0, got {args.pause}")
+    if args.plot is not None and args.plot.suffix.lower() != ".png":
+        raise UsageError(f"--plot writes a PNG: give a path ending in .png, got {args.plot}")
+    models = args.model or ([default_model_path()] if "onnxruntime" in args.backends else [])
+    args.onnx_models, args.engines = [], []
+    for path in models:
+        if path.suffix.lower() == ".onnx":
+            args.onnx_models.append(path)
+        elif path.suffix.lower() in ENGINE_SUFFIXES:
+            args.engines.append(path)
+        else:
+            engines = ", ".join(ENGINE_SUFFIXES)
+            raise UsageError(f"--model {path}: expected an ONNX model (.onnx) or a TensorRT engine ({engines})")
+    if args.onnx_models and "onnxruntime" not in args.backends:
+        raise UsageError(f"--model {args.onnx_models[0]} is an ONNX model: add --backend onnxruntime to run it")
+    if args.engines and "tensorrt" not in args.backends:
+        raise UsageError(f"--model {args.engines[0]} is a TensorRT engine: add --backend tensorrt to run it")
+    for path in models:
+        if not path.is_file():
+            hint = " (create the default model with `facesdk models install`)" if path == default_model_path() else ""
+            raise UsageError(f"--model {path}: no such file{hint}")
+    if args.precision and "tensorrt" not in args.backends:
+        raise UsageError("--precision labels TensorRT engines (ONNX models carry theirs in metadata): add --backend tensorrt")
+    base = QUICK_RUN if args.quick else FULL_RUN
+    args.sizes = replace(base, images=args.images or base.images, repeat=args.repeat or base.repeat)
+
+
+def run_cmd(args: argparse.Namespace) -> int:
+    from evaluate import bench
+
+    check_run_args(args)
+    try:
+        result = bench.bench_run(args, load_torch)
+    except bench.BenchError as e:
+        raise RuntimeError(str(e)) from e
+    bench.print_run(result)
+    if args.plot:
+        bench.write_plot(result, args.plot)
+        print(f"wrote {args.plot}")
+    write_json(args.json, result)
+    return 0
+
+
+def kernels_cmd(args: argparse.Namespace) -> int:
+    from evaluate import bench
+
+    if args.repeat < 1:
+        raise UsageError("--repeat must be >= 1")
+    result = bench.bench_kernels(args)
+    bench.print_kernels(result)
+    write_json(args.json, result)
+    return 0
+
+
+def pipeline_cmd(args: argparse.Namespace) -> int:
+    from evaluate import bench
+
+    if args.repeat < 1 or args.gallery_size < 0:
+        raise UsageError("--repeat must be >= 1 and --gallery-size >= 0")
+    result = bench.bench_pipeline(args)
+    bench.print_pipeline(result)
+    write_json(args.json, result)
+    return 0
+
+
+def load_torch(threads: int):
     """dlib's ResNet-29 converted to PyTorch, wrapped in the very graph export.onnx exports
     (uint8 NHWC -> float NCHW -> network -> L2-normalised), so it computes what the ONNX file does."""
     import torch
 
+    from evaluate import bench
     from export.onnx import ChipEmbedding
     from train.backbones.dlib_resnet import DlibResNet
 
@@ -23,7 +152,3 @@ def load_torch(threads: int) -> bench.Candidate:
             return net(torch.from_numpy(chips)).numpy()
 
     return bench.Candidate("torch", "fp32", "DlibResNet.from_dlib", embed, {"threads": threads, "torch": torch.__version__})
-
-
-def main(argv: list[str] | None = None) -> int:
-    return bench.main(argv, torch_loader=load_torch)

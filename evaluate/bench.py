@@ -1,7 +1,7 @@
 """Benchmarks, printed as tables of ratios against reference libraries measured
 in the same run (these machines are shared and noisy: compare ratios).
 
-    python -m evaluate.bench kernels [--json PATH] [--repeat N] [--isa NAME] [--quick]
+    facesdk bench kernels [--json PATH] [--repeat N] [--isa NAME] [--quick]
 
 ``kernels``: our fused top-1 and threshold match against numpy (BLAS GEMM with
 precomputed gallery norms) and faiss (``faiss.knn``, ``IndexFlatL2.range_search``)
@@ -10,7 +10,7 @@ memory bandwidth at q=1 (against a large copy timed in the same run), GFLOP/s
 at q=1024, and the peak memory of fused top-k and match at (q=1024, n=1M),
 where the unfused distance matrix would take 4 GB.
 
-    python -m evaluate.bench [run] [--backend onnxruntime,torch,tensorrt] [--model PATH ...] [--dlib]
+    facesdk bench [run] [--backend onnxruntime,torch,tensorrt] [--model PATH ...] [--dlib]
                               [--precision P] [--json PATH] [--plot PATH.png] [--quick]
 
 ``run`` (the default, so ``facesdk bench`` alone runs it): the offline benchmark of the whole
@@ -317,7 +317,6 @@ def print_pipeline(result: dict) -> None:
 BACKENDS = ("onnxruntime", "torch", "tensorrt")
 ENGINE_SUFFIXES = (".engine", ".plan")
 PRECISIONS = ("fp32", "fp16", "int8")
-SUBCOMMANDS = ("kernels", "pipeline", "run")
 
 
 @dataclass(frozen=True)
@@ -887,112 +886,3 @@ def parse_backends(values: list[str] | None) -> list[str]:
             if name not in out:
                 out.append(name)
     return out
-
-
-def check_run_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """Validate `run`'s options (usage errors exit 2 with the reason) and resolve models and sizes."""
-    from sdk.embed import default_model_path
-
-    try:
-        args.backends = parse_backends(args.backend)
-    except ValueError as e:
-        parser.error(f"--backend: {e}")
-    for name in ("images", "repeat", "threads"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            parser.error(f"--{name} must be >= 1, got {value}")
-    if args.pause < 0:
-        parser.error(f"--pause must be >= 0, got {args.pause}")
-    if args.plot is not None and args.plot.suffix.lower() != ".png":
-        parser.error(f"--plot writes a PNG: give a path ending in .png, got {args.plot}")
-    models = args.model or ([default_model_path()] if "onnxruntime" in args.backends else [])
-    args.onnx_models, args.engines = [], []
-    for path in models:
-        if path.suffix.lower() == ".onnx":
-            args.onnx_models.append(path)
-        elif path.suffix.lower() in ENGINE_SUFFIXES:
-            args.engines.append(path)
-        else:
-            engines = ", ".join(ENGINE_SUFFIXES)
-            parser.error(f"--model {path}: expected an ONNX model (.onnx) or a TensorRT engine ({engines})")
-    if args.onnx_models and "onnxruntime" not in args.backends:
-        parser.error(f"--model {args.onnx_models[0]} is an ONNX model: add --backend onnxruntime to run it")
-    if args.engines and "tensorrt" not in args.backends:
-        parser.error(f"--model {args.engines[0]} is a TensorRT engine: add --backend tensorrt to run it")
-    for path in models:
-        if not path.is_file():
-            hint = " (create the default model with `python -m export.onnx default`)" if path == default_model_path() else ""
-            parser.error(f"--model {path}: no such file{hint}")
-    if args.precision and "tensorrt" not in args.backends:
-        parser.error("--precision labels TensorRT engines (ONNX models carry theirs in metadata): add --backend tensorrt")
-    base = QUICK_RUN if args.quick else FULL_RUN
-    args.sizes = replace(base, images=args.images or base.images, repeat=args.repeat or base.repeat)
-
-
-def add_run_parser(sub) -> None:
-    r = sub.add_parser("run", help="the whole pipeline on LFW faces, per stage and per backend (default)")
-    r.add_argument("--backend", action="append", metavar="NAME",
-                   help=f"{', '.join(BACKENDS)}; repeat or comma-separate (default: all; any that cannot run is skipped)")  # fmt: skip
-    r.add_argument("--model", action="append", type=Path, metavar="PATH",
-                   help="an ONNX model for onnxruntime (precision from its metadata key `precision`, default fp32) "
-                        "or a TensorRT engine (.engine/.plan); repeatable (default: the default model)")  # fmt: skip
-    r.add_argument("--precision", choices=PRECISIONS, help="precision of the TensorRT engines given with --model")
-    r.add_argument("--dlib", action="store_true", help="also dlib-bin's own descriptor (slow: ~100 ms per face)")
-    r.add_argument("--json", type=Path, help="also write every figure to this JSON file")
-    r.add_argument("--plot", type=Path, help="write a PNG of per-stage and per-backend latency")
-    r.add_argument("--quick", action="store_true", help="small sizes: a smoke run in seconds")
-    r.add_argument("--images", type=int, help=f"LFW images to use (default {FULL_RUN.images}, quick {QUICK_RUN.images})")
-    r.add_argument("--repeat", type=int,
-                   help=f"timed calls per embed batch (default {FULL_RUN.repeat}, quick {QUICK_RUN.repeat})")  # fmt: skip
-    r.add_argument("--threads", type=int, default=usable_cores(),
-                   help="threads for onnxruntime and torch (default: all cores)")  # fmt: skip
-    r.add_argument("--pause", type=float, default=0.5,
-                   help="seconds of rest before each timing (idle thread pools stop spinning)")  # fmt: skip
-
-
-def main(argv: list[str] | None = None, torch_loader: Callable[[int], Candidate] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or (argv[0] not in SUBCOMMANDS and argv[0] not in ("-h", "--help")):
-        argv = ["run", *argv]  # `facesdk bench [options]` runs the whole-pipeline benchmark
-    parser = argparse.ArgumentParser(prog="python -m evaluate.bench", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="what", required=True)
-    add_run_parser(sub)
-    k = sub.add_parser("kernels", help="matching kernels vs numpy and faiss")
-    k.add_argument("--json", type=Path, help="also write the figures to this JSON file")
-    k.add_argument("--repeat", type=int, default=5, help="timed runs per case (the best is reported)")
-    k.add_argument("--isa", choices=kernels.available_isas(), help="instruction set for our kernels")
-    k.add_argument("--quick", action="store_true", help="small sizes, a smoke run in seconds")
-    k.add_argument("--pause", type=float, default=0.5, help="seconds of rest before each timing (see timed)")
-    pl = sub.add_parser("pipeline", help="per-stage latency of Verifier.match, 1 face and 8 faces")
-    pl.add_argument("--json", type=Path, help="also write the figures to this JSON file")
-    pl.add_argument("--repeat", type=int, default=30, help="timed runs per frame")
-    pl.add_argument("--gallery-size", type=int, default=10_000, help="random identities in the gallery")
-    args = parser.parse_args(argv)
-    if args.what == "run":
-        check_run_args(parser, args)
-        try:
-            result = bench_run(args, torch_loader)
-        except BenchError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 1
-        print_run(result)
-        if args.plot:
-            write_plot(result, args.plot)
-            print(f"wrote {args.plot}")
-    elif args.repeat < 1:
-        parser.error("--repeat must be >= 1")
-    elif args.what == "kernels":
-        result = bench_kernels(args)
-        print_kernels(result)
-    else:
-        result = bench_pipeline(args)
-        print_pipeline(result)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2))
-        print(f"wrote {args.json}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

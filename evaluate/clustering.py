@@ -1,11 +1,8 @@
 """Clustering on real faces: pairwise precision / recall / F1 against the true identities, and
-the LFW run behind the README's clustering figures (``python -m evaluate.clustering``)."""
+the LFW run behind the README's clustering figures (``facesdk eval clustering``)."""
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -13,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import ArrayLike
 
-from sdk.clustering import METHODS, cluster_embeddings
+from sdk.clustering import cluster_embeddings
 
 
 def pairwise_precision_recall(labels_true: ArrayLike, labels_pred: ArrayLike) -> tuple[float, float, float]:
@@ -43,7 +40,7 @@ def pairwise_precision_recall(labels_true: ArrayLike, labels_pred: ArrayLike) ->
     return precision, recall, f1
 
 
-# --- evaluation on LFW: python -m evaluate.clustering --lfw-min-images 10 ------------------------------------
+# --- evaluation on LFW: facesdk eval clustering --lfw-min-images 10 ------------------------------------
 
 DEFAULT_THRESHOLD = 0.19  # when the model has no calibrated one: most same-person pairs lie below it
 SWEEP = (0.10, 0.12, 0.14, 0.16, 0.19, 0.22, 0.25)
@@ -81,74 +78,3 @@ def _scored(embeddings: np.ndarray, labels: np.ndarray, threshold: float, method
     precision, recall, f1 = pairwise_precision_recall(labels, predicted)
     clusters = int(predicted.max(initial=-1)) + 1
     return dict(threshold=threshold, clusters=clusters, precision=precision, recall=recall, f1=f1, seconds=seconds)
-
-
-def main(argv: list[str] | None = None) -> int:
-    from sdk.paths import data_dir
-    from sdk.detect import default_detector
-    from sdk.embed import OnnxEmbedder, default_model_path
-    from evaluate.lfw import embed_images
-
-    parser = argparse.ArgumentParser(prog="python -m evaluate.clustering", description=__doc__.splitlines()[0])
-    parser.add_argument("--lfw-min-images", type=int, default=10, help="LFW people with at least this many images")
-    parser.add_argument("--threshold", type=float, help="squared L2 (default: the model's calibrated one, else 0.19)")
-    parser.add_argument("--method", choices=METHODS, default="average")
-    parser.add_argument("--data", type=Path, default=data_dir(), help="data folder holding lfw/")
-    parser.add_argument("--model", type=Path, default=None, help="ONNX embedding model (default: the default model)")
-    parser.add_argument("--json", type=Path, help="write the figures here")
-    args = parser.parse_args(argv)
-
-    if not (args.data / "lfw" / "lfw-names.txt").is_file():
-        parser.error(f"LFW not found: no {args.data / 'lfw' / 'lfw-names.txt'} (set --data or FACESDK_DATA)")
-    paths, labels, names = lfw_people(args.data / "lfw", args.lfw_min_images)
-    if not names:
-        parser.error(f"no LFW person has {args.lfw_min_images} images")
-    detector, _ = default_detector()
-    embedder = OnnxEmbedder(args.model or default_model_path())
-    print(f"LFW people with >= {args.lfw_min_images} images: {len(names)} identities, {len(paths):,} faces")
-    print(f"model {embedder.name} ({embedder.path}), detector {detector.name}")
-    start = time.perf_counter()
-    embedded = embed_images(paths, detector, embedder)
-    embed_seconds = time.perf_counter() - start
-    no_face = int(embedded.failed.sum())
-    print(f"embedded in {embed_seconds:.1f} s; no face found in {no_face} images (aligned with the mean landmarks)")
-
-    if args.threshold is None:
-        threshold, source = model_threshold(embedder.metadata)
-    else:
-        threshold, source = args.threshold, "--threshold"
-    result = _scored(embedded.embeddings, labels, threshold, args.method)
-    print(f"threshold {threshold:.4f} ({source}), method {args.method}")
-    print(
-        f"true identities {len(names)}, clusters {result['clusters']}, pairwise precision {result['precision']:.4f}, "
-        f"recall {result['recall']:.4f}, F1 {result['f1']:.4f}, clustering time {result['seconds']:.2f} s"
-    )
-    sweep = [_scored(embedded.embeddings, labels, t, args.method) for t in sorted({*SWEEP, threshold})]
-    print("\n| threshold | clusters | precision | recall | F1 | seconds |\n|---:|---:|---:|---:|---:|---:|")
-    for row in sweep:
-        print(
-            f"| {row['threshold']:.4f} | {row['clusters']} | {row['precision']:.4f} | {row['recall']:.4f} "
-            f"| {row['f1']:.4f} | {row['seconds']:.2f} |"
-        )
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        summary = {
-            "min_images": args.lfw_min_images,
-            "identities": len(names),
-            "faces": len(paths),
-            "no_face": no_face,
-            "model": str(embedder.path),
-            "detector": detector.name,
-            "method": args.method,
-            "threshold_source": source,
-            "embed_seconds": embed_seconds,
-            **result,
-            "sweep": sweep,
-        }
-        args.json.write_text(json.dumps(summary, indent=2))
-        print(f"wrote {args.json}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

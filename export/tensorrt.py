@@ -2,7 +2,6 @@
 
     facesdk export trt MODEL.onnx --precision fp16|int8|fp32 --batch MIN,OPT,MAX -o model.engine
                        [--timing-cache PATH] [--workspace-mib N] [--strongly-typed] [--device N]
-    (also: python -m export.tensorrt ...)
 
 Written against TensorRT 10's Python API (calls checked against the tensorrt-stubs 10.13
 declarations, control flow exercised with a recording fake in tests/test_tensorrt.py). It has NOT
@@ -31,12 +30,10 @@ Engines are not portable: build on the device (or an identical GPU with the same
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
 import os
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -50,7 +47,6 @@ from onnx import numpy_helper
 
 import sdk
 from sdk.embed import INPUT_NAME, OUTPUT_NAME, parse_metadata
-from sdk.errors import FaceSDKError
 from sdk.tensorrt import (
     OUTPUT_NAMES,
     PRECISIONS,
@@ -60,7 +56,6 @@ from sdk.tensorrt import (
     gpu_info,
     import_cudart,
     import_tensorrt,
-    read_engine_info,
     sidecar_path,
     trt_logger,
     validate_engine_info,
@@ -455,58 +450,3 @@ def build_engine(
     if cache_path is not None:
         _write_atomic(cache_path, timings)
     return out_path
-
-
-# --- command line ---------------------------------------------------------------------------------
-
-
-def _batch_arg(text: str) -> BatchProfile:
-    try:
-        return parse_batch(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from e
-
-
-def main(argv: list[str] | None = None, prog: str = "facesdk export trt") -> int:
-    """Build an engine from the command line; errors propagate (FaceSDKError, ValueError, ...)."""
-    parser = argparse.ArgumentParser(prog=prog, description="Build a TensorRT engine of a facesdk ONNX model.")
-    parser.add_argument("onnx", type=Path, help="facesdk ONNX model (a QDQ model for --precision int8)")
-    parser.add_argument("--precision", choices=PRECISIONS, default="fp16")
-    parser.add_argument(
-        "--batch", type=_batch_arg, default=BatchProfile(*DEFAULT_BATCH), metavar="MIN,OPT,MAX",
-        help="faces per call the engine accepts (min..max) and is tuned for (opt); default 1,8,32",
-    )  # fmt: skip
-    parser.add_argument("-o", "--output", type=Path, default=None, help="engine file (default: MODEL.PRECISION.engine)")
-    parser.add_argument("--timing-cache", type=Path, default=None, help="timing cache file, loaded and saved")
-    parser.add_argument("--workspace-mib", type=int, default=DEFAULT_WORKSPACE_MIB, help="TensorRT scratch memory limit")
-    parser.add_argument("--strongly-typed", action="store_true", help="precisions from the graph (int8 QDQ, fp32)")
-    parser.add_argument("--device", type=int, default=0, help="CUDA device to build on (and for)")
-    args = parser.parse_args(argv)
-    output = args.output or args.onnx.with_suffix(f".{args.precision}.engine")
-    path = build_engine(
-        args.onnx,
-        output,
-        precision=args.precision,
-        batch=args.batch,
-        workspace_mib=args.workspace_mib,
-        timing_cache=args.timing_cache,
-        strongly_typed=args.strongly_typed,
-        device=args.device,
-    )
-    info = read_engine_info(path)
-    print(f"wrote {path} ({info['engine_bytes'] / 2**20:.1f} MiB) and {sidecar_path(path)}")
-    print(
-        f"TensorRT {info['tensorrt_version']}, {info['precision']}, batch {args.batch.min}..{args.batch.max} "
-        f"(tuned for {args.batch.opt}), {info['gpu']['name']} sm {info['gpu']['compute_capability']}, "
-        f"built in {info['build_seconds']:.1f} s"
-    )
-    print(f"check it: python -m evaluate.tensorrt parity {path}")
-    return 0
-
-
-if __name__ == "__main__":
-    try:
-        sys.exit(main(prog="python -m export.tensorrt"))
-    except (FaceSDKError, FileNotFoundError, ValueError, RuntimeError) as error:
-        print(f"python -m export.tensorrt: error: {error}", file=sys.stderr)
-        sys.exit(1)

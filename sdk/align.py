@@ -1,7 +1,7 @@
 """The one canonical face alignment of the SDK: cut an upright face chip from 5 landmarks.
 
 The trainer, the exporter and the runtime all call :func:`align`, so a face is cut the same way
-everywhere. numpy and OpenCV; the YuNet template is measured by ``python -m evaluate.yunet_template --measure-yunet-template N``.
+everywhere. numpy and OpenCV; the YuNet template is measured by ``facesdk eval yunet-template --people N``.
 
 ``align_dlib5`` reproduces ``dlib.get_face_chip(img, det, size, padding)`` bit for bit for dlib's
 5-point landmarks, because dlib's recognition network was trained on exactly those pixels (see
@@ -56,7 +56,7 @@ DLIB5_TEMPLATE = np.array(
 # chip, x/y): eyes 3.9/3.1 and 3.7/3.1, nose 7.8/3.5 (it moves with yaw), mouth 4.8/5.0 and
 # 4.7/4.9. The yunet5 chip differs from the dlib5 chip of the same face by 17.5 grey levels
 # (mean absolute). Re-measure with:
-#     python -m evaluate.yunet_template --measure-yunet-template 1000
+#     facesdk eval yunet-template --people 1000
 YUNET5_TEMPLATE = np.array(
     [
         [0.217110, 0.194870],

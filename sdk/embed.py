@@ -29,8 +29,8 @@ Every backend implements :class:`Embedder`. Model files are self-describing ONNX
   ============================ ==============================================================
 
 The runtime never downloads anything: the default model is exported once, locally, with
-``python -m export.onnx default`` into :func:`default_model_path`; the PFE model with
-``python -m export.onnx pfe`` into :func:`default_pfe_model_path`.
+``facesdk models install`` into :func:`default_model_path`; the PFE model with
+``facesdk export onnx pfe`` into :func:`default_pfe_model_path`.
 """
 
 from __future__ import annotations
@@ -100,7 +100,7 @@ def default_model_path() -> Path:
 
 
 def default_pfe_model_path() -> Path:
-    """Where ``python -m export.onnx pfe`` writes the default PFE model: beside the default model."""
+    """Where ``facesdk export onnx pfe`` writes the default PFE model: beside the default model."""
     return default_model_path().with_name(PFE_MODEL_FILE)
 
 
@@ -113,7 +113,7 @@ def parse_metadata(metadata: Mapping[str, str], source: str) -> tuple[tuple[int,
     if missing:
         raise ValueError(
             f"{source}: not a facesdk embedding model, metadata lacks {', '.join(missing)}; "
-            "export models with `python -m export.onnx`"
+            "export models with `facesdk export onnx`"
         )
     for key, expected in _FIXED.items():
         if metadata[key] != expected:
@@ -243,7 +243,7 @@ class OnnxEmbedder:
         if has_sigma_sq and not self.has_uncertainty:
             raise ValueError(
                 f"{self.path}: the graph has an output {SIGMA_SQ_NAME!r} but the metadata lacks "
-                "uncertainty=sigma_sq; export PFE models with `python -m export.onnx pfe`"
+                "uncertainty=sigma_sq; export PFE models with `facesdk export onnx pfe`"
             )
 
     def embed(self, chips: np.ndarray) -> np.ndarray:
@@ -263,7 +263,7 @@ class OnnxEmbedder:
         if not self.has_uncertainty:
             raise ValueError(
                 f"{self.path} ({self.name}) has no uncertainty output {SIGMA_SQ_NAME!r}: it is not a PFE model; "
-                "export one with `python -m export.onnx pfe --head HEAD.pt`"
+                "export one with `facesdk export onnx pfe --head HEAD.pt`"
             )
         check_chips(chips, self.input_size)
         if len(chips) == 0:

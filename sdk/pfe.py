@@ -26,7 +26,7 @@ Fusion (:func:`fuse`) of n faces of one person into one Gaussian, per dimension:
       (``aggregate_PFE``).
 
     The default is ``"min_sigma"``, which measured better on templates with degraded faces
-    (``python -m evaluate.pfe sets``; figures in README): the closed form's variance shrinks as
+    (``facesdk eval pfe sets``; figures in README): the closed form's variance shrinks as
     1/n, so a fused template claims a certainty no single face had and MLS between two templates
     is dominated by small mu differences divided by tiny variances. mu_hat is re-normalised to
     unit length (``normalize=True``, as the released code does): the weighted mean of unit
@@ -45,7 +45,7 @@ Quality (:func:`quality`)
 Thresholds
     ``evaluate.calibration.calibrate_mls`` finds, as for squared L2, the MLS threshold
     (accept if ``MLS >= threshold``) meeting a target FAR over all pairs of a labelled set;
-    ``python -m evaluate.pfe calibrate --model PATH --write`` stores ``mls_threshold``,
+    ``facesdk calibrate --scoring mls --model PATH --write`` stores ``mls_threshold``,
     ``mls_threshold_far``, ``mls_threshold_table`` (JSON {far: threshold}),
     ``mls_threshold_calibrated_on`` and ``quality_reject_table`` in the model's metadata.
 
@@ -285,7 +285,7 @@ def mls_threshold_for(metadata: Mapping[str, str], far: float | None = None) -> 
 
     Raises LookupError, saying how to calibrate, when the model has none.
     """
-    how = "run `python -m evaluate.pfe calibrate --model MODEL --write` or pass threshold="
+    how = "run `facesdk calibrate --scoring mls --model MODEL --write` or pass threshold="
     if far is None:
         if "mls_threshold" not in metadata:
             raise LookupError(f"the model has no calibrated MLS threshold: {how}")
@@ -304,7 +304,7 @@ def quality_threshold_for(metadata: Mapping[str, str], reject: float) -> float:
     if value is None:
         raise LookupError(
             f"no quality threshold for reject fraction {reject:g}; the model has {sorted(table) or 'none'} "
-            "(run `python -m evaluate.pfe calibrate --model MODEL --write`)"
+            "(run `facesdk calibrate --scoring mls --model MODEL --write`)"
         )
     return value
 

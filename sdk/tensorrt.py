@@ -4,7 +4,7 @@
     embedder = TensorRTEmbedder("dlib_resnet_v1.fp16.engine")     # GPU 0
     embeddings = embedder.embed(chips)                           # uint8 [N, H, W, 3] -> float32 [N, D]
 
-    python -m evaluate.tensorrt parity ENGINE [--onnx MODEL.onnx] [--faces 200]   on a GPU with TensorRT
+    facesdk eval trt-parity ENGINE [--onnx MODEL.onnx] [--faces 200]   on a GPU with TensorRT
 
 Written against TensorRT 10's Python API (checked against the tensorrt-stubs 10.13 declarations
 and exercised with a recording fake of TensorRT in tests/test_tensorrt.py) and cuda-python's

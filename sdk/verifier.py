@@ -15,7 +15,7 @@ Probabilistic Face Embeddings (a model with a ``sigma_sq`` output, see :mod:`sdk
 * ``scoring="l2"`` (the default, for every model) compares the model's mu by squared L2 with the
   squared-L2 thresholds. ``scoring="mls"`` compares faces by mutual likelihood score, higher =
   more alike; thresholds are MLS values (accept if ``MLS >= threshold``) from the model's
-  ``mls_threshold`` / ``mls_threshold_table`` (``python -m evaluate.pfe calibrate --write``).
+  ``mls_threshold`` / ``mls_threshold_table`` (``facesdk calibrate --scoring mls --write``).
   MLS is not the default: with our head it did not beat L2 on LFW, and at a threshold
   calibrated on clean faces it accepts far more impostor pairs of two poor faces than L2
   (README, "Probabilistic Face Embeddings").

@@ -73,7 +73,7 @@ def pfe_onnx(facesdk_home: Path, data: Path) -> Path:
     clean faces through the exported model (``evaluate.pfe.FaceBank``, ``evaluate.calibration.calibrate_mls``,
     ``evaluate.calibration.calibrate_quality``) and stored by ``evaluate.pfe.store_calibration``.
     Calibrating on the faces the head was trained on is acceptable for tests only; a deployed
-    model is calibrated on faces it never saw (``python -m evaluate.pfe calibrate --write``).
+    model is calibrated on faces it never saw (``facesdk calibrate --scoring mls --write``).
 
     Why this size: it is the smallest measured slice where a Gaussian blur of 6 px reliably lowers
     the quality of a face below all three sharp images of the same person: over 8 LFW people and

@@ -98,13 +98,11 @@ def test_enroll_match_verify_identify_gallery_commands(data, default_onnx, tmp_p
 
 
 def test_pipeline_bench_smoke(data, default_onnx, monkeypatch, tmp_path):
-    from evaluate import bench
-
     if not (data / "lfw").is_dir():
         pytest.skip("LFW not found")
     monkeypatch.setenv("FACESDK_HOME", str(default_onnx.parent.parent))
     out = tmp_path / "pipeline.json"
-    assert bench.main(["pipeline", "--repeat", "1", "--gallery-size", "5", "--json", str(out)]) == 0
+    assert cli.main(["bench", "pipeline", "--repeat", "1", "--gallery-size", "5", "--json", str(out)]) == 0
     result = json.loads(out.read_text())
     assert [r["faces"] for r in result["frames"].values()] == [1, 8]
 
@@ -165,29 +163,153 @@ def test_match_reads_videos_frame_by_frame(data, default_onnx, tmp_path, capsys)
     assert len({f["track"] for f in blair}) == 1 and [f["frames"] for f in blair] == [1, 2, 3, 4, 5]
 
 
-@pytest.mark.parametrize(
-    "argv, module, rest",
-    [
-        (["bench", "--quick"], "cli.bench", ["--quick"]),
-        (["train", "--config", "c.json"], "train.__main__", ["--config", "c.json"]),
-        (["train", "pfe", "train"], "train.pfe.__main__", ["train"]),
-        (["export", "onnx", "default"], "export.onnx", ["default"]),
-        (["export", "int8", "m.onnx", "-o", "q.onnx"], "export.quantize", ["int8", "m.onnx", "-o", "q.onnx"]),
-        (["export", "trt", "m.onnx"], "export.tensorrt", ["m.onnx"]),
-        (["eval", "int8", "a.onnx", "b.onnx"], "export.quantize", ["compare", "a.onnx", "b.onnx"]),
-        (["eval", "pfe", "lfw"], "evaluate.pfe", ["lfw"]),
-        (["eval", "lfw"], None, None),
-        (["verify", "a", "b"], None, None),
-    ],
-)
-def test_forwarded_commands(argv, module, rest):
-    assert cli.forwarded(argv) == (None if module is None else (module, rest))
+def verb_paths(parser=None, prefix=()) -> list[tuple[str, ...]]:
+    """Every verb and sub-verb of the parser, as the words that name it."""
+    import argparse
+
+    parser = parser or cli.build_parser()
+    paths = [prefix] if prefix else []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                paths += verb_paths(sub, (*prefix, name))
+    return paths
 
 
-def test_forwarded_command_errors_are_the_cli_s(tmp_path, capsys):
+VERBS = verb_paths()
+
+
+def test_every_verb_is_registered():
+    expected = {
+        "enroll", "match", "verify", "identify", "cluster", "gallery", "demo", "models install", "models list",
+        "calibrate", "eval lfw", "eval openset", "eval int8", "eval pfe", "eval clustering", "eval trt-parity",
+        "eval yunet-template", "eval dlib-port", "bench", "bench run", "bench kernels", "bench pipeline",
+        "export onnx default", "export onnx pfe", "export onnx checkpoint", "export onnx check", "export int8",
+        "export trt", "train", "train pfe features", "train pfe train", "train pfe evaluate", "train compare",
+        "train crossval", "train bench-mining",
+    }  # fmt: skip
+    assert expected <= {" ".join(v) for v in VERBS}
+
+
+@pytest.mark.parametrize("verb", VERBS, ids=" ".join)
+def test_every_verb_has_help(verb, capsys):
+    with pytest.raises(SystemExit) as exit:
+        cli.main([*verb, "--help"])
+    assert exit.value.code == 0
+    assert capsys.readouterr().out.startswith(f"usage: facesdk {' '.join(verb)}")
+
+
+def test_help_imports_no_heavy_module():
+    """`facesdk --help` and the runtime verbs' parsing stay fast and work without torch."""
+    import subprocess
+    import sys
+
+    code = "import sys; from cli.main import build_parser; build_parser(); print(sorted(m for m in ('torch', 'onnx', 'train', 'export') if m in sys.modules))"  # noqa: E501
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_spelled_out_choices_match_the_library():
+    from cli import export, train
+    from export import quantize
+    from train import bench_mining
+
+    assert set(export.QUANT_METHODS) == set(quantize.METHODS)
+    assert train.MINING_METHODS == bench_mining.METHODS
+
+
+def test_command_errors_are_one_line(tmp_path, capsys):
     assert cli.main(["export", "trt", str(tmp_path / "missing.onnx")]) == 1
     err = capsys.readouterr().err
-    assert err.startswith("facesdk: error:") and "missing.onnx" in err
+    assert err.startswith("facesdk: error:") and "missing.onnx" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["calibrate", "--reject", "0.1"],
+        ["calibrate", "--scoring", "l2", "--no-cache"],
+        ["calibrate", "--scoring", "l2", "--cache", "somewhere"],
+        ["calibrate", "--scoring", "mls", "--reject", "1.5"],
+        ["calibrate", "--far", "0"],
+        ["calibrate", "--table", "0.1", "2"],
+    ],
+)
+def test_calibrate_refuses_bad_options_before_any_work(argv, tmp_path, capsys):
+    assert cli.main([*argv, "--data", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("facesdk calibrate: error:") and err.count("\n") == 1
+
+
+def test_calibrate_mls_needs_a_pfe_model(data, default_onnx, capsys):
+    if not (data / "celeba_subset").is_dir():
+        pytest.skip("CelebA not found")
+    assert cli.main(["calibrate", "--scoring", "mls", "--model", str(default_onnx), "--max-images", "20"]) == 2
+    assert "not a PFE model" in capsys.readouterr().err
+
+
+def test_calibrate_mls_option_reaches_the_quality_table(data, pfe_onnx, tmp_path, capsys):
+    if not (data / "celeba_subset").is_dir():
+        pytest.skip("CelebA not found")
+    model = tmp_path / "pfe.onnx"
+    shutil.copy(pfe_onnx, model)
+    argv = ["calibrate", "--scoring", "mls", "--model", str(model), "--max-images", "60", "--table", "0.1",
+            "--far", "0.1", "--reject", "0.05", "--cache", str(tmp_path / "cache"), "--write"]  # fmt: skip
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "MLS threshold" in out and "quality <" in out and "stored in" in out
+    metadata = OnnxEmbedder(model).metadata
+    assert json.loads(metadata["quality_reject_table"]).keys() == {"0.05"}
+    assert metadata["mls_threshold_far"] == "0.1"
+
+
+def test_models_install_writes_a_loadable_model_once(tmp_path, monkeypatch, capsys):
+    from sdk.dlib_format import dlib_model_path
+    from sdk.embed import default_model_path
+
+    try:
+        dlib_model_path()
+    except FileNotFoundError as e:
+        pytest.skip(str(e))
+
+    monkeypatch.setenv("FACESDK_HOME", str(tmp_path / "home"))
+    path = default_model_path()
+    assert str(path).startswith(str(tmp_path))
+    assert cli.main(["models", "install"]) == 0
+    out = capsys.readouterr().out
+    assert "dlib_face_recognition_resnet_model_v1.dat" in out and f"wrote {path}" in out and "sha256" in out
+    assert OnnxEmbedder(path).embed(np.zeros((1, 150, 150, 3), np.uint8)).shape == (1, 128)
+    written = path.stat().st_mtime_ns
+    assert cli.main(["models", "install"]) == 0
+    assert "exists" in capsys.readouterr().out and path.stat().st_mtime_ns == written
+    other = tmp_path / "other.onnx"
+    assert cli.main(["models", "install", "-o", str(other)]) == 0 and other.is_file()
+    assert cli.main(["models", "list"]) == 0
+    assert f"present  {path}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["eval", "lfw", "--data", "{tmp}"],
+        ["eval", "openset", "--data", "{tmp}"],
+        ["eval", "clustering", "--data", "{tmp}"],
+        ["eval", "pfe", "lfw", "--data", "{tmp}"],
+        ["eval", "int8", "{tmp}/a.onnx", "{tmp}/b.onnx"],
+        ["calibrate", "--data", "{tmp}"],
+        ["demo", "--data", "{tmp}"],
+        ["cluster", "{tmp}/nothing"],
+        ["verify", "{tmp}/a.jpg", "{tmp}/b.jpg", "--model", "{tmp}/none.onnx"],
+        ["export", "int8", "{tmp}/none.onnx", "-o", "{tmp}/q.onnx"],
+        ["export", "onnx", "checkpoint", "{tmp}/none.pt", "-o", "{tmp}/m.onnx"],
+        ["train", "compare", "{tmp}/none.pt"],
+    ],
+    ids=lambda argv: " ".join(w for w in argv[:2] if not w.startswith(("-", "{"))),
+)
+def test_a_missing_file_is_one_line_not_a_traceback(argv, tmp_path, capsys):
+    assert cli.main([w.replace("{tmp}", str(tmp_path)) for w in argv]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("facesdk: error:") and err.count("\n") == 1 and str(tmp_path) in err
 
 
 def test_export_help_lists_every_format(capsys):

@@ -185,7 +185,7 @@ def test_clusters_real_lfw_faces(default_onnx: Path, data: Path) -> None:
     detector, _ = default_detector()
     embedded = embed_images([paths[i] for i in keep], detector, OnnxEmbedder(default_onnx), progress=False)
     truth = labels[keep]
-    # 0.16: the best threshold of `python -m evaluate.clustering --lfw-min-images 10` (F1 0.991 on 4,324 faces).
+    # 0.16: the best threshold of `facesdk eval clustering --lfw-min-images 10` (F1 0.991 on 4,324 faces).
     average = pairwise_precision_recall(truth, cluster_embeddings(embedded.embeddings, 0.16))[2]
     single = pairwise_precision_recall(truth, cluster_embeddings(embedded.embeddings, 0.16, "single"))[2]
     assert average >= 0.9

@@ -341,12 +341,13 @@ def test_memory_at_facenet_batch_is_quadratic_not_cubic() -> None:
 
 
 def test_bench_runs_small(capsys: pytest.CaptureFixture[str]) -> None:
-    """python -m train.bench_mining, shrunk: a method in its own process, a table of ratios."""
+    """facesdk train bench-mining, shrunk: a method in its own process, a table of ratios."""
     pytest.importorskip("pytorch_metric_learning")
+    from cli.main import main as facesdk
     from train import bench_mining
 
     sizes = ["--identities", "6", "--per-identity", "5", "--dim", "16", "--noise", "0.4"]
-    assert bench_mining.main([*sizes, "--repeats", "1", "--json", "--methods", "ours/semihard"]) == 0
+    assert facesdk(["train", "bench-mining", *sizes, "--repeats", "1", "--json", "--methods", "ours/semihard"]) == 0
     result = json.loads(capsys.readouterr().out)
     (ours,) = result["rows"]
     assert "error" not in ours, ours

@@ -162,7 +162,7 @@ def test_calibrate_mls_meets_the_target_far():
     assert cal[0].threshold < cal[1].threshold and cal[0].tar >= cal[1].tar
     meta = {"mls_threshold": str(cal[1].threshold), "mls_threshold_table": '{"0.1": 1.5, "0.01": 2.5}'}
     assert pfe.mls_threshold_for(meta) == cal[1].threshold and pfe.mls_threshold_for(meta, 1e-2) == 2.5
-    with pytest.raises(LookupError, match="python -m evaluate.pfe calibrate"):
+    with pytest.raises(LookupError, match="facesdk calibrate --scoring mls"):
         pfe.mls_threshold_for({}, None)
     table = calibration.calibrate_quality(sigma_sq, [0.1, 0.5])
     q = pfe.quality(sigma_sq)

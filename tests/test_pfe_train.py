@@ -59,7 +59,7 @@ def celeba_images(data: Path) -> tuple[list[Path], list[str], list[str]]:
 
 @pytest.fixture(scope="module")
 def features(celeba_images, backbone, tmp_path_factory: pytest.TempPathFactory):
-    """Features of the real faces through the same code as `python -m train.pfe features`, saved
+    """Features of the real faces through the same code as `facesdk train pfe features`, saved
     and loaded back through the .npz cache."""
     from train.pfe.features import FeatureExtractor, FeatureSet, extract_features
 
@@ -229,7 +229,7 @@ def test_sampler_draws_p_identities_of_k(features, chips_per_image: int) -> None
 
 
 def test_run_writes_checkpoint_curve_and_report(features, tmp_path: Path) -> None:
-    # The `python -m train.pfe train` path: 2 identities trained, 2 held out for the report.
+    # The `facesdk train pfe train` path: 2 identities trained, 2 held out for the report.
     from train.pfe.train import TrainConfig, format_report, run
 
     config = TrainConfig(identities_per_batch=2, images_per_identity=4, steps=30, holdout_fraction=0.5, eval_every=10)

@@ -19,6 +19,7 @@ pytest.importorskip("onnxruntime.quantization")
 
 from onnx import numpy_helper  # noqa: E402
 
+from cli.main import main as facesdk  # noqa: E402
 from export import quantize  # noqa: E402
 from sdk.embed import OnnxEmbedder  # noqa: E402
 
@@ -203,7 +204,7 @@ def test_compare_on_a_small_pairs_file(default_onnx: Path, int8_path: Path, data
     pairs = tmp_path / "pairs.txt"
     pairs.write_text("\n".join(["10", *lines[1:11], *lines[501:511]]) + "\n")
     out = tmp_path / "compare.json"
-    assert quantize.main(["compare", str(default_onnx), str(int8_path), "--pairs", str(pairs), "--json", str(out)]) == 0
+    assert facesdk(["eval", "int8", str(default_onnx), str(int8_path), "--pairs", str(pairs), "--json", str(out)]) == 0
     result = json.loads(out.read_text())
     assert result["n_pairs"] == 20 and set(result["modes"]) == {"fp32", "int8", "mixed"}
     assert result["modes"]["fp32"]["auc"] > 0.95
@@ -218,7 +219,7 @@ def test_cli_int8_minmax_quantising_every_layer(
     """The levers through the command line: minmax ranges, nothing kept in FP32 (the fc too)."""
     out = tmp_path / "all_int8.onnx"
     argv = ["int8", str(default_onnx), "-o", str(out), "--count", "16", "--method", "minmax", "--keep-fp32", "none"]
-    assert quantize.main([*argv, "--data", str(celeba)]) == 0
+    assert facesdk(["export", *argv, "--data", str(celeba)]) == 0
     model = onnx.load_model(out)
     record = quantize.quantization_info(out)
     assert record["method"] == "minmax" and record["excluded_nodes"] == [] and "percentile" not in record
@@ -291,11 +292,11 @@ def test_bad_arguments(default_onnx: Path, int8_path: Path, calibration, tmp_pat
 def test_cli_reports_errors_without_a_traceback(tmp_path: Path) -> None:
     repo = Path(__file__).resolve().parents[1]
     run = subprocess.run(
-        [sys.executable, "-m", "export.quantize", "int8", str(tmp_path / "absent.onnx"), "-o", str(tmp_path / "o")],
+        [sys.executable, "-m", "cli", "export", "int8", str(tmp_path / "absent.onnx"), "-o", str(tmp_path / "o")],
         cwd=repo,
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert run.returncode == 1
-    assert "error:" in run.stdout and "not found" in run.stdout and "Traceback" not in run.stderr
+    assert run.stderr.startswith("facesdk: error:") and "not found" in run.stderr and "Traceback" not in run.stderr

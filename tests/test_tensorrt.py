@@ -37,6 +37,7 @@ import pytest
 from onnx import TensorProto, helper
 from onnx import numpy_helper as nh
 
+from cli.main import main as facesdk
 from export import tensorrt as build
 from evaluate.lfw import lfw_chips
 from evaluate.tensorrt import engine_parity
@@ -649,7 +650,7 @@ def test_precision_and_workspace_checks() -> None:
 def test_cli_usage_errors_exit_2(tiny: Path, capsys: pytest.CaptureFixture[str]) -> None:
     for argv in ([str(tiny), "--batch", "8,4,32"], [str(tiny), "--precision", "int4"], []):
         with pytest.raises(SystemExit) as exit_info:
-            build.main(argv)
+            facesdk(["export", "trt", *argv])
         assert exit_info.value.code == 2
     assert "1 <= min <= opt <= max" in capsys.readouterr().err
 
@@ -854,23 +855,23 @@ def test_missing_tensorrt_and_cuda_python_say_what_to_install(monkeypatch: pytes
 def test_cli_without_tensorrt_fails_clearly(tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     block_tensorrt(monkeypatch)
     with pytest.raises(BackendUnavailableError, match="TensorRT is not available.*tensorrt-cu12.*python3-libnvinfer"):
-        build.main([str(tiny), "--precision", "fp16", "-o", str(tmp_path / "t.engine")])
+        facesdk(["-v", "export", "trt", str(tiny), "--precision", "fp16", "-o", str(tmp_path / "t.engine")])  # -v: raise
     assert not (tmp_path / "t.engine").exists()
 
 
 def test_cli_process_without_tensorrt_exits_1(tiny: Path, tmp_path: Path) -> None:
-    """This machine as it is: `python -m export.tensorrt` names what to install and exits 1."""
+    """This machine as it is: `facesdk export trt` names what to install and exits 1."""
     try:
         rt.import_tensorrt()
         pytest.skip("a TensorRT is installed here")
     except BackendUnavailableError:
         pass
     done = subprocess.run(
-        [sys.executable, "-m", "export.tensorrt", str(tiny), "-o", str(tmp_path / "t.engine")],
+        [sys.executable, "-m", "cli", "export", "trt", str(tiny), "-o", str(tmp_path / "t.engine")],
         cwd=REPO, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert done.returncode == 1, done.stderr
-    assert "error:" in done.stderr and "TensorRT" in done.stderr and "python3-libnvinfer" in done.stderr
+    assert done.stderr.startswith("facesdk: error:") and "TensorRT" in done.stderr and "python3-libnvinfer" in done.stderr
 
 
 def test_embedder_without_tensorrt_fails_clearly(
@@ -964,12 +965,12 @@ def test_build_reports_parser_errors_and_stale_timing_cache(
 
 
 def test_cli_builds_with_the_fake(fake: types.SimpleNamespace, tiny: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert build.main([str(tiny), "--batch", "2,4,8", "--workspace-mib", "64"]) == 0
+    assert facesdk(["export", "trt", str(tiny), "--batch", "2,4,8", "--workspace-mib", "64"]) == 0
     engine = tiny.with_suffix(".fp16.engine")
     assert engine.is_file() and rt.sidecar_path(engine).is_file()
     assert rt.read_engine_info(engine)["profile"]["opt"] == [4, 8, 8, 3]
     out = capsys.readouterr().out
-    assert f"wrote {engine}" in out and "batch 2..8 (tuned for 4)" in out and "python -m evaluate.tensorrt parity" in out
+    assert f"wrote {engine}" in out and "batch 2..8 (tuned for 4)" in out and "facesdk eval trt-parity" in out
 
 
 # --- the backend (fake TensorRT + fake cuda-python) -------------------------------------------------

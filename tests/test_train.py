@@ -380,7 +380,7 @@ def test_resume_continues_bit_exactly(att_dataset, chip_cache: Path, tmp_path: P
     state = torch.load(tmp_path / "b" / CHECKPOINT, weights_only=False)
     assert state["step"] == 4 and state["sampler"] == {"seed": 0, "step": 4}
     assert {"model", "optimizer", "scheduler", "config"} <= set(state)
-    # The checkpoint exports to a runtime model (python -m export.onnx checkpoint) that embeds as torch does.
+    # The checkpoint exports to a runtime model (facesdk export onnx checkpoint) that embeds as torch does.
     from export.onnx import export_checkpoint
     from sdk.embed import OnnxEmbedder
 
@@ -434,7 +434,7 @@ def test_config_errors_name_the_field(tmp_path: Path) -> None:
 
 
 def test_shipped_configs_load_and_the_cli_reports_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from train.__main__ import main
+    from cli.main import main
 
     configs = sorted((REPO / "train" / "configs").glob("*.json")) + sorted((REPO / "train" / "configs").glob("*.toml"))
     assert len(configs) >= 2
@@ -443,7 +443,7 @@ def test_shipped_configs_load_and_the_cli_reports_errors(tmp_path: Path, capsys:
     assert loaded["lfw_dlib_finetune"].backbone.name == "dlib_resnet"
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"backbone": {"name": "resnet9000"}}))
-    assert main(["--config", str(bad)]) == 2
+    assert main(["train", "--config", str(bad)]) == 2
     assert "unknown backbone 'resnet9000'" in capsys.readouterr().err
 
 
@@ -501,7 +501,8 @@ def test_compare_pairs_a_checkpoint_with_its_initial_network(
     att_dataset, chip_cache: Path, data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:
     _mining_available()
-    from train.compare import main, mcnemar_p
+    from cli.main import main
+    from train.compare import mcnemar_p
     from train.trainer import CHECKPOINT, Trainer
 
     assert mcnemar_p(0, 11) == pytest.approx(2 / 2**11) and mcnemar_p(4, 4) == 1.0 and mcnemar_p(0, 0) == 1.0
@@ -511,7 +512,7 @@ def test_compare_pairs_a_checkpoint_with_its_initial_network(
     lines = (data / "lfw" / "pairs.txt").read_text().splitlines()
     rows = [lines[1 + 600 * fold + 300 * mismatched + i] for fold in range(2) for mismatched in range(2) for i in range(3)]
     (tmp_path / "pairs_small.txt").write_text("\n".join(["2\t3", *rows]) + "\n")
-    argv = [str(tmp_path / "run" / CHECKPOINT), "--pairs", str(tmp_path / "pairs_small.txt"), "--data", str(data)]
+    argv = ["train", "compare", str(tmp_path / "run" / CHECKPOINT), "--pairs", str(tmp_path / "pairs_small.txt"), "--data", str(data)]
     assert main(argv) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("initial mobilefacenet: accuracy") and len(out) == 2
@@ -523,8 +524,9 @@ def test_crossval_scores_each_fold_with_the_run_that_did_not_see_its_people(
 ) -> None:
     _mining_available()
     from evaluate.lfw import evaluate
-    from train.crossval import cross_validate, fold_config, main, subset
+    from cli.main import main
     from train.checkpoint import backbone_from_state, read_checkpoint
+    from train.crossval import cross_validate, fold_config, subset
     from train.trainer import CHECKPOINT, LfwEvaluation, Trainer, embed_chips
 
     monkeypatch.setenv("FACESDK_HOME", str(tmp_path))  # the LFW chips of the slice are cached there
@@ -566,8 +568,8 @@ def test_crossval_scores_each_fold_with_the_run_that_did_not_see_its_people(
     shuffled.write_text("\n".join(["10\t1", *rows[2:4], *rows[:2], *rows[4:]]) + "\n")
     with pytest.raises(ValueError, match="not in people.txt's fold 0"):
         cross_validate(config, tmp_path / "cv2", data, [0], str(shuffled), progress=False, dataset=att_dataset)
-    with pytest.raises(SystemExit):
-        main(["--config", "train/configs/lfw_dlib_finetune.json", "--out", str(out), "--folds", "10"])
+    argv = ["train", "crossval", "--config", "train/configs/lfw_dlib_finetune.json", "--out", str(out), "--folds", "10"]
+    assert main(argv) == 2
     # An interrupted fold is resumed to the end, not restarted.
     two_steps = tiny_config(chip_cache, steps=2)
     Trainer(fold_config(two_steps, 5), tmp_path / "cv3" / "fold-5", dataset=att_dataset, progress=False).fit(stop_after=1)

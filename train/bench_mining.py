@@ -1,6 +1,6 @@
 """Triplet mining at FaceNet's batch: our op against pytorch-metric-learning and the torch reference.
 
-    python -m train.bench_mining [--device cpu|cuda] [--json] [--repeats N]
+    facesdk train bench-mining [--device cpu|cuda] [--json] [--repeats N]
 
 B = 1,800 embeddings (45 identities x 40 faces), D = 128, margin 0.2. The embeddings are synthetic:
 unit vectors around one random centre per identity with Gaussian noise, classes overlapping like a
@@ -164,12 +164,11 @@ def run_method(
 def run_all(args: argparse.Namespace) -> dict[str, Any]:
     rows = []
     for method in args.methods:
-        command = [
-            sys.executable, "-m", "train.bench_mining", "--worker", method, "--device", args.device,
-            "--repeats", str(args.repeats if method != "pml" else args.pml_repeats),
-            "--identities", str(args.identities), "--per-identity", str(args.per_identity),
-            "--dim", str(args.dim), "--noise", str(args.noise),
-        ] + (["--threads", str(args.threads)] if args.threads else [])  # fmt: skip
+        params = {"method": method, "device": args.device,
+                  "repeats": args.repeats if method != "pml" else args.pml_repeats,
+                  "identities": args.identities, "per_identity": args.per_identity, "dim": args.dim,
+                  "noise": args.noise, "threads": args.threads}  # fmt: skip
+        command = [sys.executable, "-m", "train.bench_mining", json.dumps(params)]
         print(f"running {method} ...", file=sys.stderr, flush=True)
         run = subprocess.run(command, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
         if run.returncode != 0:
@@ -226,41 +225,13 @@ def print_table(result: dict[str, Any]) -> None:
     print("time/ours, mem/ours: relative to ours/semihard. memory:", result["rows"][0].get("memory", "-"))
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m train.bench_mining", description=__doc__.split("\n")[0])
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    parser.add_argument("--json", action="store_true", help="print the result as JSON")
-    parser.add_argument("--repeats", type=int, default=3, help="runs per method; the best counts (default 3)")
-    parser.add_argument("--pml-repeats", type=int, default=1, help="runs of pml's miner (~10 s each on 2 cores)")
-    parser.add_argument(
-        "--methods", nargs="+", choices=METHODS, help="default: all (on CUDA all but the reference, which runs on the CPU)"
-    )
-    parser.add_argument("--identities", type=int, default=45)
-    parser.add_argument("--per-identity", type=int, default=40)
-    parser.add_argument("--dim", type=int, default=128)
-    parser.add_argument("--noise", type=float, default=0.12, help="per-dimension noise around the identity centres")
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's, one per core)")
-    parser.add_argument("--worker", choices=METHODS, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.repeats < 1 or args.pml_repeats < 1:
-        parser.error("--repeats and --pml-repeats must be >= 1")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        parser.error(f"--device cuda: torch {torch.__version__} sees no CUDA device")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.methods is None:
-        args.methods = [m for m in METHODS if args.device == "cpu" or m != "reference"]
-    if args.worker:
-        sizes = (args.identities, args.per_identity, args.dim, args.noise)
-        print(json.dumps(run_method(args.worker, args.device, args.repeats, *sizes)))
-        return 0
-    result = run_all(args)
-    if args.json:
-        print(json.dumps(result, indent=2))
-    else:
-        print_table(result)
-    return 0
+def worker(method: str, device: str, repeats: int, identities: int, per_identity: int, dim: int, noise: float,
+           threads: int | None = None) -> dict[str, Any]:
+    """run_method in the process run_all starts for it, with torch's thread count set first."""
+    if threads:
+        torch.set_num_threads(threads)
+    return run_method(method, device, repeats, identities, per_identity, dim, noise)
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # run_all's worker process: JSON parameters in, one JSON line out
+    print(json.dumps(worker(**json.loads(sys.argv[1]))))

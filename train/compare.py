@@ -1,6 +1,6 @@
 """Did fine-tuning help? LFW verification of checkpoints against the network they started from.
 
-    python -m train.compare RUN/checkpoint.pt [MORE.pt ...] [--pairs pairs.txt] [--flip]
+    facesdk train compare RUN/checkpoint.pt [MORE.pt ...] [--pairs pairs.txt] [--flip]
 
 Each model is evaluated on the same chips with evaluate.lfw's 10-fold protocol (accuracy, AUC, EER,
 TAR at FAR 1e-3), and each checkpoint is paired with the initial network of its config (for the
@@ -14,12 +14,8 @@ aims at.
 
 from __future__ import annotations
 
-import argparse
-import logging
 import math
 import os
-import sys
-from pathlib import Path
 
 # Idle OpenMP threads sleep (as in train.__main__): spinning ones starve a training run beside it.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -27,9 +23,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numpy as np  # noqa: E402
 from torch import nn  # noqa: E402
 
-from train.config import config_from_dict  # noqa: E402
-from train.checkpoint import backbone_from_state, read_checkpoint  # noqa: E402
-from train.trainer import LfwEvaluation, embed_chips, initial_backbone  # noqa: E402
+from train.trainer import LfwEvaluation, embed_chips  # noqa: E402
 
 
 def mcnemar_p(gained: int, lost: int) -> float:
@@ -72,39 +66,3 @@ def describe(name: str, ok: np.ndarray, v, base: np.ndarray | None = None) -> st
         gained, lost = changes(base, ok)
         line += f" | vs initial: {gained} pairs now right, {lost} now wrong, McNemar p {mcnemar_p(gained, lost):.3f}"
     return line
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m train.compare", description=__doc__.splitlines()[0])
-    parser.add_argument("checkpoints", nargs="+", type=Path, help="trainer checkpoints (checkpoint.pt)")
-    parser.add_argument("--pairs", default="pairs.txt", help="LFW pairs file (default pairs.txt, the 6,000 pairs)")
-    parser.add_argument("--flip", action="store_true", help="also the initial network with flip averaging")
-    parser.add_argument("--data", type=Path, help="data folder (default $FACESDK_DATA)")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s", stream=sys.stderr)
-    from sdk.paths import data_dir
-
-    missing = [str(p) for p in args.checkpoints if not p.is_file()]
-    if missing:
-        parser.error(f"no checkpoint at {', '.join(missing)}")
-    evaluation = LfwEvaluation(args.data or data_dir(), args.pairs, progress=False)
-    baselines: dict[str, np.ndarray] = {}
-
-    for path in args.checkpoints:
-        state = read_checkpoint(path)
-        config = state["config"]
-        key = repr((config["backbone"], config["seed"]))
-        if key not in baselines:
-            initial = initial_backbone(config_from_dict(config, source=f"{path} (saved config)"))
-            baselines[key], v = pair_outcomes(evaluation, initial)
-            print(describe(f"initial {config['backbone']['name']}", baselines[key], v), flush=True)
-            if args.flip:
-                ok, v = pair_outcomes(evaluation, initial, flip=True)
-                print(describe("  the same with flip averaging", ok, v, baselines[key]), flush=True)
-        ok, v = pair_outcomes(evaluation, backbone_from_state(state))
-        print(describe(f"{path} (step {state['step']})", ok, v, baselines[key]), flush=True)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

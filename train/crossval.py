@@ -1,6 +1,6 @@
 """Fine-tuning under LFW's View 2 protocol: ten runs, each pair scored by a model that never saw its people.
 
-    python -m train.crossval --config train/configs/lfw_dlib_finetune.json --out DIR [--set FIELD=VALUE ...]
+    facesdk train crossval --config train/configs/lfw_dlib_finetune.json --out DIR [--set FIELD=VALUE ...]
                              [--folds 0,1,...]
 
 The pairs of ``pairs.txt``'s fold k are drawn from the people of ``people.txt``'s fold k. For each
@@ -9,7 +9,7 @@ fold k the config is trained into DIR/fold-K with its LFW sources replaced by
 periodic evaluation off), and the pairs of fold k are scored by that run's network. The pairs so
 scored then go through evaluate.lfw's usual 10-fold protocol (each fold's threshold from the other
 folds), next to the initial network on the same pairs: accuracy, AUC, EER, TAR at FAR 1e-3, the
-pairs gained and lost, McNemar's p (as ``python -m train.compare``). A run already finished is
+pairs gained and lost, McNemar's p (as ``facesdk train compare``). A run already finished is
 reused and an interrupted one resumed, so the command continues where it stopped; --folds trains
 and scores a subset (the others' runs are not needed). Writes DIR/crossval.json (figures, per-fold
 accuracies), crossval_distances.npz (every pair's distance, both networks) and crossval.png (DET curves).
@@ -17,12 +17,10 @@ accuracies), crossval_distances.npz (every pair's distance, both networks) and c
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
 import os
-import sys
 from pathlib import Path
 
 # Idle OpenMP threads sleep (as in train.__main__): spinning ones starve a training run beside it.
@@ -32,7 +30,7 @@ import numpy as np  # noqa: E402
 
 from evaluate.lfw import Pairs  # noqa: E402
 from train.compare import changes, describe, mcnemar_p, outcomes  # noqa: E402
-from train.config import Config, ConfigError, load_config  # noqa: E402
+from train.config import Config  # noqa: E402
 from train.data.datasets import LFW_FOLDS, lfw_people_folds  # noqa: E402
 from train.checkpoint import backbone_from_state, read_checkpoint  # noqa: E402
 from train.trainer import CHECKPOINT, LfwEvaluation, Trainer, embed_chips, initial_backbone  # noqa: E402
@@ -181,36 +179,3 @@ def plot_det(path: Path, same: np.ndarray, distances: dict[str, np.ndarray]) -> 
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m train.crossval", description=__doc__.splitlines()[0])
-    parser.add_argument("--config", type=Path, required=True, help="a trainer config (see train/configs/)")
-    parser.add_argument("--out", type=Path, required=True, help="folder of the runs (DIR/fold-K) and crossval.json")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
-                        help="override a config field, as for python -m train (repeatable)")  # fmt: skip
-    parser.add_argument("--folds", default=",".join(map(str, range(LFW_FOLDS))), help="test folds (default all ten)")
-    parser.add_argument("--pairs", default="pairs.txt", help="LFW pairs file with people.txt's folds (default pairs.txt)")
-    parser.add_argument("--data", type=Path, help="data folder (default $FACESDK_DATA)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
-    from sdk.paths import data_dir
-
-    try:
-        folds = sorted({int(k) for k in args.folds.split(",")})
-    except ValueError:
-        parser.error(f"--folds: integers 0..9 separated by commas, got {args.folds!r}")
-    if not folds or not all(0 <= k < LFW_FOLDS for k in folds):
-        parser.error(f"--folds: integers 0..9 separated by commas, got {args.folds!r}")
-    try:
-        config = load_config(args.config, args.overrides)
-        cross_validate(config, args.out, args.data or data_dir(), folds, args.pairs, progress=not args.no_progress)
-    except (ConfigError, ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

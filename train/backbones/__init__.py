@@ -17,7 +17,7 @@ Registered:
 * ``dlib_resnet``: dlib's ResNet-29 converted from dlib's model file (``dlib_resnet.DlibResNet``), for fine-tuning.
 
 Entries name their module and factory as strings and import on use: the package imports no
-network module, so ``python -m train.backbones.dlib_resnet`` runs without runpy's double import.
+network module.
 """
 
 from __future__ import annotations

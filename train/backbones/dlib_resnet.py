@@ -11,12 +11,11 @@ wiring, which lives in dlib's C++ network definition (``dnn_face_recognition_ex.
 The model is built by matching the records against that pattern. Where the two addends differ in
 shape, dlib's add_prev zero-pads both at the END of channels, rows and columns to the larger size.
 
-Run ``python -m train.backbones.dlib_resnet --check N`` to compare against dlib-bin on N LFW faces.
+Run ``facesdk eval dlib-port --faces N`` to compare against dlib-bin on N LFW faces.
 """
 
 from __future__ import annotations
 
-import argparse
 import pathlib
 import random
 import time
@@ -26,7 +25,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sdk.paths import data_dir
 from sdk.dlib_format import DlibNetwork, LayerCursor, LayerRecord, dlib_model_path, load_network
 
 Shape = tuple[int, int, int]  # channels, rows, cols
@@ -243,21 +241,3 @@ def check(count: int, data: pathlib.Path, batch: int = 32) -> None:
     print(f"faces: {len(names)} LFW (asked for {count}); torch threads: {torch.get_num_threads()}")
     print(f"parity: max |d| {delta.max():.3g}, mean |d| {delta.mean():.3g} per dimension")
     print(f"speed:  ours (torch, batch {batch}) {ours_ms:.1f} ms/face; dlib-bin {dlib_ms:.1f} ms/face")
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", type=int, metavar="N", required=True, help="compare with dlib on N faces")
-    parser.add_argument(
-        "--data",
-        type=pathlib.Path,
-        default=data_dir(),
-        help="data folder holding lfw/ (default: $FACESDK_DATA or <repo>/../shared/data)",
-    )
-    parser.add_argument("--batch", type=int, default=32)
-    args = parser.parse_args(argv)
-    check(args.check, args.data, args.batch)
-
-
-if __name__ == "__main__":
-    main()

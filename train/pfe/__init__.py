@@ -10,5 +10,5 @@ mutual likelihood score over genuine pairs.
 * ``features``: frozen features of clean and degraded aligned chips, computed once and cached;
 * ``train``: P x K training from the cache, checkpoint, loss curve and the sanity report.
 
-Run ``python -m train.pfe --help``. Submodules are not imported here (runpy's double import).
+Run ``facesdk train pfe --help``. Submodules are not imported here (runpy's double import).
 """

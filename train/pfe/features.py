@@ -46,7 +46,7 @@ def cache_dir() -> Path:
 
 
 def default_head_path() -> Path:
-    """Where ``python -m train.pfe train`` writes the head and ``export.onnx pfe`` reads it."""
+    """Where ``facesdk train pfe train`` writes the head and ``export.onnx pfe`` reads it."""
     return cache_dir() / "head.pt"
 
 

@@ -141,7 +141,7 @@ def load_head(path: str | Path) -> tuple[UncertaintyHead, dict[str, Any]]:
     """(head in eval mode, info) from a checkpoint written by :func:`save_head`."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"uncertainty head checkpoint {path} not found; train one with `python -m train.pfe`")
+        raise FileNotFoundError(f"uncertainty head checkpoint {path} not found; train one with `facesdk train pfe train`")
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(checkpoint, dict) or not {"head", "config"} <= checkpoint.keys():
         raise ValueError(f"{path} is not an uncertainty head checkpoint (keys head, config expected)")
