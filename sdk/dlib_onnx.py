@@ -40,6 +40,7 @@ from sdk.embed import (
     parse_metadata,
     save_model_atomic,
 )
+from sdk.paths import private_dir
 
 __all__ = [
     "DEFAULT_FAR",
@@ -297,6 +298,6 @@ def write_default_model(path: Path | None = None, dat: Path | None = None) -> Pa
     source = f"{dat.name} sha256:{hashlib.sha256(data).hexdigest()}"
     model = dlib_onnx_model(parse_network(data, str(dat)), source=source)
     path = default_model_path() if path is None else Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(path.parent)
     save_model_atomic(model, path)
     return path

@@ -51,7 +51,6 @@ Matching
     changed: this object's own writes bump a generation counter, other connections'
     commits show in ``PRAGMA data_version``. A snapshot is an immutable tuple
     replaced by one assignment, so a search holds a consistent one throughout.
-    A reload reads every row, paid by the first search after each change.
 
     :meth:`Gallery.search` returns the ``k`` best *distinct* identities, each
     ranked by its nearest image (ties: the image enrolled first). It runs
@@ -61,6 +60,14 @@ Matching
     first ``k`` distinct ones in that order are the answer. Top-1 is exactly one
     top-1 kernel call whatever ``m`` is; for ``k > 1`` the cost grows with ``m``.
 
+    Rows that fail the checks ``add`` makes (a damaged or hand-edited file: NaN, Inf, huge or
+    wrong-length vectors, bad variances) are left out of the snapshot with a warning, so the
+    others stay searchable; :meth:`Gallery.check` lists them and :meth:`Gallery.repair`
+    deletes them. This object's own ``add`` and ``remove`` update the snapshot in memory
+    (appending in place, or copying the rest), off the lock: searches never wait for a reload
+    of the whole gallery after an enrolment here; a change made by another connection is
+    read by a reload.
+
     :meth:`Gallery.search_mls` does the same with the mutual likelihood score of
     Probabilistic Face Embeddings (highest first, :func:`sdk.pfe.mls_topk`) over the
     stored ``sigma_sq``; :meth:`Gallery.within_mls` is :meth:`within` for MLS. Both
@@ -69,12 +76,15 @@ Matching
 
 from __future__ import annotations
 
+import itertools
 import json
+import logging
 import operator
 import os
 import sqlite3
 import threading
 import time
+import zipfile
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -86,7 +96,9 @@ from numpy.typing import ArrayLike
 from sdk import kernels, pfe
 from sdk.errors import GalleryError, ModelMismatchError
 
-__all__ = ["Gallery", "Enrolled", "SCHEMA_VERSION", "MAX_NAME_LENGTH"]
+__all__ = ["Gallery", "Enrolled", "BadRow", "SCHEMA_VERSION", "MAX_NAME_LENGTH"]
+
+log = logging.getLogger("sdk")
 
 SCHEMA_VERSION = 1
 MAX_NAME_LENGTH = 256
@@ -133,14 +145,60 @@ class Enrolled(NamedTuple):
     sources: list[str | None]
 
 
+class BadRow(NamedTuple):
+    """A stored embedding that cannot be matched (a damaged or hand-edited file)."""
+
+    row: int  # embeddings.id
+    identity: str
+    reason: str
+
+
+class _Rows:
+    """Growable row storage that snapshots view. Rows are only appended past every row a
+    published snapshot shows (``filled``), so a snapshot's view never changes under a search."""
+
+    def __init__(self, dim: int, capacity: int, with_sigma: bool) -> None:
+        self.vectors = np.empty((capacity, dim), np.float32)
+        self.labels = np.empty(capacity, np.intp)
+        self.sigma_sq = np.full((capacity, dim), np.nan, np.float32) if with_sigma else None
+        self.filled = 0
+        self.index: dict[str, int] | None = None  # name -> label, built on the first write
+
+    @property
+    def capacity(self) -> int:
+        return len(self.labels)
+
+
 class _Snapshot(NamedTuple):
-    generation: int  # the gallery's generation when this was loaded
+    generation: int  # the gallery's generation when this was taken
+    rows: _Rows  # the storage the arrays below view
     vectors: np.ndarray  # float32 [n, dim], C-contiguous, read-only, in enrolment order
     labels: np.ndarray  # intp [n]: row -> index into names
-    names: tuple[str, ...]  # identities that have at least one embedding
-    max_per_identity: int  # most rows any one identity holds (0 when empty)
-    sigma_sq: np.ndarray  # float32 [n, dim], read-only, PFE variances; NaN rows where absent
+    names: tuple[str, ...]  # identities that have at least one usable embedding, by identity id
+    counts: np.ndarray  # int64 [len(names)]: rows per identity
+    sigma_sq: np.ndarray | None  # float32 [n, dim], PFE variances (NaN rows where absent); None: no row has one
     without_sigma: int  # rows enrolled without sigma_sq (MLS search needs none)
+    bad: tuple[BadRow, ...]  # rows left out, with the reason
+
+    @property
+    def max_per_identity(self) -> int:
+        return int(self.counts.max()) if len(self.counts) else 0
+
+
+def _capacity(n: int) -> int:
+    """Room for the rows and some growth, so the next enrolments append without a copy."""
+    return n + max(n // 16, 1024)
+
+
+def _published(generation: int, rows: _Rows, n: int, names: tuple[str, ...], counts: np.ndarray,
+               without_sigma: int, bad: tuple[BadRow, ...]) -> _Snapshot:  # fmt: skip
+    """A snapshot of ``rows``' first ``n`` rows, as read-only views."""
+    rows.filled = max(rows.filled, n)
+    views = [rows.vectors[:n], rows.labels[:n]] + ([rows.sigma_sq[:n]] if rows.sigma_sq is not None else [])
+    for view in views:
+        view.flags.writeable = False
+    sigma = views[2] if rows.sigma_sq is not None else None
+    return _Snapshot(generation, rows, views[0], views[1], names, counts, sigma, without_sigma, bad)
 
 
 def _connect(target: str, *, uri: bool = False) -> sqlite3.Connection:
@@ -183,6 +241,56 @@ def _matrix(x: object, what: str, dim: int) -> np.ndarray:
             f"{what} rows {bad[:5].tolist()} hold NaN, Inf or values too large for float32"
         )
     return out
+
+
+def _blobs(blobs: list[object], dim: int, what: str, variances: bool = False) -> tuple[np.ndarray, list[str | None]]:
+    """Stored rows as float32 ``[len, dim]`` and, per row, why it cannot be used (None: it can;
+    a missing variance is allowed). The same checks as ``_matrix``, row by row."""
+    nbytes = 4 * dim
+    out = np.full((len(blobs), dim), np.nan if variances else 0.0, np.float32)  # NaN: no variance stored
+    problems: list[str | None] = [None] * len(blobs)
+    sized = []
+    for i, blob in enumerate(blobs):
+        if blob is None and variances:
+            continue
+        if not isinstance(blob, bytes) or len(blob) != nbytes:
+            size = f"{len(blob)} bytes" if isinstance(blob, bytes) else f"a {type(blob).__name__}"
+            problems[i] = f"{what} is {size}, expected {nbytes} bytes"
+        else:
+            sized.append(i)
+    if sized:
+        out[sized] = np.frombuffer(b"".join(blobs[i] for i in sized), "<f4").reshape(-1, dim)  # type: ignore[misc]
+        block = out[sized]
+        if variances:
+            usable = np.isfinite(block).all(1) & (block > 0).all(1)
+            message = f"{what} holds values that are not positive finite variances"
+        else:
+            usable = np.einsum("ij,ij->i", block, block, dtype=np.float64) <= _MAX_SQ_NORM  # NaN compares false
+            message = f"{what} holds NaN, Inf or values too large for float32"
+        for i in np.asarray(sized)[~usable].tolist():
+            problems[i] = message
+    return out, problems
+
+
+def _index(snap: _Snapshot) -> dict[str, int]:
+    """name -> label (index into ``names``) of a snapshot, kept with its rows: names of one
+    ``_Rows`` only ever grow at the end, so a map of the same length is this snapshot's."""
+    index = snap.rows.index
+    if index is None or len(index) != len(snap.names):
+        index = snap.rows.index = {n: i for i, n in enumerate(snap.names)}
+    return index
+
+
+def _create_private(path: Path) -> None:
+    """An empty file readable by its owner only (0600, whatever the umask), unless one exists."""
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    except FileExistsError:
+        return
+    except OSError as e:
+        raise GalleryError(f"cannot open gallery {path}: cannot create it: {e.strerror}") from e
+    os.fchmod(fd, 0o600)
+    os.close(fd)
 
 
 def _checked_k(k: object) -> int:
@@ -250,7 +358,8 @@ class Gallery:
         if path is not None and os.fspath(path) != ":memory:":
             self.path = Path(path)
         self._where = ":memory:" if self.path is None else str(self.path)
-        self._lock = threading.RLock()
+        self._lock = threading.RLock()  # the connection and the snapshot pointer
+        self._writer = threading.Lock()  # this object's writes, one at a time
         self._generation = 0  # bumped after every change this object knows of
         self._data_version: int | None = None  # last PRAGMA data_version seen
         self._snapshot: _Snapshot | None = None
@@ -268,6 +377,8 @@ class Gallery:
             if self.path.exists() and self.path.stat().st_size > 0:
                 self._check_read_only()
                 fresh = False
+            else:
+                _create_private(self.path)  # biometric data: SQLite gives its side files the same mode
             target = str(self.path)
         try:
             conn = _connect(target)
@@ -346,22 +457,43 @@ class Gallery:
             raise GalleryError(f"gallery {self._where} is closed")
         return self._conn
 
-    def _write(self, sql_steps: Callable[[sqlite3.Connection], T]) -> T:
-        """``sql_steps(conn)`` in one IMMEDIATE transaction (all or nothing); returns its result."""
-        with self._lock:
-            conn = self._connection()
-            try:
-                conn.execute("BEGIN IMMEDIATE")
+    def _write(
+        self,
+        sql_steps: Callable[[sqlite3.Connection], T],
+        update: Callable[[_Snapshot, T], _Snapshot] | None = None,
+    ) -> T:
+        """``sql_steps(conn)`` in one IMMEDIATE transaction (all or nothing); returns its result.
+
+        ``update(snapshot, result)`` gives the in-memory snapshot after the change. It runs after
+        the commit and off the lock, so searches go on over the old snapshot meanwhile instead of
+        waiting for a reload of the whole gallery; without it, the next search reloads.
+        """
+        with self._writer:
+            with self._lock:
+                conn = self._connection()
                 try:
-                    result = sql_steps(conn)
-                    conn.execute("COMMIT")
-                except BaseException:
-                    if conn.in_transaction:  # a failed COMMIT may have rolled back already
-                        conn.execute("ROLLBACK")
-                    raise
-            except sqlite3.Error as e:
-                raise GalleryError(f"gallery {self._where}: write failed: {e}") from e
-            self._generation += 1
+                    base = self._snapshot_if_current(conn)
+                    conn.execute("BEGIN IMMEDIATE")
+                    try:
+                        result = sql_steps(conn)
+                        conn.execute("COMMIT")
+                    except BaseException:
+                        if conn.in_transaction:  # a failed COMMIT may have rolled back already
+                            conn.execute("ROLLBACK")
+                        raise
+                except sqlite3.Error as e:
+                    raise GalleryError(f"gallery {self._where}: write failed: {e}") from e
+                if update is None or base is None:
+                    self._generation += 1
+                    return result
+                generation = self._generation
+            snapshot = update(base, result)
+            with self._lock:
+                # Unless a search reloaded meanwhile (another process committed): that reload
+                # read this change from the file already.
+                if self._generation == generation:
+                    self._generation += 1
+                    self._snapshot = snapshot._replace(generation=self._generation)
             return result
 
     def _read(self, sql_steps: Callable[[sqlite3.Connection], T]) -> T:
@@ -397,17 +529,78 @@ class Gallery:
         """
         name = _clean_name(identity)
         vectors = _matrix(embeddings, "embeddings", self.dim)
+        return self._insert([name] * len(vectors), vectors, sigma_sq, quality, sources)
+
+    def add_many(
+        self,
+        names: Sequence[str],
+        embeddings: ArrayLike,
+        *,
+        sigma_sq: ArrayLike | None = None,
+        quality: ArrayLike | None = None,
+        sources: Sequence[str | None] | None = None,
+    ) -> int:
+        """Bulk enrolment: row i of ``embeddings`` (and of the other arrays) for ``names[i]``
+        (names may repeat), validated as :meth:`add` does and written in one transaction."""
+        vectors = _matrix(embeddings, "embeddings", self.dim)
+        if isinstance(names, str) or len(names) != len(vectors):
+            raise ValueError(f"names must be a sequence of {len(vectors)} str, one per embedding")
+        return self._insert([_clean_name(n) for n in names], vectors, sigma_sq, quality, sources)
+
+    def import_npz(self, path: str | os.PathLike[str]) -> int:
+        """Enrols every row of a file written by :meth:`export` (of a gallery of this model), in
+        one transaction; returns the rows added. Rows without a variance stay without one."""
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                arrays = {key: f[key] for key in f.files}
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+            raise GalleryError(f"{path} is not a gallery export (.npz): {e}") from e
+        missing = [key for key in ("names", "identity", "vectors", "meta") if key not in arrays]
+        if missing:
+            raise GalleryError(f"{path} is not a gallery export: it lacks {', '.join(missing)}")
+        try:
+            meta = json.loads(str(arrays["meta"]))
+            self._check_model(meta)
+            names, identity = arrays["names"], arrays["identity"]
+            if identity.ndim != 1 or identity.dtype.kind not in "iu" or len(identity) and not (
+                0 <= identity.min() and identity.max() < len(names)
+            ):
+                raise ValueError("its identity column does not index its names")
+            row_names = [_clean_name(str(n)) for n in names[identity].tolist()]
+        except (ValueError, TypeError) as e:
+            raise GalleryError(f"{path}: {e}") from e
+        vectors = _matrix(arrays["vectors"], "vectors", self.dim)
+        sigma = arrays.get("sigma_sq")
+        quality = arrays.get("quality")
+        quality = None if quality is None or np.isnan(quality).all() else np.nan_to_num(quality, nan=0.0)
+        sources = arrays.get("source")
+        sources = None if sources is None else [s or None for s in sources.tolist()]
+        return self._insert(row_names, vectors, sigma, quality, sources, absent_sigma=True)
+
+    def _insert(
+        self,
+        names: list[str],
+        vectors: np.ndarray,
+        sigma_sq: ArrayLike | None,
+        quality: ArrayLike | None,
+        sources: Sequence[str | None] | None,
+        absent_sigma: bool = False,
+    ) -> int:
+        """Rows ``vectors`` (validated) for ``names`` (clean), in one transaction. With
+        ``absent_sigma``, a ``sigma_sq`` row of NaN means "no variance" (the export format)."""
         k = len(vectors)
         if k == 0:
             raise ValueError("embeddings is empty: nothing to add")
-        sigma_rows: list[bytes | None] = [None] * k
+        sigma = None
         if sigma_sq is not None:
-            sigma = _matrix(sigma_sq, "sigma_sq", self.dim)
+            sigma = np.asarray(sigma_sq)
+            absent = np.isnan(sigma).all(axis=1) if absent_sigma and sigma.ndim == 2 else np.zeros(len(sigma), bool)
+            sigma = _matrix(np.where(absent[:, None], 1.0, sigma), "sigma_sq", self.dim)
             if len(sigma) != k:
                 raise ValueError(f"sigma_sq has {len(sigma)} rows, embeddings {k}")
             if not (sigma > 0).all():
                 raise ValueError("sigma_sq must be positive (variances)")
-            sigma_rows = [row.astype("<f4").tobytes() for row in sigma]
+            sigma[absent] = np.nan
         quality_rows: list[float | None] = [None] * k
         if quality is not None:
             q = np.asarray(quality)
@@ -420,34 +613,35 @@ class Gallery:
             valid = all(s is None or isinstance(s, str) for s in source_rows)
             if len(source_rows) != k or not valid:
                 raise ValueError(f"sources must be {k} str (or None), got {sources!r}")
-        blobs = [row.astype("<f4").tobytes() for row in vectors]
+        blobs = [row.tobytes() for row in vectors.astype("<f4", copy=False)]
+        sigma_rows = [None] * k if sigma is None else [None if np.isnan(r[0]) else r.tobytes() for r in sigma.astype("<f4", copy=False)]
+        unique = list(dict.fromkeys(names))  # first appearance: the order the ids are given in
 
         def steps(conn: sqlite3.Connection) -> int:
             now = time.time()
-            conn.execute(
+            conn.executemany(
                 "INSERT INTO identities(name, created) VALUES (?, ?) ON CONFLICT(name) DO NOTHING",
-                (name, now),
+                [(name, now) for name in unique],
             )
-            (identity_id,) = conn.execute(
-                "SELECT id FROM identities WHERE name = ?", (name,)
-            ).fetchone()
+            if len(unique) == 1:
+                ids = {unique[0]: conn.execute("SELECT id FROM identities WHERE name = ?", unique).fetchone()[0]}
+            else:
+                ids = {name: i for i, name in conn.execute("SELECT id, name FROM identities")}
             conn.executemany(
                 "INSERT INTO embeddings(identity_id, vector, sigma_sq, quality, source, created) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
-                [
-                    (identity_id, *row, now)
-                    for row in zip(blobs, sigma_rows, quality_rows, source_rows)
-                ],
+                zip((ids[n] for n in names), blobs, sigma_rows, quality_rows, source_rows, itertools.repeat(now)),
             )
             return k
 
-        return self._write(steps)
+        return self._write(steps, lambda snap, _: self._with_rows(snap, names, vectors, sigma))
 
     def remove(self, identity: str) -> bool:
         """Removes an identity and all its embeddings; False when it was not enrolled."""
         name = _clean_name(identity)
         return self._write(
-            lambda conn: conn.execute("DELETE FROM identities WHERE name = ?", (name,)).rowcount > 0
+            lambda conn: conn.execute("DELETE FROM identities WHERE name = ?", (name,)).rowcount > 0,
+            lambda snap, _: self._without(snap, name),
         )
 
     # ------------------------------------------------------------------ queries
@@ -506,49 +700,125 @@ class Gallery:
         with self._lock:
             conn = self._connection()
             try:
-                version = conn.execute("PRAGMA data_version").fetchone()[0]
-                if version != self._data_version:  # another connection committed
-                    self._data_version = version
-                    self._generation += 1
-                snapshot = self._snapshot
-                if snapshot is None or snapshot.generation != self._generation:
+                snapshot = self._snapshot_if_current(conn)
+                if snapshot is None:
                     snapshot = self._read(self._load)
                     self._snapshot = snapshot  # one assignment: searches see old or new, never half
                 return snapshot
             except sqlite3.Error as e:
                 raise GalleryError(f"gallery {self._where}: read failed: {e}") from e
 
+    def _snapshot_if_current(self, conn: sqlite3.Connection) -> _Snapshot | None:
+        """The snapshot, unless something changed since it was taken (under the lock)."""
+        version = conn.execute("PRAGMA data_version").fetchone()[0]
+        if version != self._data_version:  # another connection committed
+            self._data_version = version
+            self._generation += 1
+        snapshot = self._snapshot
+        return snapshot if snapshot is not None and snapshot.generation == self._generation else None
+
+    def _with_rows(self, snap: _Snapshot, row_names: list[str], vectors: np.ndarray, sigma_sq: np.ndarray | None) -> _Snapshot:
+        """``snap`` with ``vectors`` appended, row i for ``row_names[i]`` (``sigma_sq`` NaN rows:
+        no variance), as a reload would load them."""
+        n, k, rows = len(snap.labels), len(vectors), snap.rows
+        index = _index(snap)
+        if rows.filled != n or rows.capacity < n + k or (sigma_sq is not None and rows.sigma_sq is None):
+            rows = _Rows(self.dim, _capacity(n + k), snap.sigma_sq is not None or sigma_sq is not None)
+            rows.vectors[:n], rows.labels[:n] = snap.vectors, snap.labels
+            if snap.sigma_sq is not None:
+                rows.sigma_sq[:n] = snap.sigma_sq
+            rows.index = index = dict(index)
+        new: list[str] = []  # identities new to the snapshot have the highest ids: they come last
+        labels = np.empty(k, np.intp)
+        for i, name in enumerate(row_names):
+            label = index.get(name)
+            if label is None:
+                label = index[name] = len(snap.names) + len(new)
+                new.append(name)
+            labels[i] = label
+        names = snap.names + tuple(new)
+        counts = np.bincount(labels, minlength=len(names)).astype(np.int64)
+        counts[: len(snap.counts)] += snap.counts
+        rows.vectors[n : n + k] = vectors
+        rows.labels[n : n + k] = labels
+        if rows.sigma_sq is not None:
+            rows.sigma_sq[n : n + k] = np.nan if sigma_sq is None else sigma_sq
+        absent = k if sigma_sq is None else int(np.isnan(sigma_sq[:, 0]).sum())
+        return _published(snap.generation, rows, n + k, names, counts, snap.without_sigma + absent, snap.bad)
+
+    def _without(self, snap: _Snapshot, name: str) -> _Snapshot:
+        """``snap`` without ``name``'s rows (a copy of the rest)."""
+        label = _index(snap).get(name)
+        bad = tuple(b for b in snap.bad if b.identity != name)
+        if label is None:
+            return snap._replace(bad=bad)
+        keep = snap.labels != label
+        n = int(keep.sum())
+        rows = _Rows(self.dim, _capacity(n), snap.sigma_sq is not None)
+        rows.vectors[:n] = snap.vectors[keep]
+        labels = snap.labels[keep]
+        rows.labels[:n] = labels - (labels > label)
+        without = snap.without_sigma
+        if snap.sigma_sq is not None:
+            rows.sigma_sq[:n] = snap.sigma_sq[keep]
+            without -= int(np.isnan(snap.sigma_sq[~keep, 0]).sum())
+        else:
+            without = n
+        names = snap.names[:label] + snap.names[label + 1 :]
+        return _published(snap.generation, rows, n, names, np.delete(snap.counts, label), without, bad)
+
     def _load(self, conn: sqlite3.Connection) -> _Snapshot:
+        """Every usable row, in enrolment order; rows that fail the checks ``add`` makes are left
+        out and listed (``bad``), so one damaged row does not stop matching the others."""
+        dim = self.dim
         (n,) = conn.execute(f"SELECT count(*) {_ROWS}").fetchone()
-        vectors = np.empty((n, self.dim), np.float32)
-        sigma_sq = np.full((n, self.dim), np.nan, np.float32)
+        with_sigma = conn.execute(f"SELECT 1 {_ROWS} WHERE sigma_sq IS NOT NULL LIMIT 1").fetchone() is not None
+        rows = _Rows(dim, _capacity(n), with_sigma)
         identity_ids = np.empty(n, np.int64)
-        cursor = conn.execute(f"SELECT identity_id, vector, sigma_sq {_ROWS} ORDER BY embeddings.id")
-        start, without_sigma = 0, 0
-        while rows := cursor.fetchmany(_LOAD_CHUNK):
-            stop = start + len(rows)
-            identity_ids[start:stop] = [r[0] for r in rows]
-            blob = b"".join(r[1] for r in rows)
-            vectors[start:stop] = np.frombuffer(blob, "<f4").reshape(-1, self.dim)
-            with_sigma = [i for i, r in enumerate(rows) if r[2] is not None]
-            without_sigma += len(rows) - len(with_sigma)
+        bad: list[BadRow] = []
+        kept, without_sigma = 0, 0
+        cursor = conn.execute(f"SELECT embeddings.id, identity_id, name, vector, sigma_sq {_ROWS} ORDER BY embeddings.id")
+        while chunk := cursor.fetchmany(_LOAD_CHUNK):
+            vectors, vector_problems = _blobs([r[3] for r in chunk], dim, "vector")
+            problems = vector_problems
             if with_sigma:
-                blob = b"".join(rows[i][2] for i in with_sigma)
-                sigma_sq[start + np.array(with_sigma)] = np.frombuffer(blob, "<f4").reshape(-1, self.dim)
-            start = stop
+                sigma, sigma_problems = _blobs([r[4] for r in chunk], dim, "sigma_sq", variances=True)
+                problems = [v or s for v, s in zip(vector_problems, sigma_problems)]
+            good = [i for i, problem in enumerate(problems) if problem is None]
+            bad += [BadRow(chunk[i][0], chunk[i][2], problem) for i, problem in enumerate(problems) if problem]
+            stop = kept + len(good)
+            rows.vectors[kept:stop] = vectors[good]
+            identity_ids[kept:stop] = [chunk[i][1] for i in good]
+            if with_sigma:
+                rows.sigma_sq[kept:stop] = sigma[good]
+            without_sigma += sum(chunk[i][4] is None for i in good)
+            kept = stop
+        if bad:
+            shown = "; ".join(f"row {b.row} of {b.identity!r}: {b.reason}" for b in bad[:3])
+            log.warning("gallery %s: %d embedding(s) left out of matching (%s); `facesdk gallery check --repair` "
+                        "removes them", self._where, len(bad), shown)  # fmt: skip
         names_by_id = dict(conn.execute("SELECT id, name FROM identities").fetchall())
-        present, labels = np.unique(identity_ids, return_inverse=True)
-        for array in (vectors, labels, sigma_sq):
-            array.flags.writeable = False
-        return _Snapshot(
-            generation=self._generation,
-            vectors=vectors,
-            labels=labels,
-            names=tuple(names_by_id[i] for i in present.tolist()),
-            max_per_identity=int(np.bincount(labels).max()) if n else 0,
-            sigma_sq=sigma_sq,
-            without_sigma=without_sigma,
-        )
+        present, labels = np.unique(identity_ids[:kept], return_inverse=True)
+        rows.labels[:kept] = labels
+        names = tuple(names_by_id[i] for i in present.tolist())
+        counts = np.bincount(labels, minlength=len(names)).astype(np.int64)
+        return _published(self._generation, rows, kept, names, counts, without_sigma, tuple(bad))
+
+    def check(self) -> list[BadRow]:
+        """Rows that cannot be matched (NaN, Inf, huge or wrong-length vectors, bad variances),
+        read afresh from the file; matching leaves them out."""
+        with self._lock:
+            self._connection()
+            self._generation += 1  # a fresh load, whatever the snapshot holds
+            self._snapshot = snapshot = self._read(self._load)
+        return list(snapshot.bad)
+
+    def repair(self) -> list[BadRow]:
+        """Deletes the rows :meth:`check` finds, in one transaction; returns them."""
+        bad = self.check()
+        if bad:
+            self._write(lambda conn: conn.executemany("DELETE FROM embeddings WHERE id = ?", [(b.row,) for b in bad]))
+        return bad
 
     def search(
         self, queries: ArrayLike, k: int = 1
@@ -621,6 +891,8 @@ class Gallery:
             raise ValueError(f"sigma_sq must be positive and shaped like the queries {q.shape}, got {s.shape}")
         snap = self._current()
         self._check_sigma(snap)
+        if snap.sigma_sq is None:  # an empty gallery (_check_sigma refuses rows without sigma_sq)
+            return [[] for _ in range(len(q))]
         m = pfe.mls_match(q, s, snap.vectors, snap.sigma_sq, threshold, check_gallery=False)
         return self._best_per_identity(snap, len(q), m.query, m.gallery, -m.score.astype(np.float64), sign=-1.0)
 
@@ -663,8 +935,11 @@ class Gallery:
 
     # ------------------------------------------------------------------- export
 
-    def export(self, path: str | os.PathLike[str]) -> Path:
+    def export(self, path: str | os.PathLike[str], *, sources: bool = False) -> Path:
         """Writes the gallery to ``path`` as an ``.npz`` (name kept as given); returns the path.
+
+        The file holds every enrolled face's template (biometric data): it is created 0600.
+        ``sources`` (default False) also writes where each face came from (e.g. image paths).
 
         Arrays (plain dtypes: ``np.load(path)`` needs no pickle), one row per
         embedding in enrolment order:
@@ -674,7 +949,7 @@ class Gallery:
         - ``vectors``: float32 ``[n, dim]``
         - ``sigma_sq``: float32 ``[n, dim]``, only when some row has one (NaN rows where absent)
         - ``quality``: float64 ``[n]``, NaN where absent
-        - ``source``: str ``[n]``, '' where absent
+        - ``source``: str ``[n]``, '' where absent; only with ``sources=True``
         - ``meta``: 0-d str, the meta table as a JSON object
 
         Written to a temporary file beside ``path`` and renamed, so ``path`` is
@@ -697,9 +972,10 @@ class Gallery:
                 .astype(np.float32)
                 .reshape(-1, dim),
                 "quality": np.array([np.nan if r[3] is None else r[3] for r in rows], np.float64),
-                "source": np.array(["" if r[4] is None else r[4] for r in rows], dtype=str),
                 "meta": np.array(json.dumps(meta)),
             }
+            if sources:
+                arrays["source"] = np.array(["" if r[4] is None else r[4] for r in rows], dtype=str)
             if any(r[2] is not None for r in rows):
                 sigma = b"".join(nan_row if r[2] is None else r[2] for r in rows)
                 arrays["sigma_sq"] = np.frombuffer(sigma, "<f4").astype(np.float32).reshape(-1, dim)
@@ -709,7 +985,10 @@ class Gallery:
         target = Path(path)
         tmp = target.with_name(target.name + ".tmp")
         try:
-            with open(tmp, "wb") as f:  # a file object: np.savez adds no '.npz' to the name
+            tmp.unlink(missing_ok=True)
+            fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+            os.fchmod(fd, 0o600)
+            with os.fdopen(fd, "wb") as f:  # a file object: np.savez adds no '.npz' to the name
                 np.savez(f, **arrays)
             os.replace(tmp, target)
         except BaseException:

@@ -38,3 +38,14 @@ def data_dir() -> Path:
 def package_file(name: str) -> Path:
     """A data file shipped inside the package (``sdk/models/``)."""
     return _PACKAGE / "models" / name
+
+
+def private_dir(path: Path) -> Path:
+    """``path`` as a directory only its owner can enter (0700, whatever the umask): the SDK's
+    home holds galleries, which are biometric data. Existing directories keep their mode."""
+    path = Path(path)
+    if not path.is_dir():
+        private_dir(path.parent)  # missing parents too: mkdir(parents=True) would give them the umask's mode
+        path.mkdir(mode=0o700, exist_ok=True)
+        path.chmod(0o700)
+    return path

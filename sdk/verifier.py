@@ -163,7 +163,7 @@ class Verifier:
         self.detector = detect.detector_from(detector)
         if gallery == "default":
             gallery = paths.home() / "gallery.sqlite"
-            gallery.parent.mkdir(parents=True, exist_ok=True)
+            paths.private_dir(gallery.parent)
         self.gallery = Gallery(
             gallery,
             model_name=meta["model_name"],

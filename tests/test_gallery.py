@@ -524,8 +524,11 @@ def test_export_round_trip(tmp_path: Path, rng: np.random.Generator) -> None:
     with Gallery(tmp_path / "g.db", **MODEL) as g:
         g.add("bob", bob, quality=[1, 2, 3], sources=["b0", None, "b2"])
         g.add("alice", alice, sigma_sq=sigma)
-        out = g.export(tmp_path / "gallery.export")  # the name is kept as given
+        out = g.export(tmp_path / "gallery.export", sources=True)  # the name is kept as given
         assert out == tmp_path / "gallery.export"
+        assert out.stat().st_mode & 0o777 == 0o600  # biometric data
+        with np.load(g.export(tmp_path / "plain.npz"), allow_pickle=False) as z:
+            assert "source" not in z.files  # where faces came from only when asked
         queries = unit(rng, 10)
         expected = g.search(queries, k=2)
     with np.load(out, allow_pickle=False) as z:
@@ -541,11 +544,19 @@ def test_export_round_trip(tmp_path: Path, rng: np.random.Generator) -> None:
     assert data["source"].tolist() == ["b0", "", "b2", "", ""]
     meta = json.loads(str(data["meta"]))
     assert (meta["model_name"], meta["embedding_dim"]) == ("dlib_resnet_v1", "16")
-    with Gallery(None, **MODEL) as copy:  # an export rebuilds an equal gallery
-        for i, name in enumerate(data["names"].tolist()):
-            copy.add(name, data["vectors"][data["identity"] == i])
+    with Gallery(None, **MODEL) as copy:  # an export rebuilds an equal gallery, in one import
+        assert copy.import_npz(out) == 5
         assert copy.search(queries, k=2)[0] == expected[0]
         np.testing.assert_array_equal(copy.search(queries, k=2)[1], expected[1])
+        np.testing.assert_array_equal(copy.embeddings("alice").sigma_sq, sigma)
+        assert copy.embeddings("bob").sigma_sq is None and copy.embeddings("bob").sources == ["b0", None, "b2"]
+        np.testing.assert_array_equal(copy.embeddings("bob").quality, [1, 2, 3])
+    other = {**MODEL, "model_version": "2"}
+    with Gallery(None, **other) as g, pytest.raises(ModelMismatchError):
+        g.import_npz(out)
+    (tmp_path / "junk.npz").write_bytes(b"PK\x03\x04 not really")
+    with Gallery(None, **MODEL) as g, pytest.raises(GalleryError, match="not a gallery export"):
+        g.import_npz(tmp_path / "junk.npz")
     with Gallery(None, **MODEL) as g:
         g.export(tmp_path / "e.npz")
     with np.load(tmp_path / "e.npz", allow_pickle=False) as z:
@@ -639,3 +650,123 @@ def test_sigma_is_stored_returned_and_required_for_mls(rng: np.random.Generator,
             g.within_mls(mu[:1], sigma[:1], 0.0)
         g.remove("bob")
         assert g.search_mls(mu[:1], sigma[:1], k=2)[0] == [["alice", None]]
+
+
+# --- the snapshot kept in memory by this object's own writes -----------------------------------------
+
+
+def as_reloaded(g: Gallery) -> tuple:
+    """(vectors, row owners, sigma_sq or None, rows without sigma) as a reload from the file has them."""
+    g._generation += 1  # white box: force a full reload
+    snap = g._current()
+    owners = [snap.names[i] for i in snap.labels.tolist()]
+    return snap.vectors.copy(), owners, None if snap.sigma_sq is None else snap.sigma_sq.copy(), snap.without_sigma
+
+
+def test_own_writes_update_the_snapshot_as_a_reload_would(tmp_path: Path, rng: np.random.Generator, monkeypatch) -> None:
+    g = Gallery(tmp_path / "g.sqlite", **MODEL)
+    g.add("seed", unit(rng, 2))
+    g.search(unit(rng, 1))  # the first snapshot: one load
+    loads = []
+    real_load = Gallery._load
+    monkeypatch.setattr(Gallery, "_load", lambda self, conn: loads.append(1) or real_load(self, conn))
+    steps = [("alice", 3, False), ("bob", 1, True), ("alice", 2, True), ("carol", 4, False), ("-seed", 0, False),
+             ("bob", 2, False), ("-alice", 0, False), ("alice", 1, False), ("-nobody", 0, False)]  # fmt: skip
+    for name, k, with_sigma in steps:
+        if name.startswith("-"):
+            g.remove(name[1:])
+        else:
+            sigma = rng.uniform(0.1, 2, (k, MODEL["dim"])).astype(np.float32) if with_sigma else None
+            g.add(name, unit(rng, k), sigma_sq=sigma)
+        snap = g._snapshot
+        names, _ = g.search(snap.vectors[:1], k=1)  # served from memory
+        assert not loads, f"a search reloaded the gallery after {name!r}"
+        mine = (snap.vectors.copy(), [snap.names[i] for i in snap.labels.tolist()], snap.sigma_sq, snap.without_sigma)
+        reloaded = as_reloaded(g)
+        loads.clear()
+        np.testing.assert_array_equal(mine[0], reloaded[0])
+        assert mine[1] == reloaded[1] and mine[3] == reloaded[3]
+        if reloaded[2] is None:
+            assert mine[2] is None or np.isnan(mine[2]).all()
+        else:
+            np.testing.assert_array_equal(mine[2], reloaded[2])
+        assert snap.max_per_identity == max(mine[1].count(n) for n in set(mine[1]))
+        assert names[0][0] == mine[1][0]
+    g.close()
+
+
+def test_many_enrolments_append_in_place(rng: np.random.Generator) -> None:
+    with Gallery(None, **MODEL) as g:
+        g.add("first", unit(rng, 1))
+        g.search(unit(rng, 1))
+        storage = g._snapshot.rows
+        for i in range(200):
+            g.add(f"p{i}", unit(rng, 1))
+        assert g._snapshot.rows is storage, "1,024 rows of room: no copy for 200 more"
+        assert len(g._snapshot.labels) == 201 and g._snapshot.sigma_sq is None  # no NaN array without PFE
+        earlier = g._snapshot
+        g.add("p0", unit(rng, 1))
+        assert earlier.vectors.shape[0] == 201 and not earlier.vectors.flags.writeable  # views never change
+
+
+def test_a_damaged_row_is_left_out_and_repaired(tmp_path: Path, rng: np.random.Generator, caplog) -> None:
+    path = tmp_path / "g.sqlite"
+    vectors = unit(rng, 4)
+    with Gallery(path, **MODEL) as g:
+        for name, v in zip(["a", "b", "c", "d"], vectors):
+            g.add(name, v[None], sigma_sq=np.ones((1, MODEL["dim"]), np.float32))
+    with raw(path) as conn:  # what a broken tool or an attacker might write
+        conn.execute("PRAGMA ignore_check_constraints = ON")
+        nan, huge = np.full(16, np.nan, "<f4").tobytes(), np.full(16, 1e30, "<f4").tobytes()
+        conn.execute("UPDATE embeddings SET vector = ? WHERE id = 1", (nan,))
+        conn.execute("UPDATE embeddings SET vector = ? WHERE id = 2", (huge,))
+        conn.execute("UPDATE embeddings SET vector = ? WHERE id = 3", (b"short",))
+        conn.execute("UPDATE embeddings SET sigma_sq = ? WHERE id = 4", (np.full(16, -1, "<f4").tobytes(),))
+    with Gallery(path, **MODEL) as g, caplog.at_level("WARNING", logger="sdk"):
+        names, dist = g.search(vectors, k=1)  # nothing left to match, but no error
+        assert names == [[None]] * 4 and "4 embedding(s) left out" in caplog.text
+        g.add("e", unit(rng, 1), sigma_sq=np.ones((1, 16), np.float32))
+        assert g.search(vectors[:1], k=1)[0] == [["e"]]
+        found = g.check()
+        assert [(b.row, b.identity) for b in found] == [(1, "a"), (2, "b"), (3, "c"), (4, "d")]
+        assert "NaN, Inf or values too large" in found[0].reason and "5 bytes, expected 64" in found[2].reason
+        assert "not positive finite variances" in found[3].reason
+        assert g.repair() == found and g.check() == [] and g.count() == 1
+
+
+def test_add_many_enrols_in_one_transaction(tmp_path: Path, rng: np.random.Generator) -> None:
+    vectors = unit(rng, 6)
+    with Gallery(tmp_path / "g.db", **MODEL) as g:
+        g.add("bob", unit(rng, 1))
+        g.search(vectors[:1])
+        assert g.add_many(["ann", "bob", "ann", "cy", "dee", "bob"], vectors) == 6
+        assert g.identities() == ["ann", "bob", "cy", "dee"] and g.count("bob") == 3
+        assert g.search(vectors, k=1)[0] == [["ann"], ["bob"], ["ann"], ["cy"], ["dee"], ["bob"]]
+        with pytest.raises(ValueError, match="6 str"):
+            g.add_many(["a"], vectors)
+        with pytest.raises(ValueError):
+            g.add_many(["a"] * 5 + [" "], vectors)  # one bad name: nothing written
+        assert g.count() == 7
+
+
+def test_gallery_files_are_private(tmp_path: Path, rng: np.random.Generator) -> None:
+    old = os.umask(0o022)
+    try:
+        with Gallery(tmp_path / "g.db", **MODEL) as g:
+            g.add("a", unit(rng, 1))
+            files = [p for p in tmp_path.iterdir() if p.name.startswith("g.db")]
+            assert {p.name for p in files} >= {"g.db", "g.db-wal"}
+            assert all(p.stat().st_mode & 0o777 == 0o600 for p in files), [oct(p.stat().st_mode) for p in files]
+    finally:
+        os.umask(old)
+
+
+def test_the_sdk_home_is_private(tmp_path: Path) -> None:
+    from sdk.paths import private_dir
+
+    old = os.umask(0o022)
+    try:
+        made = private_dir(tmp_path / "home" / "models")
+    finally:
+        os.umask(old)
+    assert (made.stat().st_mode & 0o777, made.parent.stat().st_mode & 0o777) == (0o700, 0o700)
