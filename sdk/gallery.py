@@ -75,6 +75,7 @@ import os
 import sqlite3
 import threading
 import time
+import unicodedata
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -84,7 +85,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from sdk import kernels, pfe
-from sdk.errors import GalleryError, ModelMismatchError
+from sdk.errors import GalleryError, InvalidArgumentError, ModelMismatchError
 
 __all__ = ["Gallery", "Enrolled", "SCHEMA_VERSION", "MAX_NAME_LENGTH"]
 
@@ -152,12 +153,16 @@ def _connect(target: str, *, uri: bool = False) -> sqlite3.Connection:
 
 def _clean_name(identity: object) -> str:
     if not isinstance(identity, str):
-        raise TypeError(f"identity name must be a str, got {type(identity).__name__}")
+        raise InvalidArgumentError(f"identity name must be a str, got {type(identity).__name__}")
     name = identity.strip()
     if not name:
-        raise ValueError("identity name is empty (or only whitespace)")
+        raise InvalidArgumentError("identity name is empty (or only whitespace)")
+    # Control characters (NUL, newlines) break logs and tools; lone surrogates cannot be stored.
+    bad = next((c for c in name if unicodedata.category(c) in ("Cc", "Cs")), None)
+    if bad is not None:
+        raise InvalidArgumentError(f"identity name {name[:40]!r} holds the control character {bad!r}")
     if len(name) > MAX_NAME_LENGTH:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"identity name has {len(name)} characters, at most {MAX_NAME_LENGTH} allowed"
         )
     return name
@@ -168,18 +173,18 @@ def _matrix(x: object, what: str, dim: int) -> np.ndarray:
     try:
         arr = np.asarray(x)
     except (ValueError, TypeError) as e:  # ragged nesting and the like
-        raise ValueError(f"{what} cannot be read as an array: {e}") from e
+        raise InvalidArgumentError(f"{what} cannot be read as an array: {e}") from e
     if arr.dtype.kind not in "fiu":
-        raise ValueError(f"{what} must hold real numbers, got dtype {arr.dtype}")
+        raise InvalidArgumentError(f"{what} must hold real numbers, got dtype {arr.dtype}")
     if arr.ndim != 2 or arr.shape[1] != dim:
-        raise ValueError(f"{what} must have shape [rows, {dim}], got {arr.shape}")
+        raise InvalidArgumentError(f"{what} must have shape [rows, {dim}], got {arr.shape}")
     with np.errstate(over="ignore"):  # values beyond float32 become inf and are reported below
         out = np.ascontiguousarray(arr, dtype=np.float32)
     # One test catches NaN, Inf and overflow: NaN compares false, Inf squares to inf.
     sq_norms = np.einsum("ij,ij->i", out, out, dtype=np.float64)
     bad = np.flatnonzero(~(sq_norms <= _MAX_SQ_NORM))
     if bad.size:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"{what} rows {bad[:5].tolist()} hold NaN, Inf or values too large for float32"
         )
     return out
@@ -187,11 +192,22 @@ def _matrix(x: object, what: str, dim: int) -> np.ndarray:
 
 def _checked_k(k: object) -> int:
     if isinstance(k, bool):
-        raise TypeError("k must be an integer, got bool")
-    k = operator.index(k)
+        raise InvalidArgumentError("k must be an integer, got bool")
+    try:
+        k = operator.index(k)
+    except TypeError:
+        raise InvalidArgumentError(f"k must be an integer, got {type(k).__name__}") from None
     if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
+        raise InvalidArgumentError(f"k must be >= 1, got {k}")
     return k
+
+
+def _checked_threshold(value: object, minimum: float = -np.inf) -> float:
+    if not isinstance(value, (int, float, np.integer, np.floating)) or isinstance(value, bool):
+        raise InvalidArgumentError(f"threshold must be a number, got {type(value).__name__}")
+    if not (np.isfinite(value) and value >= minimum):
+        raise InvalidArgumentError(f"threshold must be a finite number >= {minimum}, got {value}")
+    return float(value)
 
 
 def _distinct(labels: np.ndarray, found: int) -> tuple[np.ndarray, np.ndarray]:
@@ -242,9 +258,9 @@ class Gallery:
     ) -> None:
         for label, value in (("model_name", model_name), ("model_version", model_version)):
             if not isinstance(value, str) or not value.strip():
-                raise ValueError(f"{label} must be a non-empty str, got {value!r}")
+                raise InvalidArgumentError(f"{label} must be a non-empty str, got {value!r}")
         if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
-            raise ValueError(f"dim must be an int >= 1, got {dim!r}")
+            raise InvalidArgumentError(f"dim must be an int >= 1, got {dim!r}")
         self.model_name, self.model_version, self.dim = model_name, model_version, dim
         self.path: Path | None = None  # in memory, for None and SQLite's own ":memory:"
         if path is not None and os.fspath(path) != ":memory:":
@@ -392,34 +408,34 @@ class Gallery:
 
         One transaction: every row is validated first (finite, right dim, real
         numbers; ``sigma_sq`` positive, same shape; ``quality`` k finite numbers;
-        ``sources`` k str or None), and any bad row raises ``ValueError`` with
+        ``sources`` k str or None), and any bad row raises ``InvalidArgumentError`` (a ValueError) with
         nothing written.
         """
         name = _clean_name(identity)
         vectors = _matrix(embeddings, "embeddings", self.dim)
         k = len(vectors)
         if k == 0:
-            raise ValueError("embeddings is empty: nothing to add")
+            raise InvalidArgumentError("embeddings is empty: nothing to add")
         sigma_rows: list[bytes | None] = [None] * k
         if sigma_sq is not None:
             sigma = _matrix(sigma_sq, "sigma_sq", self.dim)
             if len(sigma) != k:
-                raise ValueError(f"sigma_sq has {len(sigma)} rows, embeddings {k}")
+                raise InvalidArgumentError(f"sigma_sq has {len(sigma)} rows, embeddings {k}")
             if not (sigma > 0).all():
-                raise ValueError("sigma_sq must be positive (variances)")
+                raise InvalidArgumentError("sigma_sq must be positive (variances)")
             sigma_rows = [row.astype("<f4").tobytes() for row in sigma]
         quality_rows: list[float | None] = [None] * k
         if quality is not None:
             q = np.asarray(quality)
             if q.dtype.kind not in "fiu" or q.shape != (k,) or not np.isfinite(q).all():
-                raise ValueError(f"quality must be {k} finite numbers, got {quality!r}")
+                raise InvalidArgumentError(f"quality must be {k} finite numbers, got {quality!r}")
             quality_rows = q.astype(float).tolist()
         source_rows: list[str | None] = [None] * k
         if sources is not None:
             source_rows = [] if isinstance(sources, str) else list(sources)  # one str is not k
             valid = all(s is None or isinstance(s, str) for s in source_rows)
             if len(source_rows) != k or not valid:
-                raise ValueError(f"sources must be {k} str (or None), got {sources!r}")
+                raise InvalidArgumentError(f"sources must be {k} str (or None), got {sources!r}")
         blobs = [row.astype("<f4").tobytes() for row in vectors]
 
         def steps(conn: sqlite3.Connection) -> int:
@@ -592,7 +608,7 @@ class Gallery:
         q = _matrix(queries, "queries", self.dim)
         s = _matrix(sigma_sq, "sigma_sq", self.dim)
         if s.shape != q.shape or not (s > 0).all():
-            raise ValueError(f"sigma_sq must be positive and shaped like the queries {q.shape}, got {s.shape}")
+            raise InvalidArgumentError(f"sigma_sq must be positive and shaped like the queries {q.shape}, got {s.shape}")
         snap = self._current()
         self._check_sigma(snap)
         names: list[list[str | None]] = [[None] * k for _ in range(len(q))]
@@ -615,10 +631,11 @@ class Gallery:
     def within_mls(self, queries: ArrayLike, sigma_sq: ArrayLike, threshold: float) -> list[list[tuple[str, float]]]:
         """For each query, every identity whose best image has MLS >= ``threshold``:
         ``[(name, score), ...]`` per query, best first (ties: the image enrolled first)."""
+        threshold = _checked_threshold(threshold)
         q = _matrix(queries, "queries", self.dim)
         s = _matrix(sigma_sq, "sigma_sq", self.dim)
         if s.shape != q.shape or not (s > 0).all():
-            raise ValueError(f"sigma_sq must be positive and shaped like the queries {q.shape}, got {s.shape}")
+            raise InvalidArgumentError(f"sigma_sq must be positive and shaped like the queries {q.shape}, got {s.shape}")
         snap = self._current()
         self._check_sigma(snap)
         m = pfe.mls_match(q, s, snap.vectors, snap.sigma_sq, threshold, check_gallery=False)
@@ -637,6 +654,7 @@ class Gallery:
         ``[(name, distance), ...]`` per query, nearest first, ranked like :meth:`search`
         (ties: the image enrolled first), so its head equals ``search``'s answer.
         """
+        threshold = _checked_threshold(threshold, minimum=0.0)
         q = _matrix(queries, "queries", self.dim)
         snap = self._current()
         m = kernels.match(q, snap.vectors, threshold)
