@@ -491,7 +491,6 @@ class Gallery:
     def embeddings(self, identity: str) -> Enrolled:
         """What is stored for one identity, in enrolment order; KeyError when it is not enrolled."""
         name = _clean_name(identity)
-        dim = self.dim
 
         def steps(conn: sqlite3.Connection) -> list[tuple]:
             return conn.execute(
@@ -502,6 +501,15 @@ class Gallery:
         rows = self._read(steps)
         if not rows:
             raise KeyError(f"{name!r} is not enrolled in {self._where}")
+        try:
+            return self._enrolled(rows)
+        except (ValueError, TypeError) as e:
+            raise GalleryError(f"{self._where} is corrupt: the embeddings of {name!r} cannot be read ({e})") from e
+
+    def _enrolled(self, rows: list[tuple]) -> Enrolled:
+        dim = self.dim
+        if any(len(r[0]) != 4 * dim or (r[1] is not None and len(r[1]) != 4 * dim) for r in rows):
+            raise ValueError(f"a stored vector is not {dim} float32")
         vectors = np.frombuffer(b"".join(r[0] for r in rows), "<f4").astype(np.float32).reshape(-1, dim)
         sigma = None
         if any(r[1] is not None for r in rows):
@@ -535,6 +543,14 @@ class Gallery:
                 raise GalleryError(f"gallery {self._where}: read failed: {e}") from e
 
     def _load(self, conn: sqlite3.Connection) -> _Snapshot:
+        # Damage that PRAGMA quick_check does not see (an index that disagrees with its table,
+        # a blob of the wrong length or a name of the wrong type) shows here as numpy errors.
+        try:
+            return self._load_rows(conn)
+        except (ValueError, TypeError, KeyError, IndexError) as e:
+            raise GalleryError(f"{self._where} is corrupt: its embeddings cannot be read ({e})") from e
+
+    def _load_rows(self, conn: sqlite3.Connection) -> _Snapshot:
         (n,) = conn.execute(f"SELECT count(*) {_ROWS}").fetchone()
         vectors = np.empty((n, self.dim), np.float32)
         sigma_sq = np.full((n, self.dim), np.nan, np.float32)
@@ -544,6 +560,8 @@ class Gallery:
         while rows := cursor.fetchmany(_LOAD_CHUNK):
             stop = start + len(rows)
             identity_ids[start:stop] = [r[0] for r in rows]
+            if any(len(r[1]) != 4 * self.dim or (r[2] is not None and len(r[2]) != 4 * self.dim) for r in rows):
+                raise ValueError(f"a stored vector is not {self.dim} float32")
             blob = b"".join(r[1] for r in rows)
             vectors[start:stop] = np.frombuffer(blob, "<f4").reshape(-1, self.dim)
             with_sigma = [i for i, r in enumerate(rows) if r[2] is not None]
@@ -552,7 +570,11 @@ class Gallery:
                 blob = b"".join(rows[i][2] for i in with_sigma)
                 sigma_sq[start + np.array(with_sigma)] = np.frombuffer(blob, "<f4").reshape(-1, self.dim)
             start = stop
+        if start != n:
+            raise ValueError(f"{n} rows counted, {start} read")
         names_by_id = dict(conn.execute("SELECT id, name FROM identities").fetchall())
+        if not all(isinstance(name, str) for name in names_by_id.values()):
+            raise TypeError("an identity name is not text")
         present, labels = np.unique(identity_ids, return_inverse=True)
         for array in (vectors, labels, sigma_sq):
             array.flags.writeable = False
