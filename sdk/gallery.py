@@ -103,6 +103,8 @@ _TABLES = ("meta", "identities", "embeddings")
 _ROWS = "FROM embeddings JOIN identities ON identities.id = embeddings.identity_id"
 
 T = TypeVar("T")
+# A damaged file may hold text that is not UTF-8: sqlite3 raises UnicodeDecodeError reading it.
+_SQL_ERRORS = (sqlite3.Error, UnicodeDecodeError)
 
 
 def _schema(dim: int) -> str:
@@ -160,7 +162,7 @@ def _clean_name(identity: object) -> str:
     # Control characters (NUL, newlines) break logs and tools; lone surrogates cannot be stored.
     bad = next((c for c in name if unicodedata.category(c) in ("Cc", "Cs")), None)
     if bad is not None:
-        raise InvalidArgumentError(f"identity name {name[:40]!r} holds the control character {bad!r}")
+        raise InvalidArgumentError(f"identity name {name[:40]!r} holds the unprintable character {bad!r}")
     if len(name) > MAX_NAME_LENGTH:
         raise InvalidArgumentError(
             f"identity name has {len(name)} characters, at most {MAX_NAME_LENGTH} allowed"
@@ -287,7 +289,7 @@ class Gallery:
             target = str(self.path)
         try:
             conn = _connect(target)
-        except sqlite3.Error as e:
+        except _SQL_ERRORS as e:
             raise GalleryError(f"cannot open gallery {self._where}: {e}") from e
         try:
             conn.execute("PRAGMA foreign_keys = ON")  # the cascade from identities to embeddings
@@ -306,7 +308,7 @@ class Gallery:
                 raise
             # After the checks: switching a foreign file to WAL would rewrite its header.
             conn.execute("PRAGMA journal_mode = WAL")
-        except sqlite3.Error as e:
+        except _SQL_ERRORS as e:
             conn.close()
             raise GalleryError(f"cannot open gallery {self._where}: {e}") from e
         except BaseException:
@@ -319,14 +321,14 @@ class Gallery:
         assert self.path is not None
         try:
             ro = _connect(self.path.resolve().as_uri() + "?mode=ro", uri=True)
-        except sqlite3.Error as e:
+        except _SQL_ERRORS as e:
             raise GalleryError(f"cannot open gallery {self.path}: {e}") from e
         try:
             meta = _read_meta(ro, str(self.path))
             problems = [r[0] for r in ro.execute("PRAGMA quick_check").fetchall()]
             if problems != ["ok"]:
                 raise GalleryError(f"{self.path} is corrupt: {'; '.join(problems[:3])}")
-        except sqlite3.DatabaseError as e:
+        except (sqlite3.DatabaseError, UnicodeDecodeError) as e:
             raise GalleryError(f"{self.path} is not a readable gallery: {e}") from e
         finally:
             ro.close()
@@ -375,7 +377,7 @@ class Gallery:
                     if conn.in_transaction:  # a failed COMMIT may have rolled back already
                         conn.execute("ROLLBACK")
                     raise
-            except sqlite3.Error as e:
+            except _SQL_ERRORS as e:
                 raise GalleryError(f"gallery {self._where}: write failed: {e}") from e
             self._generation += 1
             return result
@@ -390,7 +392,7 @@ class Gallery:
                     return sql_steps(conn)
                 finally:
                     conn.execute("COMMIT")
-            except sqlite3.Error as e:
+            except _SQL_ERRORS as e:
                 raise GalleryError(f"gallery {self._where}: read failed: {e}") from e
 
     # ---------------------------------------------------------------- enrolment
@@ -539,7 +541,7 @@ class Gallery:
                     snapshot = self._read(self._load)
                     self._snapshot = snapshot  # one assignment: searches see old or new, never half
                 return snapshot
-            except sqlite3.Error as e:
+            except _SQL_ERRORS as e:
                 raise GalleryError(f"gallery {self._where}: read failed: {e}") from e
 
     def _load(self, conn: sqlite3.Connection) -> _Snapshot:

@@ -98,20 +98,24 @@ def read_image_file(path: str | os.PathLike) -> bytes:
     name = os.fspath(path)
     if isinstance(name, bytes) or not name:
         raise InvalidImageError(f"an image path must be a non-empty str, got {name!r}")
+    if "\0" in name:
+        raise InvalidImageError(f"an image path cannot hold a NUL character: {name!r}")
     try:
-        if Path(name).is_dir():
-            raise InvalidImageError(f"{name} is a directory, not an image file")
-        if not Path(name).is_file():  # a FIFO or device would block or never end
-            raise InvalidImageError(f"no such image file: {name}")
+        info = os.stat(name)
+    except OSError as e:
+        raise InvalidImageError(f"no such image file: {name} ({e.strerror})") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise InvalidImageError(f"{name} is a directory, not an image file")
+    if not stat.S_ISREG(info.st_mode):  # a FIFO or a device would block or never end
+        raise InvalidImageError(f"{name} is not a regular file")
+    try:
         with open(name, "rb") as f:
-            info = os.fstat(f.fileno())
-            if not stat.S_ISREG(info.st_mode):
-                raise InvalidImageError(f"{name} is not a regular file")
-            if info.st_size > MAX_FILE_BYTES:
-                raise InvalidImageError(f"{name} has {info.st_size} bytes, more than the {MAX_FILE_BYTES} allowed for an image")
+            size = os.fstat(f.fileno()).st_size
+            if size > MAX_FILE_BYTES:
+                raise InvalidImageError(f"{name} has {size} bytes, more than the {MAX_FILE_BYTES} allowed for an image")
             data = f.read(MAX_FILE_BYTES + 1)  # the file may have grown since fstat
-    except (OSError, ValueError) as e:  # ValueError: a NUL in the path
-        raise InvalidImageError(f"cannot read image {name!r}: {e}") from e
+    except OSError as e:
+        raise InvalidImageError(f"cannot read image {name}: {e}") from e
     if len(data) > MAX_FILE_BYTES:
         raise InvalidImageError(f"{name} has more than the {MAX_FILE_BYTES} bytes allowed for an image")
     return data
@@ -134,10 +138,10 @@ def decode_image(data: bytes, source: str = "the image") -> np.ndarray:
 
 def check_size(width: int, height: int, what: str = "the image") -> None:
     if width < 1 or height < 1:
-        raise InvalidImageError(f"{what} is {width}x{height} pixels: empty")
+        raise InvalidImageError(f"{what}: {width}x{height} pixels, empty")
     if width * height > MAX_PIXELS:
         raise InvalidImageError(
-            f"{what} is {width}x{height} pixels, more than {MAX_PIXELS / 1e6:.0f} MP; downscale it first"
+            f"{what}: {width}x{height} pixels, more than {MAX_PIXELS / 1e6:.0f} MP; downscale it first"
         )
 
 
