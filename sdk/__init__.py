@@ -3,7 +3,8 @@
     import sdk
     v = sdk.Verifier()                  # default model, packaged YuNet detector, gallery file
     v.enroll("alice", ["alice1.jpg", "alice2.jpg"])
-    for m in v.match(frame):            # frame: BGR uint8 array or image path
+    for m in v.match(frame):            # frame: image path, BGR uint8 array or PIL image
+        ...                             # an RGB array: v.match(rgb, color="rgb")
         print(m.identity, m.distance, m.accepted)
     labels = sdk.cluster(image_paths)   # group faces by identity
     embedder = sdk.load("model.onnx")   # any model file, by what it is
@@ -22,6 +23,7 @@ from sdk.errors import (
     EngineMismatchError,
     FaceSDKError,
     GalleryError,
+    InvalidArgumentError,
     InvalidImageError,
     LowQualityError,
     ModelMismatchError,
@@ -46,6 +48,7 @@ __all__ = [
     "EngineMismatchError",
     "FaceSDKError",
     "GalleryError",
+    "InvalidArgumentError",
     "InvalidImageError",
     "LowQualityError",
     "ModelMismatchError",

@@ -35,11 +35,14 @@ threshold 0).
 from __future__ import annotations
 
 import numbers
+import os
+from collections.abc import Iterable
 
 import numpy as np
 from numpy.typing import ArrayLike
 
 from sdk import kernels
+from sdk.errors import InvalidArgumentError, InvalidImageError
 
 __all__ = ["METHODS", "cluster", "cluster_embeddings", "pairwise_precision_recall", "lfw_people"]
 
@@ -61,13 +64,13 @@ def cluster_embeddings(
     """
     x = np.asarray(embeddings)
     if x.ndim != 2:
-        raise ValueError(f"embeddings must be 2-D [n, dim], got shape {x.shape}")
+        raise InvalidArgumentError(f"embeddings must be 2-D [n, dim], got shape {x.shape}")
     if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or not 0 <= threshold < np.inf:
-        raise ValueError(f"threshold must be a finite number >= 0, got {threshold!r}")
+        raise InvalidArgumentError(f"threshold must be a finite number >= 0, got {threshold!r}")
     if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+        raise InvalidArgumentError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
     if isinstance(neighbours, bool) or not isinstance(neighbours, numbers.Integral) or neighbours < 1:
-        raise ValueError(f"neighbours must be a positive integer, got {neighbours!r}")
+        raise InvalidArgumentError(f"neighbours must be a positive integer, got {neighbours!r}")
     if len(x) == 0:
         return np.zeros(0, np.int64)
     # Distinct rows only, each with its count: duplicates join at distance 0 whatever the rounding.
@@ -81,22 +84,33 @@ def cluster_embeddings(
     return _first_appearance(root[inverse.ravel()])
 
 
-def cluster(items, threshold: float | None = None, verifier=None, method: str = "average") -> np.ndarray:
+def cluster(
+    items, threshold: float | None = None, verifier=None, method: str = "average", *, color: str = "bgr"
+) -> np.ndarray:
     """``sdk.cluster``: group faces by identity.
 
-    items: embeddings [n, D] (a 2-D float array), or images (paths or BGR arrays), whose
-    largest faces are embedded by ``verifier`` (default: a Verifier on the default model with
-    no gallery); an image without a face gets label -1. threshold: squared L2, by default the
-    verifier's (the model's calibrated threshold).
+    items: embeddings [n, D] (a 2-D float array), or images (paths, arrays, PIL images; arrays
+    in the channel order ``color``, "bgr" or "rgb"), whose largest faces are embedded by
+    ``verifier`` (default: a Verifier on the default model with no gallery); an image without a
+    face gets label -1. threshold: squared L2, by default the verifier's (the model's calibrated
+    threshold).
     """
+    from sdk.images import check_color, is_pil_image
+
+    check_color(color)
+    if method not in METHODS:  # before any image is read
+        raise InvalidArgumentError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
     if isinstance(items, np.ndarray) and items.ndim == 2 and items.dtype.kind == "f":
         if threshold is None:
             if verifier is None:
-                raise ValueError("clustering embeddings needs a threshold (or a verifier to take it from)")
+                raise InvalidArgumentError("clustering embeddings needs a threshold (or a verifier to take it from)")
             threshold = verifier.threshold
         return cluster_embeddings(items, threshold, method)
     from sdk.verifier import NoFaceError, Verifier
 
+    single = isinstance(items, (str, os.PathLike, bytes, dict)) or is_pil_image(items)
+    if items is None or single or not isinstance(items, Iterable):
+        raise InvalidImageError(f"items must be a list of images or an embeddings array, got {type(items).__name__}")
     images = list(items)
     own = verifier is None
     verifier = Verifier(gallery=None) if own else verifier
@@ -104,7 +118,7 @@ def cluster(items, threshold: float | None = None, verifier=None, method: str = 
         vectors, rows = [], []
         for i, image in enumerate(images):
             try:
-                vectors.append(verifier.embed_largest(image))
+                vectors.append(verifier.embed_largest(image, color=color))
             except NoFaceError:
                 continue
             rows.append(i)

@@ -11,6 +11,11 @@ class FaceSDKError(Exception):
     """Base of every error the SDK raises on purpose."""
 
 
+class InvalidArgumentError(FaceSDKError, ValueError, TypeError):
+    """An argument of the wrong type or value: an identity name, a threshold, k, a colour order.
+    Also a TypeError, so handlers written for the built-in it replaces keep working."""
+
+
 class InvalidImageError(FaceSDKError, ValueError):
     """An input image is missing, unreadable, corrupt, of the wrong type, shape or size."""
 

@@ -84,6 +84,7 @@ import os
 import sqlite3
 import threading
 import time
+import unicodedata
 import zipfile
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
@@ -94,7 +95,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from sdk import kernels, pfe
-from sdk.errors import GalleryError, ModelMismatchError
+from sdk.errors import GalleryError, InvalidArgumentError, ModelMismatchError
 
 __all__ = ["Gallery", "Enrolled", "BadRow", "SCHEMA_VERSION", "MAX_NAME_LENGTH"]
 
@@ -114,6 +115,8 @@ _TABLES = ("meta", "identities", "embeddings")
 _ROWS = "FROM embeddings JOIN identities ON identities.id = embeddings.identity_id"
 
 T = TypeVar("T")
+# A damaged file may hold text that is not UTF-8: sqlite3 raises UnicodeDecodeError reading it.
+_SQL_ERRORS = (sqlite3.Error, UnicodeDecodeError)
 
 
 def _schema(dim: int) -> str:
@@ -210,12 +213,16 @@ def _connect(target: str, *, uri: bool = False) -> sqlite3.Connection:
 
 def _clean_name(identity: object) -> str:
     if not isinstance(identity, str):
-        raise TypeError(f"identity name must be a str, got {type(identity).__name__}")
+        raise InvalidArgumentError(f"identity name must be a str, got {type(identity).__name__}")
     name = identity.strip()
     if not name:
-        raise ValueError("identity name is empty (or only whitespace)")
+        raise InvalidArgumentError("identity name is empty (or only whitespace)")
+    # Control characters (NUL, newlines) break logs and tools; lone surrogates cannot be stored.
+    bad = next((c for c in name if unicodedata.category(c) in ("Cc", "Cs")), None)
+    if bad is not None:
+        raise InvalidArgumentError(f"identity name {name[:40]!r} holds the unprintable character {bad!r}")
     if len(name) > MAX_NAME_LENGTH:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"identity name has {len(name)} characters, at most {MAX_NAME_LENGTH} allowed"
         )
     return name
@@ -226,18 +233,18 @@ def _matrix(x: object, what: str, dim: int) -> np.ndarray:
     try:
         arr = np.asarray(x)
     except (ValueError, TypeError) as e:  # ragged nesting and the like
-        raise ValueError(f"{what} cannot be read as an array: {e}") from e
+        raise InvalidArgumentError(f"{what} cannot be read as an array: {e}") from e
     if arr.dtype.kind not in "fiu":
-        raise ValueError(f"{what} must hold real numbers, got dtype {arr.dtype}")
+        raise InvalidArgumentError(f"{what} must hold real numbers, got dtype {arr.dtype}")
     if arr.ndim != 2 or arr.shape[1] != dim:
-        raise ValueError(f"{what} must have shape [rows, {dim}], got {arr.shape}")
+        raise InvalidArgumentError(f"{what} must have shape [rows, {dim}], got {arr.shape}")
     with np.errstate(over="ignore"):  # values beyond float32 become inf and are reported below
         out = np.ascontiguousarray(arr, dtype=np.float32)
     # One test catches NaN, Inf and overflow: NaN compares false, Inf squares to inf.
     sq_norms = np.einsum("ij,ij->i", out, out, dtype=np.float64)
     bad = np.flatnonzero(~(sq_norms <= _MAX_SQ_NORM))
     if bad.size:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"{what} rows {bad[:5].tolist()} hold NaN, Inf or values too large for float32"
         )
     return out
@@ -295,11 +302,22 @@ def _create_private(path: Path) -> None:
 
 def _checked_k(k: object) -> int:
     if isinstance(k, bool):
-        raise TypeError("k must be an integer, got bool")
-    k = operator.index(k)
+        raise InvalidArgumentError("k must be an integer, got bool")
+    try:
+        k = operator.index(k)
+    except TypeError:
+        raise InvalidArgumentError(f"k must be an integer, got {type(k).__name__}") from None
     if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
+        raise InvalidArgumentError(f"k must be >= 1, got {k}")
     return k
+
+
+def _checked_threshold(value: object, minimum: float = -np.inf) -> float:
+    if not isinstance(value, (int, float, np.integer, np.floating)) or isinstance(value, bool):
+        raise InvalidArgumentError(f"threshold must be a number, got {type(value).__name__}")
+    if not (np.isfinite(value) and value >= minimum):
+        raise InvalidArgumentError(f"threshold must be a finite number >= {minimum}, got {value}")
+    return float(value)
 
 
 def _distinct(labels: np.ndarray, found: int) -> tuple[np.ndarray, np.ndarray]:
@@ -350,9 +368,9 @@ class Gallery:
     ) -> None:
         for label, value in (("model_name", model_name), ("model_version", model_version)):
             if not isinstance(value, str) or not value.strip():
-                raise ValueError(f"{label} must be a non-empty str, got {value!r}")
+                raise InvalidArgumentError(f"{label} must be a non-empty str, got {value!r}")
         if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
-            raise ValueError(f"dim must be an int >= 1, got {dim!r}")
+            raise InvalidArgumentError(f"dim must be an int >= 1, got {dim!r}")
         self.model_name, self.model_version, self.dim = model_name, model_version, dim
         self.path: Path | None = None  # in memory, for None and SQLite's own ":memory:"
         if path is not None and os.fspath(path) != ":memory:":
@@ -382,7 +400,7 @@ class Gallery:
             target = str(self.path)
         try:
             conn = _connect(target)
-        except sqlite3.Error as e:
+        except _SQL_ERRORS as e:
             raise GalleryError(f"cannot open gallery {self._where}: {e}") from e
         try:
             conn.execute("PRAGMA foreign_keys = ON")  # the cascade from identities to embeddings
@@ -401,7 +419,7 @@ class Gallery:
                 raise
             # After the checks: switching a foreign file to WAL would rewrite its header.
             conn.execute("PRAGMA journal_mode = WAL")
-        except sqlite3.Error as e:
+        except _SQL_ERRORS as e:
             conn.close()
             raise GalleryError(f"cannot open gallery {self._where}: {e}") from e
         except BaseException:
@@ -414,14 +432,14 @@ class Gallery:
         assert self.path is not None
         try:
             ro = _connect(self.path.resolve().as_uri() + "?mode=ro", uri=True)
-        except sqlite3.Error as e:
+        except _SQL_ERRORS as e:
             raise GalleryError(f"cannot open gallery {self.path}: {e}") from e
         try:
             meta = _read_meta(ro, str(self.path))
             problems = [r[0] for r in ro.execute("PRAGMA quick_check").fetchall()]
             if problems != ["ok"]:
                 raise GalleryError(f"{self.path} is corrupt: {'; '.join(problems[:3])}")
-        except sqlite3.DatabaseError as e:
+        except (sqlite3.DatabaseError, UnicodeDecodeError) as e:
             raise GalleryError(f"{self.path} is not a readable gallery: {e}") from e
         finally:
             ro.close()
@@ -481,7 +499,7 @@ class Gallery:
                         if conn.in_transaction:  # a failed COMMIT may have rolled back already
                             conn.execute("ROLLBACK")
                         raise
-                except sqlite3.Error as e:
+                except _SQL_ERRORS as e:
                     raise GalleryError(f"gallery {self._where}: write failed: {e}") from e
                 if update is None or base is None:
                     self._generation += 1
@@ -506,7 +524,7 @@ class Gallery:
                     return sql_steps(conn)
                 finally:
                     conn.execute("COMMIT")
-            except sqlite3.Error as e:
+            except _SQL_ERRORS as e:
                 raise GalleryError(f"gallery {self._where}: read failed: {e}") from e
 
     # ---------------------------------------------------------------- enrolment
@@ -524,7 +542,7 @@ class Gallery:
 
         One transaction: every row is validated first (finite, right dim, real
         numbers; ``sigma_sq`` positive, same shape; ``quality`` k finite numbers;
-        ``sources`` k str or None), and any bad row raises ``ValueError`` with
+        ``sources`` k str or None), and any bad row raises ``InvalidArgumentError`` (a ValueError) with
         nothing written.
         """
         name = _clean_name(identity)
@@ -544,7 +562,7 @@ class Gallery:
         (names may repeat), validated as :meth:`add` does and written in one transaction."""
         vectors = _matrix(embeddings, "embeddings", self.dim)
         if isinstance(names, str) or len(names) != len(vectors):
-            raise ValueError(f"names must be a sequence of {len(vectors)} str, one per embedding")
+            raise InvalidArgumentError(f"names must be a sequence of {len(vectors)} str, one per embedding")
         return self._insert([_clean_name(n) for n in names], vectors, sigma_sq, quality, sources)
 
     def import_npz(self, path: str | os.PathLike[str]) -> int:
@@ -590,29 +608,29 @@ class Gallery:
         ``absent_sigma``, a ``sigma_sq`` row of NaN means "no variance" (the export format)."""
         k = len(vectors)
         if k == 0:
-            raise ValueError("embeddings is empty: nothing to add")
+            raise InvalidArgumentError("embeddings is empty: nothing to add")
         sigma = None
         if sigma_sq is not None:
             sigma = np.asarray(sigma_sq)
             absent = np.isnan(sigma).all(axis=1) if absent_sigma and sigma.ndim == 2 else np.zeros(len(sigma), bool)
             sigma = _matrix(np.where(absent[:, None], 1.0, sigma), "sigma_sq", self.dim)
             if len(sigma) != k:
-                raise ValueError(f"sigma_sq has {len(sigma)} rows, embeddings {k}")
+                raise InvalidArgumentError(f"sigma_sq has {len(sigma)} rows, embeddings {k}")
             if not (sigma > 0).all():
-                raise ValueError("sigma_sq must be positive (variances)")
+                raise InvalidArgumentError("sigma_sq must be positive (variances)")
             sigma[absent] = np.nan
         quality_rows: list[float | None] = [None] * k
         if quality is not None:
             q = np.asarray(quality)
             if q.dtype.kind not in "fiu" or q.shape != (k,) or not np.isfinite(q).all():
-                raise ValueError(f"quality must be {k} finite numbers, got {quality!r}")
+                raise InvalidArgumentError(f"quality must be {k} finite numbers, got {quality!r}")
             quality_rows = q.astype(float).tolist()
         source_rows: list[str | None] = [None] * k
         if sources is not None:
             source_rows = [] if isinstance(sources, str) else list(sources)  # one str is not k
             valid = all(s is None or isinstance(s, str) for s in source_rows)
             if len(source_rows) != k or not valid:
-                raise ValueError(f"sources must be {k} str (or None), got {sources!r}")
+                raise InvalidArgumentError(f"sources must be {k} str (or None), got {sources!r}")
         blobs = [row.tobytes() for row in vectors.astype("<f4", copy=False)]
         sigma_rows = [None] * k if sigma is None else [None if np.isnan(r[0]) else r.tobytes() for r in sigma.astype("<f4", copy=False)]
         unique = list(dict.fromkeys(names))  # first appearance: the order the ids are given in
@@ -669,7 +687,6 @@ class Gallery:
     def embeddings(self, identity: str) -> Enrolled:
         """What is stored for one identity, in enrolment order; KeyError when it is not enrolled."""
         name = _clean_name(identity)
-        dim = self.dim
 
         def steps(conn: sqlite3.Connection) -> list[tuple]:
             return conn.execute(
@@ -680,6 +697,15 @@ class Gallery:
         rows = self._read(steps)
         if not rows:
             raise KeyError(f"{name!r} is not enrolled in {self._where}")
+        try:
+            return self._enrolled(rows)
+        except (ValueError, TypeError) as e:
+            raise GalleryError(f"{self._where} is corrupt: the embeddings of {name!r} cannot be read ({e})") from e
+
+    def _enrolled(self, rows: list[tuple]) -> Enrolled:
+        dim = self.dim
+        if any(len(r[0]) != 4 * dim or (r[1] is not None and len(r[1]) != 4 * dim) for r in rows):
+            raise ValueError(f"a stored vector is not {dim} float32")
         vectors = np.frombuffer(b"".join(r[0] for r in rows), "<f4").astype(np.float32).reshape(-1, dim)
         sigma = None
         if any(r[1] is not None for r in rows):
@@ -705,7 +731,7 @@ class Gallery:
                     snapshot = self._read(self._load)
                     self._snapshot = snapshot  # one assignment: searches see old or new, never half
                 return snapshot
-            except sqlite3.Error as e:
+            except _SQL_ERRORS as e:
                 raise GalleryError(f"gallery {self._where}: read failed: {e}") from e
 
     def _snapshot_if_current(self, conn: sqlite3.Connection) -> _Snapshot | None:
@@ -770,6 +796,14 @@ class Gallery:
     def _load(self, conn: sqlite3.Connection) -> _Snapshot:
         """Every usable row, in enrolment order; rows that fail the checks ``add`` makes are left
         out and listed (``bad``), so one damaged row does not stop matching the others."""
+        # Damage that PRAGMA quick_check does not see (an index that disagrees with its table,
+        # a name of the wrong type) shows here as numpy errors.
+        try:
+            return self._load_rows(conn)
+        except (ValueError, TypeError, KeyError, IndexError) as e:
+            raise GalleryError(f"{self._where} is corrupt: its embeddings cannot be read ({e})") from e
+
+    def _load_rows(self, conn: sqlite3.Connection) -> _Snapshot:
         dim = self.dim
         (n,) = conn.execute(f"SELECT count(*) {_ROWS}").fetchone()
         with_sigma = conn.execute(f"SELECT 1 {_ROWS} WHERE sigma_sq IS NOT NULL LIMIT 1").fetchone() is not None
@@ -798,6 +832,8 @@ class Gallery:
             log.warning("gallery %s: %d embedding(s) left out of matching (%s); `facesdk gallery check --repair` "
                         "removes them", self._where, len(bad), shown)  # fmt: skip
         names_by_id = dict(conn.execute("SELECT id, name FROM identities").fetchall())
+        if not all(isinstance(name, str) for name in names_by_id.values()):
+            raise TypeError("an identity name is not text")
         present, labels = np.unique(identity_ids[:kept], return_inverse=True)
         rows.labels[:kept] = labels
         names = tuple(names_by_id[i] for i in present.tolist())
@@ -862,7 +898,7 @@ class Gallery:
         q = _matrix(queries, "queries", self.dim)
         s = _matrix(sigma_sq, "sigma_sq", self.dim)
         if s.shape != q.shape or not (s > 0).all():
-            raise ValueError(f"sigma_sq must be positive and shaped like the queries {q.shape}, got {s.shape}")
+            raise InvalidArgumentError(f"sigma_sq must be positive and shaped like the queries {q.shape}, got {s.shape}")
         snap = self._current()
         self._check_sigma(snap)
         names: list[list[str | None]] = [[None] * k for _ in range(len(q))]
@@ -885,10 +921,11 @@ class Gallery:
     def within_mls(self, queries: ArrayLike, sigma_sq: ArrayLike, threshold: float) -> list[list[tuple[str, float]]]:
         """For each query, every identity whose best image has MLS >= ``threshold``:
         ``[(name, score), ...]`` per query, best first (ties: the image enrolled first)."""
+        threshold = _checked_threshold(threshold)
         q = _matrix(queries, "queries", self.dim)
         s = _matrix(sigma_sq, "sigma_sq", self.dim)
         if s.shape != q.shape or not (s > 0).all():
-            raise ValueError(f"sigma_sq must be positive and shaped like the queries {q.shape}, got {s.shape}")
+            raise InvalidArgumentError(f"sigma_sq must be positive and shaped like the queries {q.shape}, got {s.shape}")
         snap = self._current()
         self._check_sigma(snap)
         if snap.sigma_sq is None:  # an empty gallery (_check_sigma refuses rows without sigma_sq)
@@ -909,6 +946,7 @@ class Gallery:
         ``[(name, distance), ...]`` per query, nearest first, ranked like :meth:`search`
         (ties: the image enrolled first), so its head equals ``search``'s answer.
         """
+        threshold = _checked_threshold(threshold, minimum=0.0)
         q = _matrix(queries, "queries", self.dim)
         snap = self._current()
         m = kernels.match(q, snap.vectors, threshold)

@@ -46,22 +46,19 @@ import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import cv2
 import numpy as np
 
 from sdk import chips, detect, loader, paths, pfe
-from sdk.errors import FaceSDKError, InvalidImageError, LowQualityError, NoFaceError
-from sdk.gallery import Gallery
+from sdk.errors import FaceSDKError, InvalidArgumentError, InvalidImageError, LowQualityError, NoFaceError
+from sdk.gallery import Gallery, _clean_name
+from sdk.images import MAX_PIXELS, Image, check_color, is_single_image, load_image  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
 
-Image = Union[str, os.PathLike, np.ndarray]
 Liveness = Callable[[np.ndarray, detect.Detection], bool]
-
-# Frames above this many pixels are refused: a decoded 50 MP frame is already 150 MB.
-MAX_PIXELS = 50_000_000
 # Detection runs on a copy whose longer side is at most this; alignment uses full resolution.
 DETECT_MAX_SIDE = 1280
 
@@ -100,29 +97,6 @@ class Verification:
     reason: str | None = None  # "low_quality" when a face is below min_quality
 
 
-def load_image(image: Image) -> np.ndarray:
-    """A BGR uint8 [H, W, 3] frame from a path or an array (grayscale and BGRA are converted)."""
-    if isinstance(image, (str, os.PathLike)):
-        path = Path(image)
-        if not path.is_file():
-            raise InvalidImageError(f"no such image file: {path}")
-        frame = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if frame is None:
-            raise InvalidImageError(f"{path} is not a readable image (corrupt, truncated or not an image)")
-    elif isinstance(image, np.ndarray):
-        frame = image
-    else:
-        raise InvalidImageError(f"an image must be a file path or a numpy array, got {type(image).__name__}")
-    if frame.ndim >= 2 and frame.shape[0] * frame.shape[1] > MAX_PIXELS:
-        raise InvalidImageError(
-            f"frame {frame.shape[1]}x{frame.shape[0]} exceeds {MAX_PIXELS / 1e6:.0f} MP; downscale it first"
-        )
-    try:
-        return detect.as_bgr(frame)
-    except (TypeError, ValueError) as e:
-        raise InvalidImageError(str(e)) from e
-
-
 class Verifier:
     """Face verification and identification against an enrolment gallery.
 
@@ -140,6 +114,10 @@ class Verifier:
     one. far: pick the model's calibrated threshold for this false accept rate instead.
     min_quality: PFE models only: faces of lower :func:`sdk.pfe.quality` are refused (see the
     module doc); :meth:`quality_for` reads the model's calibrated values. Default None: no gate.
+
+    Images (every method that takes one): a file path, a uint8 array or a PIL image
+    (:func:`sdk.images.load_image`). Arrays are BGR (OpenCV's order); pass ``color="rgb"`` for
+    an RGB one. Bad images raise InvalidImageError, bad arguments InvalidArgumentError.
     """
 
     def __init__(
@@ -173,7 +151,7 @@ class Verifier:
         # A PFE model also gives each face's variance sigma_sq.
         self.has_uncertainty = bool(getattr(self.embedder, "has_uncertainty", False))
         if scoring not in SCORINGS:
-            raise ValueError(f"scoring must be one of {', '.join(SCORINGS)}, got {scoring!r}")
+            raise InvalidArgumentError(f"scoring must be one of {', '.join(SCORINGS)}, got {scoring!r}")
         if scoring == "mls" and not self.has_uncertainty:
             raise FaceSDKError(
                 f"scoring='mls' needs a PFE model (an output sigma_sq); {self.embedder.path} has none: use scoring='l2'"
@@ -182,9 +160,9 @@ class Verifier:
         if min_quality is not None:
             if not self.has_uncertainty:
                 raise FaceSDKError(f"min_quality needs a PFE model (an output sigma_sq); {self.embedder.path} has none")
-            min_quality = float(min_quality)
+            min_quality = _number(min_quality, "min_quality")
             if not math.isfinite(min_quality):
-                raise ValueError(f"min_quality must be a finite number, got {min_quality}")
+                raise InvalidArgumentError(f"min_quality must be a finite number, got {min_quality}")
         self.min_quality = min_quality
         self.threshold = self.threshold_for(far) if threshold is None else self._checked_threshold(threshold)
         self.liveness = liveness
@@ -228,15 +206,15 @@ class Verifier:
         """The model's quality threshold that rejects the fraction `reject` of its calibration
         faces (e.g. 0.05), for ``min_quality``."""
         try:
-            return pfe.quality_threshold_for(self.embedder.metadata, reject)
+            return pfe.quality_threshold_for(self.embedder.metadata, _number(reject, "reject"))
         except (LookupError, ValueError) as e:
             raise FaceSDKError(f"{self.embedder.path}: {e}") from e
 
     # --- faces ---------------------------------------------------------------------------------
 
-    def faces(self, image: Image) -> tuple[np.ndarray, list[detect.Detection]]:
-        """The frame and its detections (largest first is not guaranteed: detector order)."""
-        frame = load_image(image)
+    def faces(self, image: Image, color: str = "bgr") -> tuple[np.ndarray, list[detect.Detection]]:
+        """The BGR frame and its detections (largest first is not guaranteed: detector order)."""
+        frame = load_image(image, color)
         h, w = frame.shape[:2]
         scale = min(1.0, DETECT_MAX_SIDE / max(h, w))
         small = frame if scale == 1.0 else cv2.resize(frame, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
@@ -266,20 +244,22 @@ class Verifier:
             return empty, empty.copy()
         return self.embedder.embed_with_uncertainty(self._chips(frame, detections))
 
-    def _largest(self, image: Image, what: str) -> tuple[np.ndarray, detect.Detection]:
-        frame, found = self.faces(image)
+    def _largest(self, image: Image, what: str, color: str) -> tuple[np.ndarray, detect.Detection]:
+        frame, found = self.faces(image, color)
         if not found:
             raise NoFaceError(f"no face found in {_describe(image)}" + (f" ({what})" if what else ""))
         return frame, max(found, key=lambda d: (d.box[2] - d.box[0]) * (d.box[3] - d.box[1]))
 
-    def embed_largest(self, image: Image, what: str = "") -> np.ndarray:
+    def embed_largest(self, image: Image, what: str = "", color: str = "bgr") -> np.ndarray:
         """The embedding of the largest face of an image; NoFaceError when it has none."""
-        frame, largest = self._largest(image, what)
+        frame, largest = self._largest(image, what, color)
         return self.embed(frame, [largest])[0]
 
-    def embed_largest_with_uncertainty(self, image: Image, what: str = "") -> tuple[np.ndarray, np.ndarray | None]:
+    def embed_largest_with_uncertainty(
+        self, image: Image, what: str = "", color: str = "bgr"
+    ) -> tuple[np.ndarray, np.ndarray | None]:
         """(mu [D], sigma_sq [D] or None) of the largest face of an image; NoFaceError when none."""
-        frame, largest = self._largest(image, what)
+        frame, largest = self._largest(image, what, color)
         mu, sigma_sq = self.embed_with_uncertainty(frame, [largest])
         return mu[0], None if sigma_sq is None else sigma_sq[0]
 
@@ -308,15 +288,13 @@ class Verifier:
 
     # --- public API ------------------------------------------------------------------------------
 
-    def enroll(self, identity: str, images: Image | Iterable[Image]) -> int:
+    def enroll(self, identity: str, images: Image | Iterable[Image], *, color: str = "bgr") -> int:
         """Add the largest face of each image to `identity`. All or nothing: any image without
         a face or unreadable raises and nothing is stored. Returns the number of faces added."""
-        if isinstance(images, (str, os.PathLike, np.ndarray)):
-            images = [images]
-        images = list(images)
-        if not images:
-            raise ValueError("enroll needs at least one image")
-        faces = [self.embed_largest_with_uncertainty(image, f"enrolling {identity!r}") for image in images]
+        _clean_name(identity)  # a bad name fails before any image is read
+        check_color(color)
+        images = _image_list(images)
+        faces = [self.embed_largest_with_uncertainty(image, f"enrolling {identity!r}", color) for image in images]
         vectors = np.stack([mu for mu, _ in faces])
         sources = [str(i) if isinstance(i, (str, os.PathLike)) else None for i in images]
         if not self.has_uncertainty:
@@ -332,10 +310,12 @@ class Verifier:
             )
         return self.gallery.add(identity, vectors, sigma_sq=sigma_sq, quality=quality, sources=sources)
 
-    def match(self, frame: Image, far: float | None = None, threshold: float | None = None) -> list[Match]:
+    def match(
+        self, frame: Image, far: float | None = None, threshold: float | None = None, *, color: str = "bgr"
+    ) -> list[Match]:
         """Every face in the frame, identified against the gallery."""
         limit = self._limit(far, threshold)
-        image, found = self.faces(frame)
+        image, found = self.faces(frame, color)
         live = [self.liveness is None or bool(self.liveness(image, d)) for d in found]
         checked = [d for d, ok in zip(found, live) if ok]
         mu, sigma_sq = self.embed_with_uncertainty(image, checked)
@@ -367,11 +347,13 @@ class Verifier:
         """A :class:`FaceStream` for one video: ``stream.match(frame)`` per frame, in order."""
         return FaceStream(self, pfe.FrameTracker(iou_threshold, window, max_missed, fusion))
 
-    def verify(self, a: Image, b: Image, far: float | None = None, threshold: float | None = None) -> Verification:
+    def verify(
+        self, a: Image, b: Image, far: float | None = None, threshold: float | None = None, *, color: str = "bgr"
+    ) -> Verification:
         """Are the largest faces of two images the same person?"""
         limit = self._limit(far, threshold)
-        ea, sa = self.embed_largest_with_uncertainty(a, "verify, first image")
-        eb, sb = self.embed_largest_with_uncertainty(b, "verify, second image")
+        ea, sa = self.embed_largest_with_uncertainty(a, "verify, first image", color)
+        eb, sb = self.embed_largest_with_uncertainty(b, "verify, second image", color)
         distance = float(((ea.astype(np.float64) - eb) ** 2).sum())
         score = None if sa is None else float(pfe.mls_pairs(ea[None], sa[None], eb[None], sb[None])[0])
         if sa is not None and not (self._quality_ok(pfe.quality(sa)) and self._quality_ok(pfe.quality(sb))):
@@ -379,11 +361,11 @@ class Verifier:
         same = score >= limit if self.scoring == "mls" else distance <= limit
         return Verification(same, distance, limit, score, self.scoring)
 
-    def identify(self, image: Image, k: int = 5) -> list[tuple[str, float]]:
+    def identify(self, image: Image, k: int = 5, *, color: str = "bgr") -> list[tuple[str, float]]:
         """The k best enrolled identities of the largest face, best first: (name, squared L2)
         for scoring "l2", (name, MLS) for scoring "mls". A face below min_quality raises
         LowQualityError."""
-        mu, sigma_sq = self.embed_largest_with_uncertainty(image, "identify")
+        mu, sigma_sq = self.embed_largest_with_uncertainty(image, "identify", color)
         if sigma_sq is not None and not self._quality_ok(q := pfe.quality(sigma_sq)):
             raise LowQualityError(f"the face in {_describe(image)} has quality {q:.3f} < min_quality {self.min_quality:.3f}")
         if self.scoring == "mls":
@@ -409,18 +391,18 @@ class Verifier:
 
     def _limit(self, far: float | None, threshold: float | None) -> float:
         if far is not None and threshold is not None:
-            raise ValueError("give far or threshold, not both")
+            raise InvalidArgumentError("give far or threshold, not both")
         if threshold is not None:
             return self._checked_threshold(threshold)
-        return self.threshold if far is None else self.threshold_for(far)
+        return self.threshold if far is None else self.threshold_for(_number(far, "far"))
 
     def _checked_threshold(self, value: float) -> float:
-        value = float(value)
+        value = _number(value, "threshold")
         if self.scoring == "mls":
             if not math.isfinite(value):
-                raise ValueError(f"an MLS threshold must be a finite number, got {value}")
+                raise InvalidArgumentError(f"an MLS threshold must be a finite number, got {value}")
         elif not (math.isfinite(value) and value >= 0):
-            raise ValueError(f"threshold must be a finite squared-L2 distance >= 0, got {value}")
+            raise InvalidArgumentError(f"threshold must be a finite squared-L2 distance >= 0, got {value}")
         return value
 
 
@@ -439,10 +421,12 @@ class FaceStream:
         self.verifier = verifier
         self.tracker = tracker
 
-    def match(self, frame: Image, far: float | None = None, threshold: float | None = None) -> list[Match]:
+    def match(
+        self, frame: Image, far: float | None = None, threshold: float | None = None, *, color: str = "bgr"
+    ) -> list[Match]:
         v = self.verifier
         limit = v._limit(far, threshold)
-        image, found = v.faces(frame)
+        image, found = v.faces(frame, color)
         live = [v.liveness is None or bool(v.liveness(image, d)) for d in found]
         checked = [d for d, ok in zip(found, live) if ok]
         mu, sigma_sq = v.embed_with_uncertainty(image, checked)
@@ -482,6 +466,29 @@ class FaceStream:
     def reset(self) -> None:
         """Forget every track (e.g. after a scene cut)."""
         self.tracker.reset()
+
+
+def _image_list(images: object) -> list[Image]:
+    """The images of an ``images`` argument: one image, or a non-empty list (any iterable) of them."""
+    if is_single_image(images):
+        return [images]
+    if images is None or isinstance(images, (bytes, bytearray, dict)) or not isinstance(images, Iterable):
+        raise InvalidImageError(
+            f"images must be an image (path, array, PIL image) or a list of them, got {type(images).__name__}"
+        )
+    out = list(images)
+    if not out:
+        raise InvalidImageError("no images given: at least one is needed")
+    return out
+
+
+def _number(value: object, what: str) -> float:
+    if isinstance(value, bool):
+        raise InvalidArgumentError(f"{what} must be a number, got {value!r}")
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise InvalidArgumentError(f"{what} must be a number, got {value!r}") from None
 
 
 def _describe(image: Image) -> str:
