@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from importlib.metadata import version
 
 from cli import bench, calibrate, export, models, runtime, train
 from cli import eval as eval_verbs  # not `eval`: the builtin
@@ -49,6 +50,7 @@ EXTRAS = {
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="facesdk", description="Face recognition SDK for edge devices.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log what the SDK picks; tracebacks on errors")
+    parser.add_argument("--version", action="version", version=f"facesdk {version('facesdk')}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for group in GROUPS:
         group.register(sub)

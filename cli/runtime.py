@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -37,10 +38,25 @@ def register(sub) -> None:
     p.add_argument("folder")
     p.add_argument("--threshold", type=float, help="squared-L2 linkage threshold (default: the model's)")
     p.set_defaults(run=cluster_cmd)
-    p = runtime(sub.add_parser("gallery", help="list, remove from or export the gallery"))
-    p.add_argument("action", choices=["list", "remove", "export"])
-    p.add_argument("name", nargs="?", help="remove: the identity; export: the .npz path")
-    p.set_defaults(run=gallery_cmd)
+    actions = sub.add_parser("gallery", help="list, remove, check, export or import the gallery's identities")
+    actions = actions.add_subparsers(dest="action", metavar="ACTION", required=True)
+    p = runtime(actions.add_parser("list", help="enrolled identities and their faces"))
+    p.set_defaults(run=gallery_list)
+    p = runtime(actions.add_parser("remove", help="forget an identity and its faces"))
+    p.add_argument("name")
+    p.set_defaults(run=gallery_remove)
+    p = runtime(actions.add_parser("check", help="embeddings that cannot be matched (a damaged file)"))
+    p.add_argument("--repair", action="store_true", help="delete them")
+    p.set_defaults(run=gallery_check)
+    p = runtime(actions.add_parser("export", help="write every enrolled face's template to an .npz (biometric data)"))
+    p.add_argument("path", type=Path)
+    p.add_argument("--embeddings", action="store_true", required=True,
+                   help="required: say that you mean to copy every enrolled face's template out of the gallery")  # fmt: skip
+    p.add_argument("--sources", action="store_true", help="also where each face came from (e.g. image paths)")
+    p.set_defaults(run=gallery_export)
+    p = runtime(actions.add_parser("import", help="enrol every row of an export (.npz), in one transaction"))
+    p.add_argument("path", type=Path)
+    p.set_defaults(run=gallery_import)
     p = sub.add_parser("demo", help="the Verifier on real faces: enrol AT&T people, match unseen images")
     data_option(p, "att/")
     p.set_defaults(run=demo_cmd)
@@ -63,13 +79,21 @@ def decision(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return p
 
 
-def make_verifier(args: argparse.Namespace):
+def make_verifier(args: argparse.Namespace, gallery: str | None = "read"):
+    """The Verifier the options describe. ``gallery``: "read" (it must exist: a mistyped path is
+    an error, not an empty gallery), "write" (created if missing) or None (none touched)."""
+    from sdk.paths import home
     from sdk.verifier import Verifier
 
+    path = None
+    if gallery is not None:
+        path = Path(args.gallery) if args.gallery else home() / "gallery.sqlite"
+        if gallery == "read" and not path.exists():
+            raise FileNotFoundError(f"no gallery at {path}: enrol someone first (facesdk enroll NAME IMAGE...)")
     return Verifier(
         model=args.model,
         detector=args.detector,
-        gallery="default" if args.gallery is None else args.gallery,
+        gallery="default" if gallery is not None and args.gallery is None else path,
         threshold=getattr(args, "threshold", None),
         far=getattr(args, "far", None),
         scoring=args.scoring,
@@ -82,7 +106,7 @@ def image_files(folder: Path) -> list[Path]:
 
 
 def enroll_cmd(args: argparse.Namespace) -> int:
-    with make_verifier(args) as v:
+    with make_verifier(args, "write") as v:
         added = v.enroll(args.name, args.images)
         total = v.gallery.count(args.name)
     emit(args, {"identity": args.name, "added": added, "total": total},
@@ -92,38 +116,43 @@ def enroll_cmd(args: argparse.Namespace) -> int:
 
 def frames(source: Path, every: int):
     """(label, frame) of an image, every image of a folder, or every `every`-th frame of a video."""
-    import cv2
+    from sdk.images import video_frames
 
     if source.is_dir():
         for path in image_files(source):
             yield str(path), path
     elif source.suffix.lower() in VIDEO_SUFFIXES:
-        if not source.is_file():
-            raise FileNotFoundError(f"no video at {source}")
-        video = cv2.VideoCapture(str(source))
-        if not video.isOpened():
-            raise ValueError(f"cannot open video {source}")
-        index = 0
-        while True:
-            ok, frame = video.read()
-            if not ok:
-                break
-            if index % every == 0:
-                yield f"{source.name}#{index}", frame
-            index += 1
-        video.release()
+        for index, frame in video_frames(source, every):
+            yield f"{source.name}#{index}", frame
     else:
         yield str(source), source
 
 
+def progress(items: list, what: str):
+    """``items`` with a progress bar on stderr when there are many."""
+    from tqdm import tqdm
+
+    return tqdm(items, desc=what, unit="img", disable=len(items) < 50, leave=False)
+
+
 def match_cmd(args: argparse.Namespace) -> int:
-    results, lines, accepted = [], [], 0
+    from sdk.errors import FaceSDKError
+
+    results, lines, accepted, failed = [], [], 0, 0
+    source = Path(args.source)
     with make_verifier(args) as v:
         # --track: follow each face across the frames and answer for the fusion of its last frames.
         matcher = v.stream() if args.track else v
         lines.append(f"{'source':<40} {'face':>4} {'identity':<24} {'distance':>8} {'accepted':>8} {'why not':<11}  box")
-        for label, frame in frames(Path(args.source), args.every):
-            found = matcher.match(frame)
+        items = frames(source, args.every)
+        for label, frame in progress(list(items), "match") if source.is_dir() else items:
+            try:
+                found = matcher.match(frame)
+            except FaceSDKError as e:  # one bad file of a folder: report it, go on with the rest
+                failed += 1
+                results.append({"source": label, "error": str(e)})
+                lines.append(f"{label[-40:]:<40} {'-':>4} error: {e}")
+                continue
             for i, m in enumerate(found):
                 accepted += m.accepted
                 results.append({"source": label, "face": i, "identity": m.identity, "distance": m.distance,
@@ -136,11 +165,14 @@ def match_cmd(args: argparse.Namespace) -> int:
             if not found:
                 lines.append(f"{label[-40:]:<40} {'-':>4} no face")
     emit(args, results, lines)
+    if failed:
+        print(f"facesdk: error: {failed} of the inputs could not be read (rows above)", file=sys.stderr)
+        return 1
     return 0 if accepted else NO
 
 
 def verify_cmd(args: argparse.Namespace) -> int:
-    with make_verifier(args) as v:
+    with make_verifier(args, gallery=None) as v:
         r = v.verify(args.a, args.b)
     emit(args, {"same": r.same, "distance": r.distance, "threshold": r.threshold},
          [f"{'same person' if r.same else 'different people'}: distance {r.distance:.4f}, threshold {r.threshold:.4f}"])  # fmt: skip
@@ -156,25 +188,44 @@ def identify_cmd(args: argparse.Namespace) -> int:
     return 0 if candidates and candidates[0][1] <= limit else NO
 
 
-def gallery_cmd(args: argparse.Namespace) -> int:
-    from cli.common import UsageError
-
-    if args.action != "list" and not args.name:
-        raise UsageError("gallery remove needs the identity to remove" if args.action == "remove"
-                         else "gallery export needs an output path (.npz)")  # fmt: skip
+def gallery_list(args: argparse.Namespace) -> int:
     with make_verifier(args) as v:
         g = v.gallery
-        if args.action == "list":
-            rows = [(name, g.count(name)) for name in g.identities()]
-            emit(args, [{"identity": n, "faces": c} for n, c in rows],
-                 [f"{n:<32} {c:>5}" for n, c in rows] + [f"{len(rows)} identities, {len(g)} faces"])  # fmt: skip
-        elif args.action == "remove":
-            removed = g.remove(args.name)
-            emit(args, {"removed": removed}, [f"{'removed' if removed else 'not enrolled:'} {args.name!r}"])
-            return 0 if removed else NO
-        else:
-            g.export(Path(args.name))
-            emit(args, {"exported": args.name}, [f"wrote {args.name}"])
+        rows = [(name, g.count(name)) for name in g.identities()]
+        emit(args, [{"identity": n, "faces": c} for n, c in rows],
+             [f"{n:<32} {c:>5}" for n, c in rows] + [f"{len(rows)} identities, {len(g)} faces"])  # fmt: skip
+    return 0
+
+
+def gallery_remove(args: argparse.Namespace) -> int:
+    with make_verifier(args) as v:
+        removed = v.gallery.remove(args.name)
+    emit(args, {"removed": removed}, [f"{'removed' if removed else 'not enrolled:'} {args.name!r}"])
+    return 0 if removed else NO
+
+
+def gallery_check(args: argparse.Namespace) -> int:
+    with make_verifier(args) as v:
+        bad = v.gallery.repair() if args.repair else v.gallery.check()
+    verb = "removed" if args.repair else "found"
+    emit(args, {"bad_rows": [b._asdict() for b in bad], "repaired": args.repair},
+         [f"row {b.row} of {b.identity!r}: {b.reason}" for b in bad]
+         + [f"{verb} {len(bad)} embedding(s) that cannot be matched" + ("" if args.repair or not bad else "; --repair deletes them")])  # fmt: skip
+    return 0 if args.repair or not bad else NO
+
+
+def gallery_export(args: argparse.Namespace) -> int:
+    with make_verifier(args) as v:
+        v.gallery.export(args.path, sources=args.sources)
+    emit(args, {"exported": str(args.path)}, [f"wrote {args.path} (every enrolled face's template; keep it private)"])
+    return 0
+
+
+def gallery_import(args: argparse.Namespace) -> int:
+    with make_verifier(args, "write") as v:
+        added = v.gallery.import_npz(args.path)
+        total = len(v.gallery)
+    emit(args, {"added": added, "total": total}, [f"imported {added} face(s) from {args.path} ({total} in the gallery)"])
     return 0
 
 
@@ -188,16 +239,29 @@ def cluster_cmd(args: argparse.Namespace) -> int:
     paths = image_files(folder)
     if not paths:
         raise ValueError(f"no images in {folder}")
-    with make_verifier(args) as v:
+    from sdk.errors import FaceSDKError, NoFaceError
+
+    embeddings, rows, errors = [], [], {}
+    with make_verifier(args, gallery=None) as v:
         threshold = v.threshold if args.threshold is None else args.threshold
-        labels = clustering.cluster(paths, threshold, verifier=v)
+        for i, path in enumerate(progress(paths, "cluster")):
+            try:
+                embeddings.append(v.embed_largest(path))
+                rows.append(i)
+            except NoFaceError:
+                continue
+            except FaceSDKError as e:  # one bad file: report it, go on with the rest
+                errors[str(path.relative_to(folder))] = str(e)
+    labels = np.full(len(paths), -1, np.int64)
+    if embeddings:
+        labels[rows] = clustering.cluster_embeddings(np.array(embeddings), threshold)
     groups: dict[int, list[str]] = {}
     for path, label in zip(paths, labels):
         if label >= 0:
             groups.setdefault(int(label), []).append(str(path.relative_to(folder)))
-    no_face = [str(p.relative_to(folder)) for p, label in zip(paths, labels) if label < 0]
+    no_face = [str(p.relative_to(folder)) for p, label in zip(paths, labels) if label < 0 and str(p.relative_to(folder)) not in errors]
     payload = {"threshold": threshold, "clusters": list(groups.values()), "no_face": no_face}
-    lines = [f"{len(paths) - len(no_face)} faces in {len(groups)} clusters (threshold {threshold:.4f}); {len(no_face)} images without a face"]
+    lines = [f"{len(embeddings)} faces in {len(groups)} clusters (threshold {threshold:.4f}); {len(no_face)} images without a face"]
     lines += [f"cluster {k}: {', '.join(members)}" for k, members in groups.items()]
     found = labels >= 0
     if all(len(p.relative_to(folder).parts) > 1 for p in paths):  # subfolders name the people
@@ -205,7 +269,12 @@ def cluster_cmd(args: argparse.Namespace) -> int:
         precision, recall, f1 = pairwise_precision_recall(truth[found], labels[found])
         payload.update(precision=precision, recall=recall, f1=f1, identities=int(truth.max()) + 1)
         lines.append(f"against the subfolders ({int(truth.max()) + 1} people): pairwise precision {precision:.3f}, recall {recall:.3f}, F1 {f1:.3f}")
+    payload["errors"] = errors
+    lines += [f"error: {name}: {message}" for name, message in errors.items()]
     emit(args, payload, lines)
+    if errors:
+        print(f"facesdk: error: {len(errors)} of the images could not be read (rows above)", file=sys.stderr)
+        return 1
     return 0
 
 

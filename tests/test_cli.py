@@ -90,11 +90,58 @@ def test_enroll_match_verify_identify_gallery_commands(data, default_onnx, tmp_p
     assert cli.main(["match", img("Tony_Blair", 6), *common, "--threshold", "0.19", "--json"]) == 0
     faces = json.loads(capsys.readouterr().out)
     assert any(f["identity"] == "Tony_Blair" and f["accepted"] for f in faces)
-    assert cli.main(["gallery", "export", str(tmp_path / "g.npz"), *common]) == 0
-    assert (tmp_path / "g.npz").is_file()
-    assert cli.main(["gallery", "remove", "Tony_Blair", *common]) == 0
+    with pytest.raises(SystemExit):  # exporting templates must be asked for by name
+        cli.main(["gallery", "export", str(tmp_path / "g.npz"), *common])
+    assert cli.main(["gallery", "export", str(tmp_path / "g.npz"), "--embeddings", *common]) == 0
+    assert (tmp_path / "g.npz").stat().st_mode & 0o777 == 0o600
+    assert cli.main(["gallery", "check", *common]) == 0
+    assert cli.main(["gallery", "remove", "--gallery", str(tmp_path / "g.sqlite"), "Tony_Blair"]) == 0  # options first
     assert cli.main(["gallery", "remove", "Tony_Blair", *common]) == 3
     assert cli.main(["match", img("Gerhard_Schroeder", 1), *common]) == 3  # nobody enrolled now
+    assert cli.main(["gallery", "import", str(tmp_path / "g.npz"), *common]) == 0
+    capsys.readouterr()
+    assert cli.main(["gallery", "list", *common, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == [{"identity": "Tony_Blair", "faces": 2}]
+
+
+def test_a_gallery_is_read_only_where_it_exists_and_no_verb_makes_one_by_accident(data, default_onnx, tmp_path, capsys):
+    common = ["--model", str(default_onnx), "--gallery", str(tmp_path / "typo.sqlite")]
+    face = str(data / "lfw" / "images_deepfunneled" / "Tony_Blair" / "Tony_Blair_0001.jpg")
+    for argv in (["match", face], ["identify", face], ["gallery", "list"], ["gallery", "remove", "x"],
+                 ["gallery", "check"], ["gallery", "export", "o.npz", "--embeddings"]):  # fmt: skip
+        assert cli.main([*argv, *common]) == 1
+        assert "no gallery at" in capsys.readouterr().err
+    assert cli.main(["verify", face, face, *common]) == 0
+    assert not (tmp_path / "typo.sqlite").exists()
+
+
+def test_match_and_cluster_go_on_past_a_bad_file(data, default_onnx, tmp_path, capsys):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    lfw = data / "lfw" / "images_deepfunneled"
+    for i in (1, 2):
+        (folder / f"tony{i}.jpg").write_bytes((lfw / "Tony_Blair" / f"Tony_Blair_000{i}.jpg").read_bytes())
+    (folder / "broken.jpg").write_bytes((lfw / "Colin_Powell" / "Colin_Powell_0001.jpg").read_bytes()[:5000])
+    common = ["--model", str(default_onnx), "--gallery", str(tmp_path / "g.sqlite")]
+    assert cli.main(["enroll", "Tony_Blair", str(folder / "tony1.jpg"), *common]) == 0
+    capsys.readouterr()
+    assert cli.main(["match", str(folder), *common, "--json"]) == 1
+    captured = capsys.readouterr()
+    rows = json.loads(captured.out)
+    sources = [r["source"].rsplit("/", 1)[-1] for r in rows]
+    assert list(dict.fromkeys(sources)) == ["broken.jpg", "tony1.jpg", "tony2.jpg"]
+    assert "truncated" in rows[0]["error"]
+    assert any(s == "tony2.jpg" and r["identity"] == "Tony_Blair" for s, r in zip(sources, rows))
+    assert "1 of the inputs could not be read" in captured.err
+    assert cli.main(["cluster", str(folder), *common, "--json"]) == 1
+    result = json.loads(capsys.readouterr().out)
+    assert result["clusters"] == [["tony1.jpg", "tony2.jpg"]] and list(result["errors"]) == ["broken.jpg"]
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exit:
+        cli.main(["--version"])
+    assert exit.value.code == 0 and capsys.readouterr().out.startswith("facesdk ")
 
 
 def test_pipeline_bench_smoke(data, default_onnx, monkeypatch, tmp_path):
@@ -181,7 +228,8 @@ VERBS = verb_paths()
 
 def test_every_verb_is_registered():
     expected = {
-        "enroll", "match", "verify", "identify", "cluster", "gallery", "demo", "models install", "models list",
+        "enroll", "match", "verify", "identify", "cluster", "gallery list", "gallery remove", "gallery check",
+        "gallery export", "gallery import", "demo", "models install", "models list",
         "calibrate", "eval lfw", "eval openset", "eval int8", "eval pfe", "eval clustering", "eval trt-parity",
         "eval yunet-template", "eval dlib-port", "bench", "bench run", "bench kernels", "bench pipeline",
         "export onnx default", "export onnx pfe", "export onnx checkpoint", "export onnx check", "export int8",
