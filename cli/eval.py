@@ -16,6 +16,7 @@ from cli.common import (
     UsageError, calibrated_thresholds, data_option, detector_option, emit, make_detector, make_embedder,
     model_option, positive, write_json,
 )  # fmt: skip
+from sdk.detect import DETECTORS
 
 
 def register(sub) -> None:
@@ -96,6 +97,18 @@ def register(sub) -> None:
     p.add_argument("--people", type=positive, default=1000, help="first N people of LFW's peopleDevTrain.txt")
     p.add_argument("--yunet-model", type=Path, default=None, help="default: $FACESDK_MODELS/yunet/yunet_s_640_640.onnx")
     p.set_defaults(run=yunet_template_cmd)
+
+    p = verbs.add_parser("detectors", help="LFW pairs.txt with one model and several detectors: TAR at strict FAR, McNemar")
+    p.add_argument("detectors", nargs="+", choices=list(DETECTORS), help="the first is the baseline")
+    p.add_argument("--out", type=Path, required=True, help="folder for each detector's pair distances (reused)")
+    p.add_argument("--far", type=float, nargs="+", default=[1e-3, 1e-4])
+    model_option(p)
+    data_option(p, "lfw/")
+    p.set_defaults(run=detectors_cmd)
+
+    p = verbs.add_parser("landmark-box", help="fit the YuNet-to-dlib box map of the yunet+dlib5 detector (sdk.detect)")
+    data_option(p, "lfw/")
+    p.set_defaults(run=landmark_box_cmd)
 
     p = verbs.add_parser("dlib-port", help="dlib's ResNet in PyTorch vs dlib-bin on LFW faces (needs torch, dlib)")
     p.add_argument("--faces", type=positive, default=100, help="LFW faces to compare")
@@ -393,6 +406,20 @@ def yunet_template_cmd(args: argparse.Namespace) -> int:
     print("    ]\n)")
     print("std in a 150-pixel chip (x, y):", np.round(spread, 2).tolist())
     print(f"mean |yunet5 chip - dlib5 chip|: {diff:.2f} grey levels")
+    return 0
+
+
+def detectors_cmd(args: argparse.Namespace) -> int:
+    from evaluate.detectors import compare
+
+    print("\n".join(compare(args.detectors, args.out, args.data, args.far, args.model)))
+    return 0
+
+
+def landmark_box_cmd(args: argparse.Namespace) -> int:
+    from evaluate.landmark_box import fit_box_map
+
+    print("\n".join(fit_box_map(args.data)))
     return 0
 
 

@@ -236,7 +236,8 @@ def compare_cmd(args: argparse.Namespace) -> int:
     import numpy as np
 
     from sdk.paths import data_dir
-    from train.compare import describe, pair_outcomes
+    from evaluate.paired import describe
+    from train.compare import pair_outcomes
     from train.config import config_from_dict
     from train.checkpoint import backbone_from_state, read_checkpoint
     from train.trainer import LfwEvaluation, initial_backbone

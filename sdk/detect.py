@@ -267,7 +267,7 @@ class DlibHogDetector:
 # dlib's HOG rectangle (the box dlib's 5-point predictor was trained on) predicted from a YuNet
 # face: (dx, dy, side) = yunet_box_features(...) @ YUNET_TO_DLIB_BOX, where dx, dy is the HOG box
 # centre's offset from YuNet's box centre and side its side, all over YuNet's mean box side.
-# Fitted by least squares on LFW training faces (``python -m train.landmark_box``).
+# Fitted by least squares on LFW training faces (``facesdk eval landmark-box``).
 YUNET_TO_DLIB_BOX = np.array([
     # dx       dy       side
     [0.4071, 0.6110, -1.7342],  # right eye x

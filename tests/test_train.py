@@ -502,7 +502,7 @@ def test_compare_pairs_a_checkpoint_with_its_initial_network(
 ) -> None:
     _mining_available()
     from cli.main import main
-    from train.compare import mcnemar_p
+    from evaluate.paired import mcnemar_p
     from train.trainer import CHECKPOINT, Trainer
 
     assert mcnemar_p(0, 11) == pytest.approx(2 / 2**11) and mcnemar_p(4, 4) == 1.0 and mcnemar_p(0, 0) == 1.0

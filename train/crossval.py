@@ -29,7 +29,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numpy as np  # noqa: E402
 
 from evaluate.lfw import Pairs  # noqa: E402
-from train.compare import changes, describe, mcnemar_p, outcomes  # noqa: E402
+from evaluate.paired import changes, describe, mcnemar_p, outcomes  # noqa: E402
 from train.config import Config  # noqa: E402
 from train.data.datasets import LFW_FOLDS, lfw_people_folds  # noqa: E402
 from train.checkpoint import backbone_from_state, read_checkpoint  # noqa: E402

@@ -9,19 +9,17 @@ side, are regressed (least squares) on YuNet's landmarks in its box frame
 reports how far the predictor's landmarks from the mapped box lie from dlib's own (HOG box +
 dlib-bin's predictor, integer points), beside a constant map and YuNet's raw and squared boxes.
 
-    python -m train.landmark_box
+    facesdk eval landmark-box
 """
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
 
 from evaluate.lfw import read_pairs
 from sdk.chips import central_face
-from sdk.paths import data_dir
 
 
 def training_images(lfw: Path) -> list[Path]:
@@ -63,14 +61,15 @@ def collect(paths: list[Path]) -> list[tuple]:
     return found
 
 
-def main() -> None:
+def fit_box_map(data: Path) -> list[str]:
+    """Fit the map on two thirds of the training faces; the report, held-out errors included."""
     import cv2
 
     from sdk.detect import yunet_box_features
     from sdk.landmarks import ShapePredictor
 
-    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()
-    paths = training_images(data_dir() / "lfw")
+    lines = []
+    paths = training_images(data / "lfw")
     faces = collect(paths)
     yunet = np.array([y.box for _, y, _ in faces], np.float64)
     target = box_frame(yunet, np.array([h.box for _, _, h in faces], np.float64))
@@ -78,9 +77,9 @@ def main() -> None:
     order = np.random.default_rng(0).permutation(len(faces))
     fit, held_out = order[: len(faces) * 2 // 3], order[len(faces) * 2 // 3 :]
     weights = np.linalg.lstsq(features[fit], target[fit], rcond=None)[0]
-    print(f"{len(faces)} faces of {len(paths)} training images; {len(fit)} fit the map")
-    print("YUNET_TO_DLIB_BOX (dx, dy, side per row):")
-    print(np.array2string(weights, precision=4, suppress_small=False, separator=", "))
+    lines.append(f"{len(faces)} faces of {len(paths)} training images; {len(fit)} fit the map")
+    lines.append("YUNET_TO_DLIB_BOX (dx, dy, side per row):")
+    lines.append(np.array2string(weights, precision=4, suppress_small=False, separator=", "))
 
     def square(box: np.ndarray, frame: np.ndarray) -> np.ndarray:
         side = (box[2:] - box[:2]).mean()
@@ -101,10 +100,7 @@ def main() -> None:
         reference = np.asarray(faces[i][2].landmarks, np.float64)
         for name, box in boxes.items():
             errors[name].append(np.linalg.norm(predictor.predict(image, box(i)) - reference, axis=1).mean())
-    print(f"held-out faces ({len(held_out)}): mean distance to dlib-bin's integer landmarks (px)")
+    lines.append(f"held-out faces ({len(held_out)}): mean distance to dlib-bin's integer landmarks (px)")
     for name, e in errors.items():
-        print(f"  {name:45s} mean {np.mean(e):.3f}  p95 {np.percentile(e, 95):.3f}")
-
-
-if __name__ == "__main__":
-    main()
+        lines.append(f"  {name:45s} mean {np.mean(e):.3f}  p95 {np.percentile(e, 95):.3f}")
+    return lines
