@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cli.common import UsageError, write_json
+from cli.common import UsageError, positive, write_json
 
 
 def register(sub) -> None:
@@ -18,7 +18,7 @@ def register(sub) -> None:
     b = sub.add_parser("bench", help="benchmarks: the pipeline per backend (default), kernels, pipeline stages")
     add_run_options(b)  # `facesdk bench [options]` runs `run`
     b.set_defaults(run=run_cmd)
-    verbs = b.add_subparsers(dest="bench_verb", metavar="{run,kernels,pipeline}")
+    verbs = b.add_subparsers(dest="bench_verb", metavar="{run,kernels,pipeline,gallery}")
     add_run_options(verbs.add_parser("run", help="the whole pipeline on LFW faces, per stage and per backend (default)"))
     k = verbs.add_parser("kernels", help="matching kernels vs numpy and faiss")
     k.add_argument("--json", type=Path, help="also write the figures to this JSON file")
@@ -32,6 +32,12 @@ def register(sub) -> None:
     pl.add_argument("--repeat", type=int, default=30, help="timed runs per frame")
     pl.add_argument("--gallery-size", type=int, default=10_000, help="random identities in the gallery")
     pl.set_defaults(run=pipeline_cmd)
+    g = verbs.add_parser("gallery", help="the gallery at scale: bulk enrolment, load, memory, match while enrolling")
+    g.add_argument("--size", type=positive, default=1_000_000, help="identities (one face each)")
+    g.add_argument("--seconds", type=float, default=5.0, help="search time per latency measurement")
+    g.add_argument("--dir", type=Path, help="where the temporary gallery file goes (default: the system's temp)")
+    g.add_argument("--json", type=Path, help="also write the figures to this JSON file")
+    g.set_defaults(run=gallery_cmd)
 
 
 def add_run_options(r: argparse.ArgumentParser) -> None:
@@ -131,6 +137,17 @@ def pipeline_cmd(args: argparse.Namespace) -> int:
         raise UsageError("--repeat must be >= 1 and --gallery-size >= 0")
     result = bench.bench_pipeline(args)
     bench.print_pipeline(result)
+    write_json(args.json, result)
+    return 0
+
+
+def gallery_cmd(args: argparse.Namespace) -> int:
+    from evaluate.gallery_bench import bench_gallery, print_gallery
+
+    if args.seconds <= 0:
+        raise UsageError("--seconds must be > 0")
+    result = bench_gallery(args.size, args.seconds, args.dir)
+    print_gallery(result)
     write_json(args.json, result)
     return 0
 
