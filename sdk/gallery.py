@@ -157,19 +157,26 @@ class BadRow(NamedTuple):
 
 
 class _Rows:
-    """Growable row storage that snapshots view. Rows are only appended past every row a
-    published snapshot shows (``filled``), so a snapshot's view never changes under a search."""
+    """Growable storage that snapshots view: rows (vectors, labels, variances) and identities
+    (names, rows per identity). Both are only appended past everything a published snapshot
+    shows (``filled``, ``named``), so a snapshot's views never change under a search; only the
+    writer, one at a time, appends. ``counts`` is the writer's, never read by a search."""
 
-    def __init__(self, dim: int, capacity: int, with_sigma: bool) -> None:
+    def __init__(self, dim: int, capacity: int, with_sigma: bool, names: int) -> None:
         self.vectors = np.empty((capacity, dim), np.float32)
         self.labels = np.empty(capacity, np.intp)
         self.sigma_sq = np.full((capacity, dim), np.nan, np.float32) if with_sigma else None
-        self.filled = 0
+        self.names = np.empty(_capacity(names), object)
+        self.counts = np.zeros(len(self.names), np.int64)
+        self.filled = self.named = 0
         self.index: dict[str, int] | None = None  # name -> label, built on the first write
 
-    @property
-    def capacity(self) -> int:
-        return len(self.labels)
+    def room_for_names(self, count: int) -> None:
+        """Grow the identity arrays to hold ``count`` (copies, as the row arrays never need to)."""
+        if count > len(self.names):
+            names, counts = np.empty(_capacity(count), object), np.zeros(_capacity(count), np.int64)
+            names[: self.named], counts[: self.named] = self.names[: self.named], self.counts[: self.named]
+            self.names, self.counts = names, counts
 
 
 class _Snapshot(NamedTuple):
@@ -177,15 +184,11 @@ class _Snapshot(NamedTuple):
     rows: _Rows  # the storage the arrays below view
     vectors: np.ndarray  # float32 [n, dim], C-contiguous, read-only, in enrolment order
     labels: np.ndarray  # intp [n]: row -> index into names
-    names: tuple[str, ...]  # identities that have at least one usable embedding, by identity id
-    counts: np.ndarray  # int64 [len(names)]: rows per identity
+    names: np.ndarray  # object [m], read-only: identities with at least one usable embedding, by id
+    max_per_identity: int  # most rows any one identity holds (0 when empty)
     sigma_sq: np.ndarray | None  # float32 [n, dim], PFE variances (NaN rows where absent); None: no row has one
     without_sigma: int  # rows enrolled without sigma_sq (MLS search needs none)
     bad: tuple[BadRow, ...]  # rows left out, with the reason
-
-    @property
-    def max_per_identity(self) -> int:
-        return int(self.counts.max()) if len(self.counts) else 0
 
 
 def _capacity(n: int) -> int:
@@ -193,15 +196,16 @@ def _capacity(n: int) -> int:
     return n + max(n // 16, 1024)
 
 
-def _published(generation: int, rows: _Rows, n: int, names: tuple[str, ...], counts: np.ndarray,
-               without_sigma: int, bad: tuple[BadRow, ...]) -> _Snapshot:  # fmt: skip
-    """A snapshot of ``rows``' first ``n`` rows, as read-only views."""
-    rows.filled = max(rows.filled, n)
-    views = [rows.vectors[:n], rows.labels[:n]] + ([rows.sigma_sq[:n]] if rows.sigma_sq is not None else [])
+def _published(generation: int, rows: _Rows, n: int, m: int, most: int, without_sigma: int,
+               bad: tuple[BadRow, ...]) -> _Snapshot:  # fmt: skip
+    """A snapshot of ``rows``' first ``n`` rows and ``m`` identities, as read-only views."""
+    rows.filled, rows.named = max(rows.filled, n), max(rows.named, m)
+    views = [rows.vectors[:n], rows.labels[:n], rows.names[:m]]
+    views += [rows.sigma_sq[:n]] if rows.sigma_sq is not None else []
     for view in views:
         view.flags.writeable = False
-    sigma = views[2] if rows.sigma_sq is not None else None
-    return _Snapshot(generation, rows, views[0], views[1], names, counts, sigma, without_sigma, bad)
+    sigma = views[3] if rows.sigma_sq is not None else None
+    return _Snapshot(generation, rows, views[0], views[1], views[2], most, sigma, without_sigma, bad)
 
 
 def _connect(target: str, *, uri: bool = False) -> sqlite3.Connection:
@@ -280,11 +284,11 @@ def _blobs(blobs: list[object], dim: int, what: str, variances: bool = False) ->
 
 
 def _index(snap: _Snapshot) -> dict[str, int]:
-    """name -> label (index into ``names``) of a snapshot, kept with its rows: names of one
+    """name -> label (index into ``names``) of a snapshot, kept with its storage: names of one
     ``_Rows`` only ever grow at the end, so a map of the same length is this snapshot's."""
     index = snap.rows.index
     if index is None or len(index) != len(snap.names):
-        index = snap.rows.index = {n: i for i, n in enumerate(snap.names)}
+        index = snap.rows.index = {n: i for i, n in enumerate(snap.names.tolist())}
     return index
 
 
@@ -637,14 +641,16 @@ class Gallery:
 
         def steps(conn: sqlite3.Connection) -> int:
             now = time.time()
+            (last,) = conn.execute("SELECT coalesce(max(id), 0) FROM identities").fetchone()
             conn.executemany(
                 "INSERT INTO identities(name, created) VALUES (?, ?) ON CONFLICT(name) DO NOTHING",
                 [(name, now) for name in unique],
             )
-            if len(unique) == 1:
-                ids = {unique[0]: conn.execute("SELECT id FROM identities WHERE name = ?", unique).fetchone()[0]}
-            else:
-                ids = {name: i for i, name in conn.execute("SELECT id, name FROM identities")}
+            # The names just created have the ids past `last`; the others are looked up one by one.
+            ids = {name: i for i, name in conn.execute("SELECT id, name FROM identities WHERE id > ?", (last,))}
+            for name in unique:
+                if name not in ids:
+                    ids[name] = conn.execute("SELECT id FROM identities WHERE name = ?", (name,)).fetchone()[0]
             conn.executemany(
                 "INSERT INTO embeddings(identity_id, vector, sigma_sq, quality, source, created) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
@@ -722,17 +728,28 @@ class Gallery:
     # ----------------------------------------------------------------- matching
 
     def _current(self) -> _Snapshot:
-        """A snapshot of the committed gallery, reloaded if anything changed since it was taken."""
-        with self._lock:
+        """A snapshot of the committed gallery, reloaded if anything changed since it was taken.
+
+        While the lock is busy (this object writing, reloading, or another search checking) a
+        search takes the snapshot it has rather than wait: the holder's change is not in memory
+        yet either way, and the next search checks again."""
+        if self._snapshot is not None and not self._lock.acquire(blocking=False):
+            if self._conn is None:
+                raise GalleryError(f"gallery {self._where} is closed")
+            return self._snapshot
+        if self._snapshot is None:
+            self._lock.acquire()
+        try:
             conn = self._connection()
-            try:
-                snapshot = self._snapshot_if_current(conn)
-                if snapshot is None:
-                    snapshot = self._read(self._load)
-                    self._snapshot = snapshot  # one assignment: searches see old or new, never half
-                return snapshot
-            except _SQL_ERRORS as e:
-                raise GalleryError(f"gallery {self._where}: read failed: {e}") from e
+            snapshot = self._snapshot_if_current(conn)
+            if snapshot is None:
+                snapshot = self._read(self._load)
+                self._snapshot = snapshot  # one assignment: searches see old or new, never half
+            return snapshot
+        except _SQL_ERRORS as e:
+            raise GalleryError(f"gallery {self._where}: read failed: {e}") from e
+        finally:
+            self._lock.release()
 
     def _snapshot_if_current(self, conn: sqlite3.Connection) -> _Snapshot | None:
         """The snapshot, unless something changed since it was taken (under the lock)."""
@@ -746,31 +763,34 @@ class Gallery:
     def _with_rows(self, snap: _Snapshot, row_names: list[str], vectors: np.ndarray, sigma_sq: np.ndarray | None) -> _Snapshot:
         """``snap`` with ``vectors`` appended, row i for ``row_names[i]`` (``sigma_sq`` NaN rows:
         no variance), as a reload would load them."""
-        n, k, rows = len(snap.labels), len(vectors), snap.rows
+        n, m, k, rows = len(snap.labels), len(snap.names), len(vectors), snap.rows
         index = _index(snap)
-        if rows.filled != n or rows.capacity < n + k or (sigma_sq is not None and rows.sigma_sq is None):
-            rows = _Rows(self.dim, _capacity(n + k), snap.sigma_sq is not None or sigma_sq is not None)
-            rows.vectors[:n], rows.labels[:n] = snap.vectors, snap.labels
+        if rows.filled != n or rows.named != m or len(rows.labels) < n + k or (sigma_sq is not None and rows.sigma_sq is None):
+            grown = _Rows(self.dim, _capacity(n + k), snap.sigma_sq is not None or sigma_sq is not None, m + k)
+            grown.vectors[:n], grown.labels[:n], grown.names[:m] = snap.vectors, snap.labels, snap.names
+            grown.counts[:m] = rows.counts[:m]
             if snap.sigma_sq is not None:
-                rows.sigma_sq[:n] = snap.sigma_sq
-            rows.index = index = dict(index)
+                grown.sigma_sq[:n] = snap.sigma_sq
+            grown.index = index = dict(index)
+            rows = grown
         new: list[str] = []  # identities new to the snapshot have the highest ids: they come last
         labels = np.empty(k, np.intp)
         for i, name in enumerate(row_names):
             label = index.get(name)
             if label is None:
-                label = index[name] = len(snap.names) + len(new)
+                label = index[name] = m + len(new)
                 new.append(name)
             labels[i] = label
-        names = snap.names + tuple(new)
-        counts = np.bincount(labels, minlength=len(names)).astype(np.int64)
-        counts[: len(snap.counts)] += snap.counts
+        rows.room_for_names(m + len(new))
+        rows.names[m : m + len(new)] = new
+        np.add.at(rows.counts, labels, 1)
         rows.vectors[n : n + k] = vectors
         rows.labels[n : n + k] = labels
         if rows.sigma_sq is not None:
             rows.sigma_sq[n : n + k] = np.nan if sigma_sq is None else sigma_sq
+        most = max(snap.max_per_identity, int(rows.counts[labels].max()))
         absent = k if sigma_sq is None else int(np.isnan(sigma_sq[:, 0]).sum())
-        return _published(snap.generation, rows, n + k, names, counts, snap.without_sigma + absent, snap.bad)
+        return _published(snap.generation, rows, n + k, m + len(new), most, snap.without_sigma + absent, snap.bad)
 
     def _without(self, snap: _Snapshot, name: str) -> _Snapshot:
         """``snap`` without ``name``'s rows (a copy of the rest)."""
@@ -779,19 +799,22 @@ class Gallery:
         if label is None:
             return snap._replace(bad=bad)
         keep = snap.labels != label
-        n = int(keep.sum())
-        rows = _Rows(self.dim, _capacity(n), snap.sigma_sq is not None)
+        n, m = int(keep.sum()), len(snap.names) - 1
+        rows = _Rows(self.dim, _capacity(n), snap.sigma_sq is not None, m)
         rows.vectors[:n] = snap.vectors[keep]
         labels = snap.labels[keep]
-        rows.labels[:n] = labels - (labels > label)
+        labels -= labels > label
+        rows.labels[:n] = labels
+        rows.names[:m] = np.delete(snap.names, label)
+        rows.counts[:m] = np.bincount(labels, minlength=m)
         without = snap.without_sigma
         if snap.sigma_sq is not None:
             rows.sigma_sq[:n] = snap.sigma_sq[keep]
             without -= int(np.isnan(snap.sigma_sq[~keep, 0]).sum())
         else:
             without = n
-        names = snap.names[:label] + snap.names[label + 1 :]
-        return _published(snap.generation, rows, n, names, np.delete(snap.counts, label), without, bad)
+        most = int(rows.counts[:m].max()) if m else 0
+        return _published(snap.generation, rows, n, m, most, without, bad)
 
     def _load(self, conn: sqlite3.Connection) -> _Snapshot:
         """Every usable row, in enrolment order; rows that fail the checks ``add`` makes are left
@@ -807,7 +830,8 @@ class Gallery:
         dim = self.dim
         (n,) = conn.execute(f"SELECT count(*) {_ROWS}").fetchone()
         with_sigma = conn.execute(f"SELECT 1 {_ROWS} WHERE sigma_sq IS NOT NULL LIMIT 1").fetchone() is not None
-        rows = _Rows(dim, _capacity(n), with_sigma)
+        (m,) = conn.execute("SELECT count(*) FROM identities").fetchone()
+        rows = _Rows(dim, _capacity(n), with_sigma, m)
         identity_ids = np.empty(n, np.int64)
         bad: list[BadRow] = []
         kept, without_sigma = 0, 0
@@ -836,9 +860,12 @@ class Gallery:
             raise TypeError("an identity name is not text")
         present, labels = np.unique(identity_ids[:kept], return_inverse=True)
         rows.labels[:kept] = labels
-        names = tuple(names_by_id[i] for i in present.tolist())
-        counts = np.bincount(labels, minlength=len(names)).astype(np.int64)
-        return _published(self._generation, rows, kept, names, counts, without_sigma, tuple(bad))
+        m = len(present)
+        rows.room_for_names(m)
+        rows.names[:m] = [names_by_id[i] for i in present.tolist()]
+        rows.counts[:m] = np.bincount(labels, minlength=m)
+        most = int(rows.counts[:m].max()) if m else 0
+        return _published(self._generation, rows, kept, m, most, without_sigma, tuple(bad))
 
     def check(self) -> list[BadRow]:
         """Rows that cannot be matched (NaN, Inf, huge or wrong-length vectors, bad variances),
