@@ -69,6 +69,7 @@ def runtime(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--scoring", choices=["l2", "mls"], default="l2", help="mls: PFE models only (see README)")
     p.add_argument("--min-quality", type=float, help="PFE models: refuse faces below this quality")
+    p.add_argument("--model-sha256", help="refuse the model file unless its SHA-256 is this (hex)")
     return p
 
 
@@ -98,6 +99,7 @@ def make_verifier(args: argparse.Namespace, gallery: str | None = "read"):
         far=getattr(args, "far", None),
         scoring=args.scoring,
         min_quality=args.min_quality,
+        model_sha256=args.model_sha256,
     )
 
 

@@ -35,6 +35,8 @@ The runtime never downloads anything: the default model is exported once, locall
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 import os
@@ -47,6 +49,7 @@ import numpy as np
 import onnxruntime as ort
 
 from sdk.chips import ChipScheme
+from sdk.errors import InvalidModelError
 from sdk.paths import home
 
 __all__ = [
@@ -111,37 +114,93 @@ def parse_metadata(metadata: Mapping[str, str], source: str) -> tuple[tuple[int,
     """
     missing = [key for key in REQUIRED_KEYS if key not in metadata]
     if missing:
-        raise ValueError(
+        raise InvalidModelError(
             f"{source}: not a facesdk embedding model, metadata lacks {', '.join(missing)}; "
             "export models with `facesdk export onnx`"
         )
     for key, expected in _FIXED.items():
         if metadata[key] != expected:
             found = metadata[key]
-            raise ValueError(f"{source}: metadata {key}={found!r}; this runtime supports {expected!r}")
+            raise InvalidModelError(f"{source}: metadata {key}={found!r}; this runtime supports {expected!r}")
     size = re.fullmatch(r"([1-9]\d*)x([1-9]\d*)", metadata["input_size"])
     if size is None:
-        raise ValueError(f"{source}: metadata input_size={metadata['input_size']!r} is not 'HxW'")
+        raise InvalidModelError(f"{source}: metadata input_size={metadata['input_size']!r} is not 'HxW'")
     try:
         chip = ChipScheme.parse(metadata["chip_scheme"])
     except ValueError as e:
-        raise ValueError(f"{source}: metadata {e}") from None
+        raise InvalidModelError(f"{source}: metadata {e}") from None
     if (chip.size, chip.size) != (int(size[1]), int(size[2])):
-        raise ValueError(f"{source}: metadata chip_scheme={str(chip)!r} cuts {chip.size} px chips, input_size is {metadata['input_size']}")
+        raise InvalidModelError(f"{source}: metadata chip_scheme={str(chip)!r} cuts {chip.size} px chips, input_size is {metadata['input_size']}")
     dim = metadata["embedding_dim"]
     if not dim.isdigit() or int(dim) < 1:
-        raise ValueError(f"{source}: metadata embedding_dim={dim!r} is not a positive integer")
-    if "threshold" in metadata:
-        try:
-            threshold = float(metadata["threshold"])
-        except ValueError:
-            threshold = math.nan
-        if not (math.isfinite(threshold) and threshold >= 0):
-            raise ValueError(f"{source}: metadata threshold={metadata['threshold']!r} is not a number >= 0")
+        raise InvalidModelError(f"{source}: metadata embedding_dim={dim!r} is not a positive integer")
+    _check_decisions(metadata, source)
     if "uncertainty" in metadata and metadata["uncertainty"] != SIGMA_SQ_NAME:
         found = metadata["uncertainty"]
-        raise ValueError(f"{source}: metadata uncertainty={found!r}; this runtime supports {SIGMA_SQ_NAME!r}")
+        raise InvalidModelError(f"{source}: metadata uncertainty={found!r}; this runtime supports {SIGMA_SQ_NAME!r}")
     return (int(size[1]), int(size[2])), int(dim)
+
+
+# Squared L2 between unit vectors lies in [0, 4]; a threshold at 4 would accept everyone.
+MAX_L2_THRESHOLD = 4.0
+
+
+def _number(metadata: Mapping[str, str], key: str, source: str, low: float = -math.inf, high: float = math.inf) -> float:
+    try:
+        value = float(metadata[key])
+    except ValueError:
+        value = math.nan
+    if not low <= value < high:  # NaN compares false
+        raise InvalidModelError(f"{source}: metadata {key}={metadata[key]!r} is not a number in [{low:g}, {high:g})")
+    return value
+
+
+def _far_table(metadata: Mapping[str, str], key: str, source: str, low: float, high: float, rising: bool,
+               what: str = "FAR") -> dict[float, float]:  # fmt: skip
+    """A JSON object {rate: value}: rates in (0, 1], values in [low, high), and monotone in the
+    rate (``rising``: a larger rate never has a smaller value), as a calibration writes it."""
+    try:
+        raw = json.loads(metadata[key])
+        table = {float(k): float(v) for k, v in raw.items()}
+    except (ValueError, TypeError, AttributeError) as e:
+        raise InvalidModelError(f"{source}: metadata {key} is not a JSON object of numbers ({e})") from None
+    rates, values = sorted(table), [table[r] for r in sorted(table)]
+    if not all(0 < r <= 1 for r in rates) or not all(low <= v < high for v in values):
+        raise InvalidModelError(f"{source}: metadata {key}: {what} must be in (0, 1] and values in [{low:g}, {high:g}), got {raw}")
+    steps = np.diff(values) if rising else -np.diff(values)
+    if (steps < 0).any():
+        order = "grow" if rising else "fall"
+        raise InvalidModelError(f"{source}: metadata {key}: values must {order} with the {what}, got {raw}")
+    return table
+
+
+def _check_decisions(metadata: Mapping[str, str], source: str) -> None:
+    """The thresholds a model carries decide who is let in: values a unit-vector model allows,
+    tables monotone as a calibration makes them, and the default one the table's own."""
+    if "threshold" in metadata:
+        threshold = _number(metadata, "threshold", source, 0.0, MAX_L2_THRESHOLD)
+        if "threshold_table" in metadata:
+            table = _far_table(metadata, "threshold_table", source, 0.0, MAX_L2_THRESHOLD, rising=True)
+            far = metadata.get("threshold_far")
+            at = table.get(float(far)) if far is not None and _is_float(far) else None
+            if at is not None and not math.isclose(at, threshold, rel_tol=1e-6, abs_tol=1e-9):
+                raise InvalidModelError(f"{source}: metadata threshold={threshold} disagrees with its table at FAR {far} ({at})")
+    elif "threshold_table" in metadata:
+        _far_table(metadata, "threshold_table", source, 0.0, MAX_L2_THRESHOLD, rising=True)
+    if "mls_threshold" in metadata:
+        _number(metadata, "mls_threshold", source)
+    if "mls_threshold_table" in metadata:  # MLS: higher is stricter, so it falls as the FAR grows
+        _far_table(metadata, "mls_threshold_table", source, -math.inf, math.inf, rising=False)
+    if "quality_reject_table" in metadata:
+        _far_table(metadata, "quality_reject_table", source, -math.inf, math.inf, rising=True, what="reject fraction")
+
+
+def _is_float(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def check_chips(chips: np.ndarray, input_size: tuple[int, int]) -> None:
@@ -211,6 +270,7 @@ class OnnxEmbedder:
                 f"it would run on {', '.join(self.providers)}"
             )
         self.metadata: dict[str, str] = dict(self._session.get_modelmeta().custom_metadata_map)
+        self._network_sha256: str | None = None
         self.input_size, self.embedding_dim = parse_metadata(self.metadata, str(self.path))
         # A PFE model: the graph also gives each face's per-dimension variance (checked below).
         self.has_uncertainty: bool = self.metadata.get("uncertainty") == SIGMA_SQ_NAME
@@ -231,20 +291,31 @@ class OnnxEmbedder:
         found_in = [(i.name, i.type, i.shape[1:]) for i in inputs]
         if found_in != [(INPUT_NAME, "tensor(uint8)", [h, w, 3])]:
             expected = f"one input {INPUT_NAME!r} uint8 [N, {h}, {w}, 3]"
-            raise ValueError(f"{self.path}: expected {expected}, found {found_in}")
+            raise InvalidModelError(f"{self.path}: expected {expected}, found {found_in}")
         found_out = [(o.name, o.type, o.shape[1:]) for o in outputs]
         if (OUTPUT_NAME, "tensor(float)", [self.embedding_dim]) not in found_out:
             expected = f"output {OUTPUT_NAME!r} float32 [N, {self.embedding_dim}]"
-            raise ValueError(f"{self.path}: expected {expected}, found {found_out}")
+            raise InvalidModelError(f"{self.path}: expected {expected}, found {found_out}")
         has_sigma_sq = any(name == SIGMA_SQ_NAME for name, _, _ in found_out)
         if self.has_uncertainty and (SIGMA_SQ_NAME, "tensor(float)", [self.embedding_dim]) not in found_out:
             expected = f"output {SIGMA_SQ_NAME!r} float32 [N, {self.embedding_dim}] (metadata uncertainty=sigma_sq)"
-            raise ValueError(f"{self.path}: expected {expected}, found {found_out}")
+            raise InvalidModelError(f"{self.path}: expected {expected}, found {found_out}")
         if has_sigma_sq and not self.has_uncertainty:
-            raise ValueError(
+            raise InvalidModelError(
                 f"{self.path}: the graph has an output {SIGMA_SQ_NAME!r} but the metadata lacks "
                 "uncertainty=sigma_sq; export PFE models with `facesdk export onnx pfe`"
             )
+
+    @property
+    def network_sha256(self) -> str:
+        """SHA-256 of the network itself (the ONNX graph, weights included; not the metadata,
+        which calibration rewrites): which network made a gallery's embeddings."""
+        if self._network_sha256 is None:
+            import onnx
+
+            graph = onnx.load_model(self.path).graph.SerializeToString(deterministic=True)
+            self._network_sha256 = hashlib.sha256(graph).hexdigest()
+        return self._network_sha256
 
     def embed(self, chips: np.ndarray) -> np.ndarray:
         """Embeddings float32 [N, D] of aligned uint8 RGB chips [N, H, W, 3]."""

@@ -20,6 +20,11 @@ class InvalidImageError(FaceSDKError, ValueError):
     """An input image is missing, unreadable, corrupt, of the wrong type, shape or size."""
 
 
+class InvalidModelError(FaceSDKError, ValueError):
+    """A model file that is not a facesdk model, or whose metadata this runtime must not trust
+    (a threshold no unit-vector model allows, a table out of order, a graph that contradicts it)."""
+
+
 class GalleryError(FaceSDKError, RuntimeError):
     """The gallery file is corrupt, foreign, locked, or the operation is not possible."""
 

@@ -368,7 +368,13 @@ class Gallery:
     """
 
     def __init__(
-        self, path: str | os.PathLike[str] | None, *, model_name: str, model_version: str, dim: int
+        self,
+        path: str | os.PathLike[str] | None,
+        *,
+        model_name: str,
+        model_version: str,
+        dim: int,
+        network: tuple[str, str] | None = None,
     ) -> None:
         for label, value in (("model_name", model_name), ("model_version", model_version)):
             if not isinstance(value, str) or not value.strip():
@@ -376,6 +382,9 @@ class Gallery:
         if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
             raise InvalidArgumentError(f"dim must be an int >= 1, got {dim!r}")
         self.model_name, self.model_version, self.dim = model_name, model_version, dim
+        # (precision, SHA-256 of the network's graph): the first recorded for a precision is the
+        # only one accepted, so another network under the same name and version is refused.
+        self.network = network
         self.path: Path | None = None  # in memory, for None and SQLite's own ":memory:"
         if path is not None and os.fspath(path) != ":memory:":
             self.path = Path(path)
@@ -415,7 +424,10 @@ class Gallery:
             try:
                 if conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0:
                     self._create(conn)
-                self._check_model(_read_meta(conn, self._where))
+                meta = _read_meta(conn, self._where)
+                self._check_model(meta)
+                if self.network is not None and f"network_sha256:{self.network[0]}" not in meta:
+                    conn.execute("INSERT INTO meta(key, value) VALUES (?, ?)", (f"network_sha256:{self.network[0]}", self.network[1]))
                 conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:
@@ -471,6 +483,15 @@ class Gallery:
                 f"(dim {held[2]}), but model {asked[0]!r} version {asked[1]!r} (dim {asked[2]}) "
                 "was asked for; use a gallery enrolled with this model, or re-enrol"
             )
+        if self.network is not None:
+            precision, digest = self.network
+            enrolled = meta.get(f"network_sha256:{precision}")
+            if enrolled is not None and enrolled != digest:
+                raise ModelMismatchError(
+                    f"{self._where} was enrolled with another {precision} network under the name {self.model_name!r} "
+                    f"version {self.model_version!r} (graph sha256 {enrolled[:12]}..., this file's {digest[:12]}...): "
+                    "a replaced or tampered model file; use the model the gallery was enrolled with, or re-enrol"
+                )
 
     # ---------------------------------------------------------------- plumbing
 

@@ -11,6 +11,7 @@ from dlib's weights (``ensure_default_model``); nothing is ever downloaded.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from sdk.embed import REQUIRED_KEYS, Embedder, OnnxEmbedder, default_model_path
-from sdk.errors import BackendUnavailableError
+from sdk.errors import BackendUnavailableError, InvalidModelError
 
 log = logging.getLogger("sdk")
 
@@ -36,6 +37,16 @@ def ensure_default_model() -> Path:
         log.warning("writing the default model once, from dlib's weights (face-recognition-models), to %s", path)
         write_default_model(path)
     return path
+
+
+def check_pinned(path: str | os.PathLike[str], sha256: str) -> None:
+    """InvalidModelError unless the file's SHA-256 is ``sha256`` (hex, as sha256sum prints it)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    if digest.hexdigest() != str(sha256).strip().lower():
+        raise InvalidModelError(f"{path}: SHA-256 {digest.hexdigest()} is not the pinned {sha256}: refusing this model file")
 
 
 def _onnxruntime(model: Path, providers: Sequence[Any] | None, threads: int | None, device: int) -> Embedder:

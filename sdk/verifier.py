@@ -114,6 +114,9 @@ class Verifier:
     one. far: pick the model's calibrated threshold for this false accept rate instead.
     min_quality: PFE models only: faces of lower :func:`sdk.pfe.quality` are refused (see the
     module doc); :meth:`quality_for` reads the model's calibrated values. Default None: no gate.
+    model_sha256: pin the model file: InvalidModelError unless its SHA-256 is this (hex).
+    The gallery records the network (graph) each precision enrolled with and refuses another
+    network under the same model name and version (ModelMismatchError).
 
     Images (every method that takes one): a file path, a uint8 array or a PIL image
     (:func:`sdk.images.load_image`). Arrays are BGR (OpenCV's order); pass ``color="rgb"`` for
@@ -134,19 +137,24 @@ class Verifier:
         liveness: Liveness | None = None,
         scoring: str = "l2",
         min_quality: float | None = None,
+        model_sha256: str | None = None,
     ) -> None:
         self.embedder = loader.embedder(model, backend, providers=providers, threads=threads)
+        if model_sha256 is not None:
+            loader.check_pinned(self.embedder.path, model_sha256)
         meta = self.embedder.metadata
         self.chip = chips.ChipScheme.parse(meta["chip_scheme"])  # checked against input_size at load
         self.detector = detect.detector_from(detector)
         if gallery == "default":
             gallery = paths.home() / "gallery.sqlite"
             paths.private_dir(gallery.parent)
+        digest = getattr(self.embedder, "network_sha256", None)  # TensorRT engines: not checked
         self.gallery = Gallery(
             gallery,
             model_name=meta["model_name"],
             model_version=meta["model_version"],
             dim=self.embedder.embedding_dim,
+            network=None if digest is None else (meta.get("precision", "fp32"), digest),
         )
         # A PFE model also gives each face's variance sigma_sq.
         self.has_uncertainty = bool(getattr(self.embedder, "has_uncertainty", False))

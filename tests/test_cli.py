@@ -95,7 +95,7 @@ def test_enroll_match_verify_identify_gallery_commands(data, default_onnx, tmp_p
     assert cli.main(["gallery", "export", str(tmp_path / "g.npz"), "--embeddings", *common]) == 0
     assert (tmp_path / "g.npz").stat().st_mode & 0o777 == 0o600
     assert cli.main(["gallery", "check", *common]) == 0
-    assert cli.main(["gallery", "remove", "--gallery", str(tmp_path / "g.sqlite"), "Tony_Blair"]) == 0  # options first
+    assert cli.main(["gallery", "remove", *common, "Tony_Blair"]) == 0  # options first
     assert cli.main(["gallery", "remove", "Tony_Blair", *common]) == 3
     assert cli.main(["match", img("Gerhard_Schroeder", 1), *common]) == 3  # nobody enrolled now
     assert cli.main(["gallery", "import", str(tmp_path / "g.npz"), *common]) == 0

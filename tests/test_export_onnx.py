@@ -249,10 +249,13 @@ def test_set_metadata_round_trip(model_path: Path, tmp_path: Path) -> None:
     from sdk.embed import set_metadata
 
     path = copy_of(model_path, tmp_path)
-    set_metadata(path, threshold=1.05, calibrated_on="lfw pairsDevTrain")
+    set_metadata(path, threshold=1.05, threshold_far=None, calibrated_on="lfw pairsDevTrain")
     meta = OnnxEmbedder(path).metadata
     assert (meta["threshold"], meta["calibrated_on"]) == ("1.05", "lfw pairsDevTrain")
-    assert {k: meta[k] for k in EXPECTED_METADATA} == {**EXPECTED_METADATA, "threshold": "1.05"}
+    assert "threshold_far" not in meta  # 1.05 is no calibrated FAR's threshold
+    assert {k: meta.get(k) for k in EXPECTED_METADATA if k != "threshold_far"} == {
+        **{k: v for k, v in EXPECTED_METADATA.items() if k != "threshold_far"}, "threshold": "1.05"
+    }
     set_metadata(path, calibrated_on=None)
     assert "calibrated_on" not in OnnxEmbedder(path).metadata
     assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]  # no temporary file left
@@ -263,7 +266,17 @@ def test_set_metadata_round_trip(model_path: Path, tmp_path: Path) -> None:
     [
         ({"embedding_dim": "64"}, "describe the graph"),
         ({"threshold": "near"}, "threshold='near' is not a number"),
-        ({"threshold": -1}, "threshold='-1' is not a number >= 0"),
+        ({"threshold": -1}, r"threshold='-1' is not a number in \[0, 4\)"),
+        # A tampered file must not let strangers in: thresholds a unit-vector model cannot have,
+        # tables that are not monotone, a default that is not the table's own.
+        ({"threshold": 1e9, "threshold_far": None}, r"threshold='1000000000.0' is not a number in \[0, 4\)"),
+        ({"threshold": "inf", "threshold_far": None}, "is not a number in"),
+        ({"threshold_table": '{"0.001": "Infinity"}'}, "values in"),
+        ({"threshold_table": '{"0.1": 0.1, "0.001": 0.2}'}, "must grow with the FAR"),
+        ({"threshold_table": '{"2": 0.3}'}, r"FAR must be in \(0, 1\]"),
+        ({"threshold_table": "[1, 2]"}, "not a JSON object"),
+        ({"threshold": 0.3}, "disagrees with its table at FAR 0.001"),
+        ({"mls_threshold_table": '{"0.1": -300, "0.001": -200, "0.01": -100}'}, "must fall with the FAR"),
         ({"source": None}, "metadata lacks source"),
     ],
 )

@@ -229,3 +229,33 @@ def test_a_stream_follows_a_face_across_frames(enrolled, data):
     assert answers[-1].distance == pytest.approx(float(dist[0, 0]), abs=1e-5)
     stream.reset()
     assert main_face(stream.match(frames[0])).frames == 1
+
+
+def test_a_replaced_network_is_refused_and_a_pinned_file_checked(default_onnx, data, tmp_path):
+    import hashlib
+
+    import onnx
+
+    from sdk.embed import set_metadata
+    from sdk.errors import InvalidModelError, ModelMismatchError
+
+    gallery = tmp_path / "g.sqlite"
+    with Verifier(default_onnx, gallery=gallery) as v:
+        v.enroll("tony", [lfw_image(data, "Tony_Blair", 1)])
+    recalibrated = tmp_path / "recalibrated.onnx"
+    recalibrated.write_bytes(default_onnx.read_bytes())
+    set_metadata(recalibrated, threshold_calibrated_on="somewhere else")  # the same network
+    with Verifier(recalibrated, gallery=gallery) as v:
+        assert v.identities() == ["tony"]
+    swapped = onnx.load(str(default_onnx))  # same name and version, one weight changed
+    weight = next(t for t in swapped.graph.initializer if t.dims and t.data_type == onnx.TensorProto.FLOAT)
+    values = onnx.numpy_helper.to_array(weight).copy()
+    values.flat[0] += 0.5
+    weight.CopyFrom(onnx.numpy_helper.from_array(values, weight.name))
+    onnx.save(swapped, tmp_path / "swapped.onnx")
+    with pytest.raises(ModelMismatchError, match="another fp32 network"):
+        Verifier(tmp_path / "swapped.onnx", gallery=gallery)
+    digest = hashlib.sha256(default_onnx.read_bytes()).hexdigest()
+    Verifier(default_onnx, gallery=None, model_sha256=digest.upper()).close()
+    with pytest.raises(InvalidModelError, match="is not the pinned"):
+        Verifier(recalibrated, gallery=None, model_sha256=digest)
