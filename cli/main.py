@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from importlib.metadata import version
 
@@ -80,6 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("facesdk: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (`facesdk ... | head`): stop quietly, as cat does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 141
     except Exception as e:  # one line, never a traceback (unless -v)
         if args.verbose:
             raise

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 
 import cli.main as cli
+from conftest import REPO
 from sdk.embed import OnnxEmbedder
 
 
@@ -365,3 +367,24 @@ def test_export_help_lists_every_format(capsys):
         cli.main(["export", "-h"])
     out = capsys.readouterr().out
     assert all(word in out for word in ("onnx", "int8", "trt"))
+
+
+def test_a_closed_pipe_ends_quietly(data, default_onnx, tmp_path):
+    import subprocess
+    import sys
+
+    folder = data / "att"
+    if not folder.is_dir():
+        pytest.skip(f"AT&T not found under {data}")
+    env = {**os.environ, "FACESDK_HOME": str(default_onnx.parent.parent), "PYTHONPATH": str(REPO)}
+    assert cli.main(["enroll", "s1", str(folder / "s1" / "1.pgm"), "--gallery", str(tmp_path / "g.sqlite"),
+                     "--model", str(default_onnx)]) == 0  # fmt: skip
+    # 400 faces of JSON: far more than a pipe holds, so the writer meets the closed end.
+    run = subprocess.Popen([sys.executable, "-m", "cli", "match", "--json", str(folder), "--model", str(default_onnx),
+                            "--gallery", str(tmp_path / "g.sqlite")],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=tmp_path)  # fmt: skip
+    run.stdout.read(10)
+    run.stdout.close()
+    err = run.stderr.read().decode()
+    assert run.wait(timeout=300) == 141
+    assert "Traceback" not in err and "error" not in err
