@@ -215,7 +215,9 @@ def _connect(target: str, *, uri: bool = False) -> sqlite3.Connection:
     )
 
 
-def _clean_name(identity: object) -> str:
+def clean_name(identity: object) -> str:
+    """An identity name as the gallery stores it (surrounding whitespace removed), or
+    InvalidArgumentError: not a str, empty, unprintable characters, too long."""
     if not isinstance(identity, str):
         raise InvalidArgumentError(f"identity name must be a str, got {type(identity).__name__}")
     name = identity.strip()
@@ -570,7 +572,7 @@ class Gallery:
         ``sources`` k str or None), and any bad row raises ``InvalidArgumentError`` (a ValueError) with
         nothing written.
         """
-        name = _clean_name(identity)
+        name = clean_name(identity)
         vectors = _matrix(embeddings, "embeddings", self.dim)
         return self._insert([name] * len(vectors), vectors, sigma_sq, quality, sources)
 
@@ -588,7 +590,7 @@ class Gallery:
         vectors = _matrix(embeddings, "embeddings", self.dim)
         if isinstance(names, str) or len(names) != len(vectors):
             raise InvalidArgumentError(f"names must be a sequence of {len(vectors)} str, one per embedding")
-        return self._insert([_clean_name(n) for n in names], vectors, sigma_sq, quality, sources)
+        return self._insert([clean_name(n) for n in names], vectors, sigma_sq, quality, sources)
 
     def import_npz(self, path: str | os.PathLike[str]) -> int:
         """Enrols every row of a file written by :meth:`export` (of a gallery of this model), in
@@ -609,7 +611,7 @@ class Gallery:
                 0 <= identity.min() and identity.max() < len(names)
             ):
                 raise ValueError("its identity column does not index its names")
-            row_names = [_clean_name(str(n)) for n in names[identity].tolist()]
+            row_names = [clean_name(str(n)) for n in names[identity].tolist()]
         except (ValueError, TypeError) as e:
             raise GalleryError(f"{path}: {e}") from e
         vectors = _matrix(arrays["vectors"], "vectors", self.dim)
@@ -683,7 +685,7 @@ class Gallery:
 
     def remove(self, identity: str) -> bool:
         """Removes an identity and all its embeddings; False when it was not enrolled."""
-        name = _clean_name(identity)
+        name = clean_name(identity)
         return self._write(
             lambda conn: conn.execute("DELETE FROM identities WHERE name = ?", (name,)).rowcount > 0,
             lambda snap, _: self._without(snap, name),
@@ -701,7 +703,7 @@ class Gallery:
         """Embeddings in the gallery, or of one identity (0 when it is not enrolled)."""
         if identity is None:
             return self._read(lambda conn: conn.execute(f"SELECT count(*) {_ROWS}").fetchone()[0])
-        name = _clean_name(identity)
+        name = clean_name(identity)
         return self._read(
             lambda conn: conn.execute(
                 f"SELECT count(*) {_ROWS} WHERE name = ?", (name,)
@@ -713,7 +715,7 @@ class Gallery:
 
     def embeddings(self, identity: str) -> Enrolled:
         """What is stored for one identity, in enrolment order; KeyError when it is not enrolled."""
-        name = _clean_name(identity)
+        name = clean_name(identity)
 
         def steps(conn: sqlite3.Connection) -> list[tuple]:
             return conn.execute(

@@ -53,7 +53,7 @@ import numpy as np
 
 from sdk import chips, detect, loader, paths, pfe
 from sdk.errors import FaceSDKError, InvalidArgumentError, InvalidImageError, LowQualityError, NoFaceError
-from sdk.gallery import Gallery, _clean_name
+from sdk.gallery import Gallery, clean_name
 from sdk.images import MAX_PIXELS, Image, check_color, is_single_image, load_image  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
@@ -299,7 +299,7 @@ class Verifier:
     def enroll(self, identity: str, images: Image | Iterable[Image], *, color: str = "bgr") -> int:
         """Add the largest face of each image to `identity`. All or nothing: any image without
         a face or unreadable raises and nothing is stored. Returns the number of faces added."""
-        _clean_name(identity)  # a bad name fails before any image is read
+        clean_name(identity)  # a bad name fails before any image is read
         check_color(color)
         images = _image_list(images)
         faces = [self.embed_largest_with_uncertainty(image, f"enrolling {identity!r}", color) for image in images]
