@@ -377,6 +377,7 @@ class Gallery:
         model_version: str,
         dim: int,
         network: tuple[str, str] | None = None,
+        read_only: bool = False,
     ) -> None:
         for label, value in (("model_name", model_name), ("model_version", model_version)):
             if not isinstance(value, str) or not value.strip():
@@ -391,6 +392,11 @@ class Gallery:
         if path is not None and os.fspath(path) != ":memory:":
             self.path = Path(path)
         self._where = ":memory:" if self.path is None else str(self.path)
+        # An existing file we may not write (or was asked not to) is opened read-only: matching
+        # works, enrolment raises GalleryError.
+        self.read_only = self.path is not None and self.path.is_file() and (
+            read_only or not (os.access(self.path, os.W_OK) and os.access(self.path.parent, os.W_OK))
+        )
         self._lock = threading.RLock()  # the connection and the snapshot pointer
         self._writer = threading.Lock()  # this object's writes, one at a time
         self._generation = 0  # bumped after every change this object knows of
@@ -413,6 +419,8 @@ class Gallery:
             else:
                 _create_private(self.path)  # biometric data: SQLite gives its side files the same mode
             target = str(self.path)
+        if self.read_only:
+            return self._open_read_only()
         try:
             conn = _connect(target)
         except _SQL_ERRORS as e:
@@ -445,11 +453,28 @@ class Gallery:
             raise
         return conn
 
+    def _read_only_uri(self) -> str:
+        assert self.path is not None
+        uri = self.path.resolve().as_uri() + "?mode=ro"
+        # SQLite reads a WAL file through a -shm index beside it; where none can be made (a
+        # read-only directory), the file is read as immutable: others' later changes are unseen.
+        return uri if os.access(self.path.parent, os.W_OK) else uri + "&immutable=1"
+
+    def _open_read_only(self) -> sqlite3.Connection:
+        try:
+            conn = _connect(self._read_only_uri(), uri=True)
+            conn.execute("BEGIN")
+            self._check_model(_read_meta(conn, self._where))
+            conn.execute("COMMIT")
+        except _SQL_ERRORS as e:
+            raise GalleryError(f"cannot open gallery {self._where} read-only: {e}") from e
+        return conn
+
     def _check_read_only(self) -> None:
         """Checks an existing file over a read-only connection: a foreign one is never written."""
         assert self.path is not None
         try:
-            ro = _connect(self.path.resolve().as_uri() + "?mode=ro", uri=True)
+            ro = _connect(self._read_only_uri(), uri=True)
         except _SQL_ERRORS as e:
             raise GalleryError(f"cannot open gallery {self.path}: {e}") from e
         try:
@@ -513,6 +538,8 @@ class Gallery:
         the commit and off the lock, so searches go on over the old snapshot meanwhile instead of
         waiting for a reload of the whole gallery; without it, the next search reloads.
         """
+        if self.read_only:
+            raise GalleryError(f"gallery {self._where} is opened read-only (no write permission there, or read_only=True)")
         with self._writer:
             with self._lock:
                 conn = self._connection()

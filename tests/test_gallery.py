@@ -9,6 +9,7 @@ import itertools
 import json
 import os
 import random
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -770,3 +771,31 @@ def test_the_sdk_home_is_private(tmp_path: Path) -> None:
     finally:
         os.umask(old)
     assert (made.stat().st_mode & 0o777, made.parent.stat().st_mode & 0o777) == (0o700, 0o700)
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root and setpriv to act as another user")
+def test_a_gallery_in_a_read_only_directory_opens_read_only(rng: np.random.Generator) -> None:
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="facesdk-ro-"))
+    try:
+        with Gallery(folder / "g.db", **MODEL) as g:
+            g.add("alice", unit(rng, 1))
+        (folder / "g.db").chmod(0o644)
+        folder.chmod(0o555)  # nobody (the user below) may read, not write, and no -shm can be made
+        code = (
+            "import sys, numpy as np\nsys.path.insert(0, sys.argv[1])\nfrom sdk.gallery import Gallery\n"
+            f"g = Gallery(sys.argv[2], **{MODEL!r})\n"
+            "print(g.read_only, g.identities(), g.search(np.ones((1, 16), np.float32))[0])\n"
+            "try:\n    g.add('bob', np.ones((1, 16), np.float32))\nexcept Exception as e:\n    print(type(e).__name__)\n"
+        )
+        as_nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c"]
+        probe = subprocess.run([*as_nobody, "import sys; sys.path.insert(0, sys.argv[1]); import sdk.gallery", str(REPO)],
+                               capture_output=True, text=True, timeout=60)  # fmt: skip
+        if probe.returncode != 0:
+            pytest.skip(f"another user cannot run this checkout's Python here: {probe.stderr.strip()[-200:]}")
+        out = subprocess.run([*as_nobody, code, str(REPO), str(folder / "g.db")], capture_output=True, text=True, timeout=60)
+        assert out.stdout.split("\n")[:2] == ["True ['alice'] [['alice']]", "GalleryError"], out.stderr
+    finally:
+        folder.chmod(0o755)
+        shutil.rmtree(folder)
