@@ -224,6 +224,8 @@ def gallery_export(args: argparse.Namespace) -> int:
 
 
 def gallery_import(args: argparse.Namespace) -> int:
+    if not args.path.is_file():
+        raise FileNotFoundError(f"no export at {args.path}")  # before a gallery is created for it
     with make_verifier(args, "write") as v:
         added = v.gallery.import_npz(args.path)
         total = len(v.gallery)
