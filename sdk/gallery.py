@@ -260,20 +260,21 @@ def _blobs(blobs: list[object], dim: int, what: str, variances: bool = False) ->
     """Stored rows as float32 ``[len, dim]`` and, per row, why it cannot be used (None: it can;
     a missing variance is allowed). The same checks as ``_matrix``, row by row."""
     nbytes = 4 * dim
-    out = np.full((len(blobs), dim), np.nan if variances else 0.0, np.float32)  # NaN: no variance stored
     problems: list[str | None] = [None] * len(blobs)
-    sized = []
-    for i, blob in enumerate(blobs):
-        if blob is None and variances:
-            continue
-        if not isinstance(blob, bytes) or len(blob) != nbytes:
-            size = f"{len(blob)} bytes" if isinstance(blob, bytes) else f"a {type(blob).__name__}"
-            problems[i] = f"{what} is {size}, expected {nbytes} bytes"
-        else:
-            sized.append(i)
-    if sized:
-        out[sized] = np.frombuffer(b"".join(blobs[i] for i in sized), "<f4").reshape(-1, dim)  # type: ignore[misc]
+    sized = [i for i, blob in enumerate(blobs) if type(blob) is bytes and len(blob) == nbytes]
+    if len(sized) == len(blobs):  # the usual case: one copy, no per-row indexing
+        out = np.frombuffer(b"".join(blobs), "<f4").reshape(-1, dim).copy()  # type: ignore[arg-type]
+        block = out
+    else:
+        out = np.full((len(blobs), dim), np.nan if variances else 0.0, np.float32)  # NaN: no variance stored
+        for i, blob in enumerate(blobs):
+            if not (type(blob) is bytes and len(blob) == nbytes) and not (blob is None and variances):
+                size = f"{len(blob)} bytes" if isinstance(blob, bytes) else f"a {type(blob).__name__}"
+                problems[i] = f"{what} is {size}, expected {nbytes} bytes"
+        if sized:
+            out[sized] = np.frombuffer(b"".join(blobs[i] for i in sized), "<f4").reshape(-1, dim)  # type: ignore[misc]
         block = out[sized]
+    if len(block):
         if variances:
             usable = np.isfinite(block).all(1) & (block > 0).all(1)
             message = f"{what} holds values that are not positive finite variances"
