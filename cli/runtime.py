@@ -159,7 +159,7 @@ def match_cmd(args: argparse.Namespace) -> int:
                 accepted += m.accepted
                 results.append({"source": label, "face": i, "identity": m.identity, "distance": m.distance,
                                 "accepted": m.accepted, "reason": m.reason, "score": m.score, "quality": m.quality,
-                                "mls": m.mls, "track": m.track_id, "frames": m.frames, "box": m.box,
+                                "mls": m.mls, "track": m.track_id, "frames": m.frames, "decided_at": m.decided_at, "box": m.box,
                                 "landmarks": m.landmarks})  # fmt: skip
                 lines.append(f"{label[-40:]:<40} {i:>4} {m.identity or '-':<24} {m.distance:8.4f} "
                              f"{'yes' if m.accepted else 'no':>8} {m.reason or '':<11}  "

@@ -50,9 +50,13 @@ Thresholds
     ``mls_threshold_calibrated_on`` and ``quality_reject_table`` in the model's metadata.
 
 Frames (:class:`FrameTracker`)
-    Faces are associated across consecutive frames by box IoU (greedy, best overlap first),
-    each track fuses the (mu, sigma_sq) of its last ``window`` usable frames, and a track not
-    seen for more than ``max_missed`` frames is dropped.
+    A face continues a track only when both its box overlaps the track's last box
+    (IoU >= ``iou_threshold``) and its mu is near the track's faces (squared L2 to the track's
+    fused mu or to its latest face <= ``appearance_gate``); pairs are matched greedily, nearest
+    in appearance first. A face that passes no track starts a new one, so one person's history is
+    never fused with another's. Each track fuses the (mu, sigma_sq) of its last ``window`` usable
+    frames; a track not seen for more than ``max_missed`` frames ends, and a face seen after that
+    starts a new track. README ("Following faces in video") says how the default gate was measured.
 """
 
 from __future__ import annotations
@@ -85,11 +89,15 @@ __all__ = [
     "quality_threshold_for",
     "Track",
     "FrameTracker",
+    "DEFAULT_APPEARANCE_GATE",
     "box_iou",
 ]
 
 FUSION_MODES = ("closed_form", "min_sigma")
 DEFAULT_FUSION = "min_sigma"
+# Squared L2 between unit mu: a face farther than this from a track's faces starts a new track.
+# Picked on LFW DevTrain photo pairs (README, "Following faces in video").
+DEFAULT_APPEARANCE_GATE = 0.12
 LOG_2PI = math.log(2 * math.pi)
 # Reference chunks hold at most this many float64 elements ([rows, ng, D]): ~128 MB.
 _CHUNK_ELEMENTS = 1 << 24
@@ -331,12 +339,14 @@ class Track:
 
     ``mu``/``sigma_sq``: the fusion of the last ``window`` usable frames (None until one was
     usable); ``frames``: how many frames that fusion holds; ``seen``: frames the face was
-    detected in since the track began; ``missed``: consecutive frames without it.
+    detected in since the track began; ``missed``: consecutive frames without it; ``last_mu``:
+    the latest face's mu (usable or not), which the appearance gate also compares with.
     """
 
     id: int
     box: np.ndarray
     mu: np.ndarray | None = None
+    last_mu: np.ndarray | None = None
     sigma_sq: np.ndarray | None = None
     frames: int = 0
     seen: int = 1
@@ -353,8 +363,10 @@ class FrameTracker:
 
     iou_threshold: least box IoU between a track's last box and a detection to continue it.
     window: frames fused per track (the most recent usable ones). max_missed: a track not
-    detected for more than this many consecutive frames is dropped. fusion, normalize: see
-    :func:`fuse`. Not thread-safe: one tracker per video stream.
+    detected for more than this many consecutive frames ends. fusion, normalize: see
+    :func:`fuse`. appearance_gate: largest squared L2 between a detection's unit mu and the
+    track's (fused or latest) unit mu to continue it; None follows boxes only (for embeddings
+    that are not face embeddings). Not thread-safe: one tracker per video stream.
     """
 
     def __init__(
@@ -364,9 +376,12 @@ class FrameTracker:
         max_missed: int = 5,
         fusion: str = DEFAULT_FUSION,
         normalize: bool = True,
+        appearance_gate: float | None = DEFAULT_APPEARANCE_GATE,
     ) -> None:
         if not 0 < iou_threshold <= 1:
             raise ValueError(f"iou_threshold must be in (0, 1], got {iou_threshold}")
+        if appearance_gate is not None and not (isinstance(appearance_gate, (int, float)) and 0 < appearance_gate <= 4):
+            raise ValueError(f"appearance_gate must be a squared L2 in (0, 4] or None, got {appearance_gate!r}")
         if isinstance(window, bool) or not isinstance(window, int) or window < 1:
             raise ValueError(f"window must be an int >= 1, got {window!r}")
         if isinstance(max_missed, bool) or not isinstance(max_missed, int) or max_missed < 0:
@@ -375,6 +390,7 @@ class FrameTracker:
             raise ValueError(f"unknown fusion mode {fusion!r}; choose from {', '.join(FUSION_MODES)}")
         self.iou_threshold, self.window, self.max_missed = float(iou_threshold), window, max_missed
         self.fusion, self.normalize = fusion, normalize
+        self.appearance_gate = None if appearance_gate is None else float(appearance_gate)
         self._tracks: list[Track] = []
         self._next_id = 0
 
@@ -410,16 +426,19 @@ class FrameTracker:
         if len(ok) != n:
             raise ValueError(f"{n} boxes but {len(ok)} usable flags")
 
-        # Greedy association, best overlap first: a track continues with at most one face.
+        # Greedy association over the pairs passing both gates, nearest in appearance first (then
+        # best overlap): where two boxes overlap, as two people cross, the face decides.
         assigned: dict[int, Track] = {}
         if n and self._tracks:
             iou = box_iou(boxes, np.stack([t.box for t in self._tracks]))
+            look = self._appearance(m) if self.appearance_gate is not None else np.zeros_like(iou)
+            allowed = iou >= self.iou_threshold
+            if self.appearance_gate is not None:
+                allowed &= look <= self.appearance_gate
             taken: set[int] = set()
-            for flat in np.argsort(-iou, axis=None, kind="stable"):
+            for flat in np.lexsort((-iou.ravel(), look.ravel())):
                 i, j = divmod(int(flat), iou.shape[1])
-                if iou[i, j] < self.iou_threshold:
-                    break
-                if i in assigned or j in taken:
+                if not allowed[i, j] or i in assigned or j in taken:
                     continue
                 assigned[i] = self._tracks[j]
                 taken.add(j)
@@ -438,6 +457,7 @@ class FrameTracker:
                 self._tracks.append(track)
             else:
                 track.box, track.missed, track.seen = boxes[i].copy(), 0, track.seen + 1
+            track.last_mu = m[i].copy()
             if ok[i]:
                 track.history.append((m[i], s[i]))
                 track.mu, track.sigma_sq = fuse(
@@ -449,3 +469,20 @@ class FrameTracker:
                 track.frames = len(track.history)
             out.append(track)
         return out
+
+    def _appearance(self, mus: np.ndarray) -> np.ndarray:
+        """Squared L2 [n, tracks] of each face's unit mu to the nearer of each track's unit fused
+        mu and unit latest mu."""
+        faces = _unit(mus)
+        out = np.full((len(mus), len(self._tracks)), np.inf)
+        for j, t in enumerate(self._tracks):
+            for ref in (t.mu, t.last_mu):
+                if ref is not None:
+                    out[:, j] = np.minimum(out[:, j], ((faces - _unit(ref[None])) ** 2).sum(1))
+        return out
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    v = np.asarray(v, np.float64)
+    norm = np.linalg.norm(v, axis=1, keepdims=True)
+    return np.divide(v, norm, out=np.zeros_like(v), where=norm > 0)

@@ -43,6 +43,7 @@ import json
 import logging
 import math
 import os
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,6 +86,7 @@ class Match:
     reason: str | None = None  # why not accepted: "not_live", "low_quality", "no_match"; None when accepted
     track_id: int | None = None  # FaceStream only: the face's track across frames
     frames: int = 1  # FaceStream only: frames fused into this answer
+    decided_at: int | None = None  # FaceStream only: frame index at which the track was first accepted as this identity
 
 
 @dataclass(frozen=True)
@@ -351,9 +353,18 @@ class Verifier:
         iou_threshold: float = 0.3,
         max_missed: int = 5,
         fusion: str = pfe.DEFAULT_FUSION,
+        appearance_gate: float | None = pfe.DEFAULT_APPEARANCE_GATE,
+        k: int = 2,
+        n: int = 3,
     ) -> FaceStream:
-        """A :class:`FaceStream` for one video: ``stream.match(frame)`` per frame, in order."""
-        return FaceStream(self, pfe.FrameTracker(iou_threshold, window, max_missed, fusion))
+        """A :class:`FaceStream` for one video: ``stream.match(frame)`` per frame, in order.
+
+        window, iou_threshold, max_missed, fusion, appearance_gate: see :class:`sdk.pfe.FrameTracker`.
+        k, n: a track is accepted as an identity only when its fused template matches it and at
+        least k of its last n usable frames, each decided alone, matched that same identity.
+        """
+        tracker = pfe.FrameTracker(iou_threshold, window, max_missed, fusion, appearance_gate=appearance_gate)
+        return FaceStream(self, tracker, k, n)
 
     def verify(
         self, a: Image, b: Image, far: float | None = None, threshold: float | None = None, *, color: str = "bgr"
@@ -415,19 +426,38 @@ class Verifier:
 
 
 class FaceStream:
-    """Identification over a video: faces are followed across consecutive frames and each
-    answer is for the fusion of the face's last ``window`` frames (:class:`sdk.pfe.FrameTracker`).
+    """Identification over a video: faces are followed across consecutive frames by box and
+    appearance (:class:`sdk.pfe.FrameTracker`) and each answer is for the fusion of the track's
+    last ``window`` usable frames.
 
-    ``Match.track_id`` names the track, ``Match.frames`` the frames fused, ``Match.quality``
-    the fused face's quality (PFE models). Frames below ``min_quality`` keep their track alive
-    but are not fused; a track without a usable frame yet reports ``reason="low_quality"``.
-    Faces vetoed by the liveness hook are not tracked. Feed frames in order, from one camera;
-    not thread-safe (one FaceStream per stream; the Verifier itself is shared).
+    A track is accepted as an identity only when (1) its fused template matches it and (2) at
+    least ``k`` of its last ``n`` usable frames, each decided alone against the gallery, matched
+    that same identity (all of them while the track has fewer than ``k``: a track's first frame
+    is decided as a photo is). So a fused history cannot by itself name a face that keeps failing
+    on its own, and one odd frame neither makes nor breaks a decision.
+
+    ``Match.track_id`` names the track, ``Match.frames`` the frames fused, ``Match.decided_at``
+    the frame index (0-based count of ``match`` calls on this stream) at which the track was
+    first accepted as the answer's identity (None when not accepted), ``Match.quality`` the fused
+    face's quality (PFE models). Frames below ``min_quality`` keep their track alive but are
+    neither fused nor counted among the n; a track without a usable frame yet reports
+    ``reason="low_quality"``. Faces vetoed by the liveness hook are not tracked. Feed frames in
+    order, from one camera; not thread-safe (one FaceStream per stream; the Verifier itself is
+    shared).
     """
 
-    def __init__(self, verifier: Verifier, tracker: pfe.FrameTracker) -> None:
+    def __init__(self, verifier: Verifier, tracker: pfe.FrameTracker, k: int = 2, n: int = 3) -> None:
+        for name, value in (("k", k), ("n", n)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InvalidArgumentError(f"{name} must be an int >= 1, got {value!r}")
+        if k > n:
+            raise InvalidArgumentError(f"k ({k}) cannot exceed n ({n})")
         self.verifier = verifier
         self.tracker = tracker
+        self.k, self.n = k, n
+        self.frame_index = -1  # of the latest frame given to match
+        self._votes: dict[int, deque] = {}  # track id -> identity (or None) of its last n usable frames
+        self._decided: dict[int, tuple[str, int]] = {}  # track id -> (identity, frame first accepted)
 
     def match(
         self, frame: Image, far: float | None = None, threshold: float | None = None, *, color: str = "bgr"
@@ -435,6 +465,7 @@ class FaceStream:
         v = self.verifier
         limit = v._limit(far, threshold)
         image, found = v.faces(frame, color)
+        self.frame_index += 1
         live = [v.liveness is None or bool(v.liveness(image, d)) for d in found]
         checked = [d for d, ok in zip(found, live) if ok]
         mu, sigma_sq = v.embed_with_uncertainty(image, checked)
@@ -446,6 +477,12 @@ class FaceStream:
             quality = pfe.quality(sigma_sq).tolist()
         usable = [v._quality_ok(q) for q in quality]
         tracks = self.tracker.update(np.array([d.box for d in checked]).reshape(-1, 4), mu, weights, usable)
+        self._forget_ended()
+        # Each usable frame's own answer is a vote of its track.
+        alone = v._decide(mu, sigma_sq, limit)
+        for track, ok, (name, *_) in zip(tracks, usable, alone):
+            if ok:
+                self._votes.setdefault(track.id, deque(maxlen=self.n)).append(name)
         ready = [t for t in tracks if t.mu is not None]
         fused_mu = np.stack([t.mu for t in ready]) if ready else mu[:0]
         fused_sigma = None if sigma_sq is None else (np.stack([t.sigma_sq for t in ready]) if ready else sigma_sq[:0])
@@ -464,16 +501,37 @@ class FaceStream:
                 )
                 continue
             name, distance, score, accepted = decided[id(track)]
+            accepted = accepted and self._agree(track.id, name)
+            decided_at = self._decided_at(track.id, name) if accepted else None
             fused_quality = None if sigma_sq is None else track.quality
             out.append(
-                Match(d.box, d.landmarks, d.score, name, distance, accepted, quality=fused_quality, mls=score,
-                      reason=None if accepted else NO_MATCH, track_id=track.id, frames=track.frames)
+                Match(d.box, d.landmarks, d.score, name if accepted else None, distance, accepted,
+                      quality=fused_quality, mls=score, reason=None if accepted else NO_MATCH,
+                      track_id=track.id, frames=track.frames, decided_at=decided_at)
             )
         return out
 
+    def _agree(self, track_id: int, name: str | None) -> bool:
+        votes = self._votes.get(track_id, ())
+        return name is not None and len(votes) > 0 and sum(vote == name for vote in votes) >= min(self.k, len(votes))
+
+    def _decided_at(self, track_id: int, name: str) -> int:
+        known = self._decided.get(track_id)
+        if known is None or known[0] != name:
+            known = self._decided[track_id] = (name, self.frame_index)
+        return known[1]
+
+    def _forget_ended(self) -> None:
+        live = {t.id for t in self.tracker.tracks}
+        for book in (self._votes, self._decided):
+            for track_id in [t for t in book if t not in live]:
+                del book[track_id]
+
     def reset(self) -> None:
-        """Forget every track (e.g. after a scene cut)."""
+        """Forget every track (e.g. after a scene cut); frame indices go on counting."""
         self.tracker.reset()
+        self._votes.clear()
+        self._decided.clear()
 
 
 def _image_list(images: object) -> list[Image]:

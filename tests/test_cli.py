@@ -210,6 +210,7 @@ def test_match_reads_videos_frame_by_frame(data, default_onnx, tmp_path, capsys)
     assert cli.main(["match", str(shifted), "--track", "--json", "--threshold", "0.15", *common]) == 0
     blair = [f for f in json.loads(capsys.readouterr().out) if f["identity"] == "Tony_Blair"]
     assert len({f["track"] for f in blair}) == 1 and [f["frames"] for f in blair] == [1, 2, 3, 4, 5]
+    assert all(f["decided_at"] == 0 for f in blair)  # accepted from the track's first frame on
 
 
 def verb_paths(parser=None, prefix=()) -> list[tuple[str, ...]]:

@@ -175,7 +175,8 @@ def test_calibrate_mls_meets_the_target_far():
 def test_tracker_follows_faces_by_overlap_fuses_a_window_and_expires_tracks():
     rng = np.random.default_rng(5)
     mus, sigma_sq = gaussians(rng, 12, 8)
-    tracker = pfe.FrameTracker(iou_threshold=0.3, window=3, max_missed=1, fusion="closed_form")
+    # Random mus are not one face across frames: boxes only here (appearance: test_tracking.py).
+    tracker = pfe.FrameTracker(iou_threshold=0.3, window=3, max_missed=1, fusion="closed_form", appearance_gate=None)
     a, b = np.array([10, 10, 60, 60]), np.array([200, 20, 260, 80])
     first = tracker.update(np.stack([a, b]), mus[:2], sigma_sq[:2])
     assert [t.id for t in first] == [0, 1] and all(t.frames == 1 for t in first)
