@@ -17,9 +17,12 @@ VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm"}
 
 
 def register(sub) -> None:
-    p = runtime(sub.add_parser("enroll", help="add a person's faces to the gallery"))
+    p = runtime(sub.add_parser("enroll", help="add a person's faces to the gallery (one line per image)"))
     p.add_argument("name")
-    p.add_argument("images", nargs="+")
+    p.add_argument("images", nargs="+", help="image files or folders (every image inside, sorted)")
+    p.add_argument("--largest", action="store_true", help="an image of several faces: enrol its largest face")
+    p.add_argument("--force", action="store_true",
+                   help="enrol faces refused as enrolled under another name or unlike the person's other faces")  # fmt: skip
     p.set_defaults(run=enroll_cmd)
     p = decision(runtime(sub.add_parser("match", help="identify every face of an image, folder or video")))
     p.add_argument("source")
@@ -108,12 +111,26 @@ def image_files(folder: Path) -> list[Path]:
 
 
 def enroll_cmd(args: argparse.Namespace) -> int:
+    """Each image is decided on its own: the accepted ones are stored, every refusal is reported
+    with its reason and makes the exit status 1."""
+    files: list[Path] = []
+    for item in map(Path, args.images):
+        if item.is_dir():
+            found = image_files(item)
+            if not found:
+                raise ValueError(f"no images in {item}")
+            files += found
+        else:
+            files.append(item)  # a missing file is refused with the others' results
     with make_verifier(args, "write") as v:
-        added = v.enroll(args.name, args.images)
+        results = v.enroll_each(args.name, [str(f) for f in files], largest=args.largest, force=args.force)
         total = v.gallery.count(args.name)
-    emit(args, {"identity": args.name, "added": added, "total": total},
-         [f"enrolled {added} face(s) for {args.name!r} ({total} in the gallery)"])  # fmt: skip
-    return 0
+    counts = {status: sum(r.status == status for r in results) for status in ("added", "skipped", "refused")}
+    lines = [f"{r.status:8} {r.source}" + (f": {r.reason}" if r.reason else "") for r in results]
+    lines.append(f"{args.name!r}: " + ", ".join(f"{n} {status}" for status, n in counts.items()) + f" ({total} in the gallery)")
+    rows = [{"source": r.source, "status": r.status, "reason": r.reason, "other": r.other} for r in results]
+    emit(args, {"identity": args.name, **counts, "total": total, "images": rows}, lines)
+    return 1 if counts["refused"] else 0
 
 
 def frames(source: Path, every: int):

@@ -107,7 +107,7 @@ def run(verifier: Verifier, protocol: Protocol, thresholds: list[float], progres
     not_enrolled = []
     for name, images in tqdm(protocol.enrol.items(), desc="enrol", unit="person", disable=not progress):
         try:
-            verifier.enroll(name, images)
+            verifier.enroll(name, images, largest=True, force=True)
         except NoFaceError:
             not_enrolled.append(name)  # its probes still count: they can only be missed
     truths, names, distances, no_face = [], [], [], 0

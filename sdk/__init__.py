@@ -19,10 +19,13 @@ import importlib
 from typing import Any
 
 from sdk.errors import (
+    AmbiguousFaceError,
     BackendUnavailableError,
+    DuplicateFaceError,
     EngineMismatchError,
     FaceSDKError,
     GalleryError,
+    InconsistentFaceError,
     InvalidArgumentError,
     InvalidImageError,
     InvalidModelError,
@@ -37,6 +40,7 @@ __version__ = "0.1.0"
 # Public name -> the module that defines it, imported on first access.
 _LAZY = {
     "cluster": "sdk.clustering",
+    "EnrolResult": "sdk.verifier",
     "load": "sdk.loader",
     "FaceStream": "sdk.verifier",
     "Match": "sdk.verifier",
@@ -45,10 +49,13 @@ _LAZY = {
 }
 
 __all__ = [
+    "AmbiguousFaceError",
     "BackendUnavailableError",
+    "DuplicateFaceError",
     "EngineMismatchError",
     "FaceSDKError",
     "GalleryError",
+    "InconsistentFaceError",
     "InvalidArgumentError",
     "InvalidImageError",
     "InvalidModelError",

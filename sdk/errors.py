@@ -53,3 +53,21 @@ class NoFaceError(FaceSDKError, ValueError):
 class LowQualityError(FaceSDKError, ValueError):
     """A face is below the Verifier's ``min_quality`` where a good one is required (enrolment,
     identify)."""
+
+
+class AmbiguousFaceError(FaceSDKError, ValueError):
+    """An enrolment image holds several faces and the caller did not say which one to enrol
+    (``face=`` an index or box, ``largest=True``; CLI ``--largest``)."""
+
+
+class DuplicateFaceError(FaceSDKError, ValueError):
+    """The face is already enrolled under another identity (``other``); ``force=True`` enrols it anyway."""
+
+    def __init__(self, message: str, other: str | None = None) -> None:
+        super().__init__(message)
+        self.other = other
+
+
+class InconsistentFaceError(FaceSDKError, ValueError):
+    """The face does not agree with the rest of the identity's template (likely someone else);
+    ``force=True`` enrols it anyway."""

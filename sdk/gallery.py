@@ -216,17 +216,23 @@ def _connect(target: str, *, uri: bool = False) -> sqlite3.Connection:
 
 
 def clean_name(identity: object) -> str:
-    """An identity name as the gallery stores it (surrounding whitespace removed), or
-    InvalidArgumentError: not a str, empty, unprintable characters, too long."""
+    """An identity name as the gallery stores and looks it up: Unicode NFC (a composed and a
+    decomposed "é" are one identity), or InvalidArgumentError: not a str, empty, surrounding
+    whitespace, control characters, too long. Whitespace is refused rather than stripped, so
+    that "  Tony_Blair  " never silently adds to (or removes) "Tony_Blair"."""
     if not isinstance(identity, str):
         raise InvalidArgumentError(f"identity name must be a str, got {type(identity).__name__}")
-    name = identity.strip()
-    if not name:
+    if not identity.strip():
         raise InvalidArgumentError("identity name is empty (or only whitespace)")
-    # Control characters (NUL, newlines) break logs and tools; lone surrogates cannot be stored.
-    bad = next((c for c in name if unicodedata.category(c) in ("Cc", "Cs")), None)
+    if identity != identity.strip():
+        raise InvalidArgumentError(
+            f"identity name {identity[:40]!r} has surrounding whitespace: pass {identity.strip()[:40]!r} if that is meant"
+        )
+    # Control characters (NUL, newlines) break logs and `gallery list`; lone surrogates cannot be stored.
+    bad = next((c for c in identity if unicodedata.category(c) in ("Cc", "Cs")), None)
     if bad is not None:
-        raise InvalidArgumentError(f"identity name {name[:40]!r} holds the unprintable character {bad!r}")
+        raise InvalidArgumentError(f"identity name {identity[:40]!r} holds the unprintable character {bad!r}")
+    name = unicodedata.normalize("NFC", identity)
     if len(name) > MAX_NAME_LENGTH:
         raise InvalidArgumentError(
             f"identity name has {len(name)} characters, at most {MAX_NAME_LENGTH} allowed"

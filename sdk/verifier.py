@@ -53,7 +53,16 @@ import cv2
 import numpy as np
 
 from sdk import chips, detect, loader, paths, pfe
-from sdk.errors import FaceSDKError, InvalidArgumentError, InvalidImageError, LowQualityError, NoFaceError
+from sdk.errors import (
+    AmbiguousFaceError,
+    DuplicateFaceError,
+    FaceSDKError,
+    InconsistentFaceError,
+    InvalidArgumentError,
+    InvalidImageError,
+    LowQualityError,
+    NoFaceError,
+)
 from sdk.gallery import Gallery, clean_name
 from sdk.images import MAX_PIXELS, Image, check_color, is_single_image, load_image  # noqa: F401 (re-exported)
 
@@ -63,6 +72,17 @@ Liveness = Callable[[np.ndarray, detect.Detection], bool]
 # Detection runs on a copy whose longer side is at most this; alignment uses full resolution.
 DETECT_MAX_SIDE = 1280
 
+
+# Enrolment checks, as calibrated false accept rates of the model's threshold table (README,
+# "Clean enrolment"): another identity closer than the DUPLICATE_FAR threshold is taken to be
+# this face under another name; a face farther than the CONSISTENT_FAR threshold from every
+# face of the template is taken to be someone else.
+DUPLICATE_FAR = 1e-5
+CONSISTENT_FAR = 1e-3
+# Squared L2 below which a face is the same image again (a re-encoded JPEG stays far below it,
+# a resized copy or another photo far above).
+SAME_IMAGE = 1e-3
+ADDED, SKIPPED, REFUSED = "added", "skipped", "refused"
 
 SCORINGS = ("mls", "l2")
 NOT_LIVE, LOW_QUALITY, NO_MATCH = "not_live", "low_quality", "no_match"
@@ -97,6 +117,18 @@ class Verification:
     mls: float | None = None  # scoring "mls": the mutual likelihood score
     scoring: str = "l2"
     reason: str | None = None  # "low_quality" when a face is below min_quality
+
+
+@dataclass(frozen=True)
+class EnrolResult:
+    """What enrolment did with one image (:meth:`Verifier.enroll_each`)."""
+
+    source: str  # the image's path, or a description of it
+    status: str  # "added", "skipped" (the same image is already there) or "refused"
+    reason: str | None = None  # why skipped or refused; None when added
+    error: FaceSDKError | None = None  # refused: the error `enroll` raises for it
+    other: str | None = None  # refused as a duplicate: the identity the face is enrolled under
+    distance: float | None = None  # squared L2 that decided a skip or a refusal
 
 
 class Verifier:
@@ -298,27 +330,197 @@ class Verifier:
 
     # --- public API ------------------------------------------------------------------------------
 
-    def enroll(self, identity: str, images: Image | Iterable[Image], *, color: str = "bgr") -> int:
-        """Add the largest face of each image to `identity`. All or nothing: any image without
-        a face or unreadable raises and nothing is stored. Returns the number of faces added."""
-        clean_name(identity)  # a bad name fails before any image is read
-        check_color(color)
-        images = _image_list(images)
-        faces = [self.embed_largest_with_uncertainty(image, f"enrolling {identity!r}", color) for image in images]
-        vectors = np.stack([mu for mu, _ in faces])
-        sources = [str(i) if isinstance(i, (str, os.PathLike)) else None for i in images]
+    def enroll(
+        self,
+        identity: str,
+        images: Image | Iterable[Image],
+        *,
+        color: str = "bgr",
+        face: int | Sequence[float] | None = None,
+        largest: bool = False,
+        force: bool = False,
+    ) -> int:
+        """Add the face of each image to `identity`; returns the number of faces added.
+
+        All or nothing: an image that is refused (unreadable, no face, several faces, below
+        ``min_quality``, already enrolled under another identity, not agreeing with the rest of
+        the template) raises its error and nothing is stored. An image whose face is already
+        enrolled for `identity` (the same image again) is skipped, not stored twice.
+        See :meth:`enroll_each` for the checks and the arguments.
+        """
+        results, rows = self._enrolment(identity, images, color, face, largest, force)
+        refused = [r for r in results if r.status == REFUSED]
+        if refused:
+            error = refused[0].error
+            more = f"; {len(refused)} of {len(results)} images refused" if len(refused) > 1 else ""
+            error.args = (f"{error.args[0]}{more}; nothing was stored",)
+            raise error
+        for r in results:
+            if r.status == SKIPPED:
+                log.info("enrolling %r: %s skipped: %s", identity, r.source, r.reason)
+        return self._store(identity, rows)
+
+    def enroll_each(
+        self,
+        identity: str,
+        images: Image | Iterable[Image],
+        *,
+        color: str = "bgr",
+        face: int | Sequence[float] | None = None,
+        largest: bool = False,
+        force: bool = False,
+    ) -> list[EnrolResult]:
+        """Decide each image on its own, store the accepted ones (one transaction) and say what
+        became of each: an :class:`EnrolResult` per image, in order ("added", "skipped",
+        "refused" with the reason and error). Bad arguments still raise.
+
+        An image must hold exactly one face, or the caller picks it: ``face`` an index into
+        ``self.faces(image)[1]`` or a box (x1, y1, x2, y2) matched to the detected face it
+        overlaps most (one image per call), or ``largest=True``. Otherwise it is refused
+        (AmbiguousFaceError). A face closer than the model's FAR ``DUPLICATE_FAR`` threshold to
+        another identity is refused (DuplicateFaceError naming it); a face farther than the FAR
+        ``CONSISTENT_FAR`` threshold from every other face of the identity (stored or given in
+        this call) is refused (InconsistentFaceError). ``force=True`` enrols both anyway.
+        """
+        results, rows = self._enrolment(identity, images, color, face, largest, force)
+        added = self._store(identity, rows)
+        assert added == sum(r.status == ADDED for r in results)
+        return results
+
+    def _store(self, identity: str, rows: list[tuple[str | None, np.ndarray, np.ndarray | None]]) -> int:
+        if not rows:
+            return 0
+        sources = [src for src, _, _ in rows]
+        vectors = np.stack([mu for _, mu, _ in rows])
         if not self.has_uncertainty:
             return self.gallery.add(identity, vectors, sources=sources)
-        sigma_sq = np.stack([s for _, s in faces])
+        sigma_sq = np.stack([s for _, _, s in rows])
         quality = np.asarray(pfe.quality(sigma_sq))
-        poor = [i for i, q in enumerate(quality.tolist()) if not self._quality_ok(q)]
-        if poor:
-            listed = ", ".join(f"{_describe(images[i])} (quality {quality[i]:.3f})" for i in poor)
-            raise LowQualityError(
-                f"enrolling {identity!r}: {len(poor)} of {len(images)} faces below min_quality {self.min_quality:.3f}: "
-                f"{listed}; nothing was stored (use sharper, larger, frontal images)"
-            )
         return self.gallery.add(identity, vectors, sigma_sq=sigma_sq, quality=quality, sources=sources)
+
+    def _enrolment(
+        self, identity: str, images: object, color: str, face: object, largest: bool, force: bool
+    ) -> tuple[list[EnrolResult], list[tuple[str | None, np.ndarray, np.ndarray | None]]]:
+        """Every image's result, and the rows to store (source, mu, sigma_sq) of those added."""
+        name = clean_name(identity)  # a bad name fails before any image is read
+        check_color(color)
+        images = _image_list(images)
+        if face is not None and largest:
+            raise InvalidArgumentError("give face= or largest=True, not both")
+        if face is not None and len(images) > 1:
+            raise InvalidArgumentError("face= picks a face of one image: enrol one image per call")
+        face = _face_choice(face)
+        results: list[EnrolResult | None] = [None] * len(images)
+        faces: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}
+        for i, image in enumerate(images):
+            try:
+                faces[i] = self._enrolment_face(image, color, face, largest, f"enrolling {name!r}")
+            except (NoFaceError, InvalidImageError, AmbiguousFaceError, LowQualityError) as e:
+                results[i] = EnrolResult(_describe(image), REFUSED, str(e), e)
+        try:
+            template = self.gallery.embeddings(name).vectors.astype(np.float64)
+        except KeyError:
+            template = np.zeros((0, self.embedder.embedding_dim))
+        # The same image again (stored, or earlier in this call): skipped.
+        kept: list[int] = []
+        for i, (mu, _) in faces.items():
+            earlier = np.concatenate([template, [faces[j][0] for j in kept]]) if kept else template
+            d = _nearest(mu, earlier)
+            if d < SAME_IMAGE:
+                results[i] = EnrolResult(_describe(images[i]), SKIPPED, f"the same face is already enrolled for {name!r}", distance=d)
+            else:
+                kept.append(i)
+        if not force:
+            kept = self._check_duplicates(name, images, faces, kept, results)
+            kept = self._check_consistency(name, images, faces, kept, template, results)
+        rows = []
+        for i in kept:
+            results[i] = EnrolResult(_describe(images[i]), ADDED)
+            source = str(images[i]) if isinstance(images[i], (str, os.PathLike)) else None
+            rows.append((source, *faces[i]))
+        return results, rows
+
+    def _enrolment_face(
+        self, image: Image, color: str, face: int | np.ndarray | None, largest: bool, what: str
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """(mu, sigma_sq) of the face to enrol from one image, or the error that refuses it."""
+        frame, found = self.faces(image, color)
+        if not found:
+            raise NoFaceError(f"no face found in {_describe(image)} ({what})")
+        if isinstance(face, int):
+            if not -len(found) <= face < len(found):
+                raise InvalidArgumentError(f"face={face}, but {_describe(image)} holds {len(found)} face(s)")
+            chosen = found[face]
+        elif face is not None:
+            overlap = [_iou(face, d.box) for d in found]
+            if max(overlap) < 0.3:  # the box must point at a detected face, not merely near one
+                raise NoFaceError(f"no detected face at box {face.tolist()} in {_describe(image)} ({what})")
+            chosen = found[int(np.argmax(overlap))]
+        elif len(found) == 1 or largest:
+            chosen = max(found, key=lambda d: (d.box[2] - d.box[0]) * (d.box[3] - d.box[1]))
+        else:
+            raise AmbiguousFaceError(
+                f"{_describe(image)} holds {len(found)} faces ({what}): pick one with face= (an index or box) "
+                "or largest=True (CLI: --largest)"
+            )
+        mu, sigma_sq = self.embed_with_uncertainty(frame, [chosen])
+        if sigma_sq is not None and not self._quality_ok(q := float(pfe.quality(sigma_sq[0]))):
+            raise LowQualityError(
+                f"the face in {_describe(image)} has quality {q:.3f} < min_quality {self.min_quality:.3f} "
+                f"({what}; use sharper, larger, frontal images)"
+            )
+        return mu[0].astype(np.float64), None if sigma_sq is None else sigma_sq[0]
+
+    def _check_duplicates(self, name, images, faces, kept, results) -> list[int]:
+        """Refuse faces already enrolled under another identity."""
+        if not kept or len(self.gallery) == 0:
+            return kept
+        limit = self._enrolment_threshold(DUPLICATE_FAR)
+        near = self.gallery.within(np.stack([faces[i][0] for i in kept]).astype(np.float32), limit)
+        out = []
+        for i, found in zip(kept, near):
+            other = next(((n, d) for n, d in found if n != name), None)
+            if other is None:
+                out.append(i)
+                continue
+            e = DuplicateFaceError(
+                f"the face in {_describe(images[i])} is already enrolled as {other[0]!r} (squared L2 {other[1]:.3f} "
+                f"<= {limit:.3f}, FAR {DUPLICATE_FAR:g}); not enrolled as {name!r} (force=True enrols it anyway)",
+                other=other[0],
+            )
+            results[i] = EnrolResult(_describe(images[i]), REFUSED, str(e), e, other=other[0], distance=other[1])
+        return out
+
+    def _check_consistency(self, name, images, faces, kept, template, results) -> list[int]:
+        """Refuse faces farther than the threshold from every other face of the template (the
+        stored faces and the others of this call)."""
+        if len(template) + len(kept) < 2:
+            return kept
+        limit = self._enrolment_threshold(CONSISTENT_FAR)
+        out = []
+        for i in kept:
+            others = [faces[j][0] for j in kept if j != i]
+            d = _nearest(faces[i][0], np.concatenate([template, others]) if others else template)
+            if d <= limit:
+                out.append(i)
+                continue
+            e = InconsistentFaceError(
+                f"the face in {_describe(images[i])} does not agree with the other faces of {name!r} (nearest squared "
+                f"L2 {d:.3f} > {limit:.3f}, FAR {CONSISTENT_FAR:g}): likely someone else (force=True enrols it anyway)"
+            )
+            results[i] = EnrolResult(_describe(images[i]), REFUSED, str(e), e, distance=d)
+        return out
+
+    def _enrolment_threshold(self, far: float) -> float:
+        """The model's calibrated squared-L2 threshold for `far` (whatever the scoring)."""
+        table = json.loads(self.embedder.metadata.get("threshold_table", "{}"))
+        for known, value in table.items():
+            if math.isclose(float(known), far, rel_tol=1e-6):
+                return float(value)
+        raise FaceSDKError(
+            f"{self.embedder.path} has no threshold calibrated for FAR {far:g}, which enrolment checks need: "
+            "run `facesdk calibrate --write`, or pass force=True to skip the checks"
+        )
 
     def match(
         self, frame: Image, far: float | None = None, threshold: float | None = None, *, color: str = "bgr"
@@ -546,6 +748,33 @@ def _image_list(images: object) -> list[Image]:
     if not out:
         raise InvalidImageError("no images given: at least one is needed")
     return out
+
+
+def _face_choice(face: object) -> int | np.ndarray | None:
+    """``face=`` as an index or a box [4], or InvalidArgumentError."""
+    if face is None or (isinstance(face, (int, np.integer)) and not isinstance(face, bool)):
+        return None if face is None else int(face)
+    try:
+        box = np.asarray(face, np.float64)
+    except (TypeError, ValueError):
+        box = None
+    if box is None or box.shape != (4,) or not np.isfinite(box).all() or box[2] <= box[0] or box[3] <= box[1]:
+        raise InvalidArgumentError(f"face must be an index or a box (x1, y1, x2, y2), got {face!r}")
+    return box
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = w * h
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
+def _nearest(mu: np.ndarray, others: np.ndarray) -> float:
+    """Squared L2 from mu to the nearest row of others (inf when none)."""
+    if len(others) == 0:
+        return math.inf
+    return float(((np.asarray(others, np.float64) - mu) ** 2).sum(axis=1).min())
 
 
 def _number(value: object, what: str) -> float:

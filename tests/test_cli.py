@@ -84,7 +84,7 @@ def test_enroll_match_verify_identify_gallery_commands(data, default_onnx, tmp_p
     img = lambda name, i: str(data / "lfw" / "images_deepfunneled" / name / f"{name}_{i:04d}.jpg")  # noqa: E731
     if not (data / "lfw").is_dir():
         pytest.skip("LFW not found")
-    assert cli.main(["enroll", "Tony_Blair", img("Tony_Blair", 1), img("Tony_Blair", 2), *common]) == 0
+    assert cli.main(["enroll", "Tony_Blair", img("Tony_Blair", 1), img("Tony_Blair", 2), "--largest", *common]) == 0
     assert cli.main(["verify", img("Tony_Blair", 3), img("Tony_Blair", 4), *common, "--far", "0.01"]) == 0
     assert cli.main(["verify", img("Tony_Blair", 3), img("Colin_Powell", 1), *common]) == 3
     assert cli.main(["identify", img("Tony_Blair", 5), *common, "--threshold", "0.19"]) == 0
@@ -125,7 +125,7 @@ def test_match_and_cluster_go_on_past_a_bad_file(data, default_onnx, tmp_path, c
         (folder / f"tony{i}.jpg").write_bytes((lfw / "Tony_Blair" / f"Tony_Blair_000{i}.jpg").read_bytes())
     (folder / "broken.jpg").write_bytes((lfw / "Colin_Powell" / "Colin_Powell_0001.jpg").read_bytes()[:5000])
     common = ["--model", str(default_onnx), "--gallery", str(tmp_path / "g.sqlite")]
-    assert cli.main(["enroll", "Tony_Blair", str(folder / "tony1.jpg"), *common]) == 0
+    assert cli.main(["enroll", "Tony_Blair", str(folder / "tony1.jpg"), "--largest", *common]) == 0
     capsys.readouterr()
     assert cli.main(["match", str(folder), *common, "--json"]) == 1
     captured = capsys.readouterr()
@@ -195,7 +195,7 @@ def test_match_reads_videos_frame_by_frame(data, default_onnx, tmp_path, capsys)
         writer.write(frame)
     writer.release()
     common = ["--model", str(default_onnx), "--gallery", str(tmp_path / "g.sqlite")]
-    assert cli.main(["enroll", "Tony_Blair", str(data / "lfw" / "images_deepfunneled" / "Tony_Blair" / "Tony_Blair_0010.jpg"), *common]) == 0
+    assert cli.main(["enroll", "Tony_Blair", str(data / "lfw" / "images_deepfunneled" / "Tony_Blair" / "Tony_Blair_0010.jpg"), "--largest", *common]) == 0
     capsys.readouterr()
     assert cli.main(["match", str(video), "--every", "2", "--json", "--threshold", "0.19", *common]) == 0
     faces = json.loads(capsys.readouterr().out)

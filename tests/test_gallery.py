@@ -87,7 +87,7 @@ def test_round_trip_and_reopen(tmp_path: Path, rng: np.random.Generator) -> None
     with Gallery(path, **MODEL) as g:
         sources = ["a.jpg", None, "c.jpg"]
         quality = [0.9, 0.8, 0.7]
-        assert g.add("  alice ", alice, sigma_sq=sigma, quality=quality, sources=sources) == 3
+        assert g.add("alice", alice, sigma_sq=sigma, quality=quality, sources=sources) == 3
         assert g.add("bob", bob) == 2
         assert g.add("alice", alice[:1]) == 1  # appends to an existing identity
         counts = len(g), g.count("alice"), g.count("bob"), g.count("nobody")
@@ -270,25 +270,34 @@ def test_bad_batch_writes_nothing(gallery_file: Path, rng: np.random.Generator, 
 
 def test_identity_names(rng: np.random.Generator) -> None:
     with Gallery(None, **MODEL) as g:
-        g.add(" alice\t", unit(rng, 1))
+        g.add("alice", unit(rng, 1))
         g.add("x" * MAX_NAME_LENGTH, unit(rng, 1))
         g.add("Zoë 张", unit(rng, 1))
         assert g.identities() == ["Zoë 张", "alice", "x" * MAX_NAME_LENGTH]  # by code point
-        assert g.count("alice ") == 1
-        for bad in ("", "  \n", "x" * (MAX_NAME_LENGTH + 1)):
-            with pytest.raises(ValueError, match="empty|characters"):
+        # Surrounding whitespace is refused, never stripped into another identity (lookups too).
+        for bad in (" alice\t", "alice "):
+            with pytest.raises(ValueError, match="surrounding whitespace"):
                 g.add(bad, unit(rng, 1))
+            with pytest.raises(ValueError, match="surrounding whitespace"):
+                g.count(bad)
+        for bad in ("", "  \n", "x" * (MAX_NAME_LENGTH + 1), "alice\nbob"):
+            with pytest.raises(ValueError, match="empty|characters|unprintable"):
+                g.add(bad, unit(rng, 1))
+        # Unicode NFC: a decomposed "Zoë" is the composed one.
+        assert g.add("Zoe\u0308 张", unit(rng, 1)) == 1 and g.count("Zoë 张") == 2
         for bad in (None, 7, b"bob"):
             with pytest.raises(TypeError, match="must be a str"):
                 g.add(bad, unit(rng, 1))
-        assert len(g) == 3
+        assert len(g) == 4
 
 
 def test_remove(gallery_file: Path, rng: np.random.Generator) -> None:
     with Gallery(gallery_file, **MODEL) as g:
         probe = unit(rng, 4)
         assert {n for row in g.search(probe, k=3)[0] for n in row} == {"alice", "bob", "carol"}
-        assert g.remove(" alice ") is True
+        with pytest.raises(ValueError, match="surrounding whitespace"):
+            g.remove(" alice ")
+        assert g.remove("alice") is True
         assert g.remove("alice") is False
         assert (g.identities(), len(g), g.count("alice")) == (["bob", "carol"], 3, 0)
         assert all(row[2] is None and "alice" not in row for row in g.search(probe, k=3)[0])

@@ -55,7 +55,7 @@ def verifier(default_onnx, data, tmp_path):
     lfw_image(data, PEOPLE[0], 1)
     with Verifier(default_onnx, detector="yunet", gallery=tmp_path / "gallery.sqlite", threshold=THRESHOLD) as v:
         for name in PEOPLE:
-            v.enroll(name, [lfw_image(data, name, i) for i in (1, 2)])
+            v.enroll(name, [lfw_image(data, name, i) for i in (1, 2)], largest=True)
         yield v
 
 

@@ -314,9 +314,9 @@ def test_quality_gate_refuses_a_heavily_blurred_face(pfe_onnx, data):
     gate = (q_blur + min(q_sharp)) / 2
     with Verifier(pfe_onnx, detector="yunet", gallery=None, scoring="mls", min_quality=gate) as v:
         with pytest.raises(LowQualityError, match="nothing was stored"):
-            v.enroll("Tony_Blair", [*sharp[1:], blurred])
+            v.enroll("Tony_Blair", [*sharp[1:], blurred], largest=True)
         assert v.identities() == []
-        assert v.enroll("Tony_Blair", sharp) == 3
+        assert v.enroll("Tony_Blair", sharp, largest=True) == 3
         good = max(v.match(sharp[1]), key=area)
         assert good.accepted and good.identity == "Tony_Blair" and good.quality >= gate
         poor = max(v.match(blurred), key=area)

@@ -40,7 +40,7 @@ def verifier(default_onnx, data, tmp_path):
 @pytest.fixture()
 def enrolled(verifier, data):
     for name in PEOPLE:
-        assert verifier.enroll(name, [lfw_image(data, name, i) for i in (1, 2, 3)]) == 3
+        assert verifier.enroll(name, [lfw_image(data, name, i) for i in (1, 2, 3)], largest=True) == 3
     return verifier
 
 
@@ -85,7 +85,7 @@ def test_no_face_gives_an_empty_list_or_a_clear_error(verifier, data):
     with pytest.raises(NoFaceError, match="no face"):
         verifier.verify(blank, lfw_image(data, STRANGER, 1))
     with pytest.raises(NoFaceError):
-        verifier.enroll("nobody", [lfw_image(data, STRANGER, 1), blank])
+        verifier.enroll("nobody", [lfw_image(data, STRANGER, 1), blank], largest=True)
     assert verifier.identities() == []  # the batch with a bad image left nothing behind
 
 
@@ -132,7 +132,7 @@ def test_liveness_hook_vetoes_faces(default_onnx, data, tmp_path):
         return False
 
     with Verifier(default_onnx, detector="yunet", gallery=None, threshold=THRESHOLD, liveness=spoof) as v:
-        v.enroll("Tony_Blair", [lfw_image(data, "Tony_Blair", 1)])  # enrolment is not gated
+        v.enroll("Tony_Blair", [lfw_image(data, "Tony_Blair", 1)], largest=True)  # enrolment is not gated
         found = v.match(lfw_image(data, "Tony_Blair", 2))
     m = main_face(found)
     assert len(calls) == len(found) and not m.live and not m.accepted and m.identity is None
@@ -177,7 +177,7 @@ def test_matching_threads_agree_with_a_serial_run_while_enrolling(enrolled, data
     def enrol_others():
         i = 1
         while not stop.is_set() and i < 6:
-            enrolled.enroll(f"other_{i}", [lfw_image(data, "George_W_Bush", i)])
+            enrolled.enroll(f"other_{i}", [lfw_image(data, "George_W_Bush", i)], largest=True, force=True)
             i += 1
 
     writer = threading.Thread(target=enrol_others)
@@ -241,7 +241,7 @@ def test_a_replaced_network_is_refused_and_a_pinned_file_checked(default_onnx, d
 
     gallery = tmp_path / "g.sqlite"
     with Verifier(default_onnx, gallery=gallery) as v:
-        v.enroll("tony", [lfw_image(data, "Tony_Blair", 1)])
+        v.enroll("tony", [lfw_image(data, "Tony_Blair", 1)], largest=True)
     recalibrated = tmp_path / "recalibrated.onnx"
     recalibrated.write_bytes(default_onnx.read_bytes())
     set_metadata(recalibrated, threshold_calibrated_on="somewhere else")  # the same network
