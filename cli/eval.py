@@ -110,6 +110,14 @@ def register(sub) -> None:
     data_option(p, "lfw/")
     p.set_defaults(run=landmark_box_cmd)
 
+    p = verbs.add_parser("tracking", help="the video tracker's appearance gate, and strangers after enrolled people")
+    p.add_argument("what", choices=["gate", "strangers"])
+    model_option(p)
+    p.add_argument("--people", type=positive, default=150, help="gate: LFW DevTrain people to measure")
+    p.add_argument("--threshold", type=float, help="strangers: squared-L2 threshold (default: the model's)")
+    data_option(p, "lfw/")
+    p.set_defaults(run=tracking_cmd)
+
     p = verbs.add_parser("dlib-port", help="dlib's ResNet in PyTorch vs dlib-bin on LFW faces (needs torch, dlib)")
     p.add_argument("--faces", type=positive, default=100, help="LFW faces to compare")
     data_option(p, "lfw/")
@@ -420,6 +428,21 @@ def landmark_box_cmd(args: argparse.Namespace) -> int:
     from evaluate.landmark_box import fit_box_map
 
     print("\n".join(fit_box_map(args.data)))
+    return 0
+
+
+def tracking_cmd(args: argparse.Namespace) -> int:
+    from evaluate.tracking import measure_gate, stranger_frames_accepted
+    from sdk.verifier import Verifier
+
+    with Verifier(args.model, detector="yunet", gallery=None, threshold=args.threshold) as v:
+        if args.what == "gate":
+            rows = measure_gate(v, args.data, args.people)
+        else:
+            print(f"threshold {v.threshold:.4f}")
+            rows = stranger_frames_accepted(v, args.data)
+    for key, value in rows.items():
+        print(f"{key}\t{value:.4f}" if isinstance(value, float) else f"{key}\t{value}")
     return 0
 
 

@@ -1,24 +1,22 @@
 """Measurements behind the video tracker's defaults (README, "Following faces in video").
 
-``python -m evaluate.tracking gate [--model M] [--people N]``
+``facesdk eval tracking gate [--model M] [--people N]``
     Squared L2 between two photos of one person vs two people, on LFW DevTrain people (never used
     by the tracking tests' assertions): the appearance gate must pass most same-person pairs
     (two photos differ more than two consecutive video frames) and almost no different-person pair.
 
-``python -m evaluate.tracking strangers [--model M]``
+``facesdk eval tracking strangers [--model M]``
     The issue's held-out check: ten enrolled LFW DevTest people, each followed at the same spot in
     one stream by a stranger; counts the stranger frames accepted.
 """
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from sdk.paths import data_dir
 
 CANVAS = (480, 640)  # rows, cols
 
@@ -82,7 +80,7 @@ def stranger_frames_accepted(verifier, data: Path, stream_args: dict | None = No
     pairs = held_out_pairs(data)
     for person, _ in pairs:
         if person not in verifier.identities():
-            verifier.enroll(person, [lfw_path(data, person, i) for i in (1, 2, 3)])
+            verifier.enroll(person, [lfw_path(data, person, i) for i in (1, 2, 3)], largest=True, force=True)
     out = {"stranger_frames": 0, "accepted_as_previous": 0, "accepted_as_anyone": 0, "still_image_accepted": 0}
     for person, stranger in pairs:
         stream = verifier.stream(**(stream_args or {}))
@@ -96,27 +94,3 @@ def stranger_frames_accepted(verifier, data: Path, stream_args: dict | None = No
             out["accepted_as_anyone"] += any(m.accepted for m in faces)
             out["still_image_accepted"] += any(m.accepted for m in verifier.match(image))
     return out
-
-
-def main(argv: list[str] | None = None) -> None:
-    from sdk.verifier import Verifier
-
-    p = argparse.ArgumentParser(prog="python -m evaluate.tracking")
-    p.add_argument("what", choices=["gate", "strangers"])
-    p.add_argument("--model", default=None)
-    p.add_argument("--people", type=int, default=150)
-    p.add_argument("--threshold", type=float, default=None)
-    args = p.parse_args(argv)
-    data = data_dir()
-    with Verifier(args.model, detector="yunet", gallery=None, threshold=args.threshold) as v:
-        if args.what == "gate":
-            for k, val in measure_gate(v, data, args.people).items():
-                print(f"{k}\t{val:.4f}" if isinstance(val, float) else f"{k}\t{val}")
-        else:
-            print(f"threshold {v.threshold:.4f}")
-            for k, val in stranger_frames_accepted(v, data).items():
-                print(f"{k}\t{val}")
-
-
-if __name__ == "__main__":
-    main()

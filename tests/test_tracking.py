@@ -27,7 +27,7 @@ def v(default_onnx, data):
         pytest.skip("LFW not found")
     with Verifier(default_onnx, detector="yunet", gallery=None) as verifier:
         for name in ENROLLED:
-            verifier.enroll(name, [lfw_path(data, name, i) for i in (1, 2, 3)])
+            verifier.enroll(name, [lfw_path(data, name, i) for i in (1, 2, 3)], largest=True)
         yield verifier
 
 
