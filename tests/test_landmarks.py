@@ -112,8 +112,6 @@ def test_out_of_range_indices_are_refused() -> None:
 
 
 def test_kernel_and_numpy_agree_on_synthetic_faces(synthetic: bytes) -> None:
-    if landmarks._kernel is None:
-        pytest.skip("sdk._kernels has no shape_predict (old build)")
     model = parse_shape_predictor(synthetic)
     fast, slow = ShapePredictor(model), ShapePredictor(model)
     slow.use_kernel = False
