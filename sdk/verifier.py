@@ -644,8 +644,9 @@ class Verifier:
     def verify(
         self, a: Image, b: Image, far: float | None = None, threshold: float | None = None, *, color: str = "bgr"
     ) -> Verification:
-        """Are the largest faces of two images the same person?"""
-        limit = self._limit(far, threshold)
+        """Are the largest faces of two images the same person? (1:1: under ``fpir`` the model's
+        pairwise threshold, not the gallery's.)"""
+        limit = self._pairwise_limit(far, threshold)
         ea, sa = self.embed_largest_with_uncertainty(a, "verify, first image", color)
         eb, sb = self.embed_largest_with_uncertainty(b, "verify, second image", color)
         distance = float(((ea.astype(np.float64) - eb) ** 2).sum())
@@ -666,10 +667,7 @@ class Verifier:
         InvalidArgumentError."""
         if self.scoring != "l2":
             raise InvalidArgumentError("verify_claim compares squared L2 (scoring='l2')")
-        if far is not None or threshold is not None or self.fpir is None:
-            limit = self._limit(far, threshold)
-        else:
-            limit = self.threshold_for(None)
+        limit = self._pairwise_limit(far, threshold)
         try:
             enrolled = self.gallery.embeddings(identity).vectors
         except KeyError:
@@ -715,6 +713,12 @@ class Verifier:
         if threshold is not None:
             return self._checked_threshold(threshold)
         return self.threshold if far is None else self.threshold_for(_number(far, "far"))
+
+    def _pairwise_limit(self, far: float | None, threshold: float | None) -> float:
+        """1:1 decisions: one comparison, so the 1:N threshold of ``fpir`` does not apply."""
+        if far is None and threshold is None and self.fpir is not None:
+            return self.threshold_for(None)
+        return self._limit(far, threshold)
 
     def _checked_threshold(self, value: float) -> float:
         value = _number(value, "threshold")

@@ -143,6 +143,8 @@ def test_a_claim_is_accepted_for_the_right_person_and_refused_for_another(fpir_m
         right = v.verify_claim(lfw_image(data, "Tony_Blair", 20), "Tony_Blair")
         assert right.same and right.distance <= right.threshold
         assert right.threshold == v.threshold_for(None)  # pairwise, not the 1:N threshold
+        pair = v.verify(lfw_image(data, "Tony_Blair", 20), lfw_image(data, "Tony_Blair", 1))
+        assert pair.same and pair.threshold == v.threshold_for(None)
         wrong = v.verify_claim(lfw_image(data, "Tony_Blair", 20), "Colin_Powell")
         assert not wrong.same and wrong.distance > wrong.threshold
         assert not v.verify_claim(lfw_image(data, "Tony_Blair", 20), "Tony_Blair", threshold=0.0).same
