@@ -268,7 +268,7 @@ class Verifier:
         proportion to N) or when most enrolled people would be missed."""
         if self.fpir is None:
             raise FaceSDKError("operating_point needs a Verifier made with fpir=")
-        n = len(self.gallery.identities()) if size is None else int(size)
+        n = self.gallery.identity_count() if size is None else int(size)
         thresholds, fnir = self._fpir_row(self.fpir)
         sizes = sorted(thresholds)
         at = float(np.clip(math.log(max(n, 1)), math.log(sizes[0]), math.log(sizes[-1])))

@@ -119,6 +119,7 @@ def test_the_threshold_follows_the_gallery_size(fpir_model, caplog):
         assert point["gallery_size"] == 400 and point["threshold"] == v.threshold
         assert point["threshold"] == pytest.approx(0.12 - 0.03 * np.log10(4), abs=1e-6)
         assert point["warning"] is None
+        assert v.remove("p0") and v.operating_point()["gallery_size"] == 399
         with caplog.at_level(logging.WARNING, logger="sdk.verifier"):
             beyond = v.operating_point(5000)
         assert beyond["threshold"] == pytest.approx(0.09) and beyond["expected_fpir"] > 0.01
