@@ -48,6 +48,24 @@ def register(sub) -> None:
     group.add_argument("--threshold", type=float, help="squared-L2 threshold")
     p.set_defaults(run=openset_cmd)
 
+    p = verbs.add_parser("fpir", help="1:N with distractor galleries: FNIR at target FPIR for each gallery size N, DET")
+    data_option(p, "lfw/ and celeba_subset/")
+    model_option(p)
+    detector_option(p)
+    p.add_argument("--sizes", type=positive, nargs="+", default=None,
+                   help="gallery sizes N (default 100 1000 5000; 100 300 1000 3000 with --pool calibration)")  # fmt: skip
+    p.add_argument("--fpir", type=float, nargs="+", default=[1e-1, 1e-2, 1e-3], help="target FPIRs")
+    p.add_argument("--strangers", type=positive, default=300, help="never-enrolled people searched")
+    p.add_argument("--pool", choices=["lfw-test", "calibration"], default="lfw-test",
+                   help="lfw-test: strangers from LFW peopleDevTest, everyone else enrolled; calibration: CelebA and "
+                        "LFW peopleDevTrain people only (what --write uses)")  # fmt: skip
+    p.add_argument("--cache", type=Path, help="embeddings .npz: read if it exists, else written (each image once)")
+    p.add_argument("--plot", type=Path, help="write the DET (FNIR vs FPIR, one curve per N) as a PNG")
+    p.add_argument("--json", type=Path, help="write the figures as JSON")
+    p.add_argument("--write", action="store_true",
+                   help="store the thresholds and FNIR in the model's metadata (fpir_threshold_table); needs --pool calibration")  # fmt: skip
+    p.set_defaults(run=fpir_cmd)
+
     p = verbs.add_parser("int8", help="FP32 vs INT8 model on LFW pairs: accuracy, TAR, AUC, cosine, speed")
     p.add_argument("fp32", type=Path)
     p.add_argument("int8", type=Path)
@@ -265,6 +283,56 @@ def openset_cmd(args: argparse.Namespace) -> int:
         labels, thresholds = calibrated_thresholds(v)
         result = openset.run(v, protocol, thresholds)
     emit(args, {**result.__dict__, "figures": [f.__dict__ for f in result.figures]}, result.lines(labels))
+    return 0
+
+
+def fpir_cmd(args: argparse.Namespace) -> int:
+    from evaluate import openset
+    from sdk.embed import fpir_table, set_metadata
+
+    if args.write and args.pool != "calibration":
+        raise UsageError("--write calibrates on CelebA and LFW DevTrain people only: add --pool calibration")
+    sizes = tuple(args.sizes or ((100, 300, 1000, 3000) if args.pool == "calibration" else openset.GALLERY_SIZES))
+    persons = openset.people(args.data)
+    embedder = make_embedder(args.model)
+    if args.cache and args.cache.exists():
+        embeddings = openset.load_embeddings(args.cache)
+    else:
+        embeddings = openset.embed_people(persons, make_detector(args.detector), embedder)
+        if args.cache:
+            openset.save_embeddings(args.cache, embeddings)
+    gallery, strangers = openset.split_people(persons, args.strangers, args.pool)
+    # Before: the pairwise default threshold at every N. After: the model's FPIR table, if any.
+    meta = embedder.metadata
+    labels = {"pairwise default": float(meta["threshold"])} if "threshold" in meta else {}
+    table = fpir_table(meta, "fpir_threshold_table", str(embedder.path)) if "fpir_threshold_table" in meta else {}
+    result = openset.one_to_n(embeddings, gallery, strangers, sizes, tuple(args.fpir), labels)
+    for fpir, row in table.items():
+        known = sorted(row)
+        for n, r in result["sizes"].items():
+            at = float(np.clip(np.log(n), np.log(known[0]), np.log(known[-1])))
+            t = float(np.interp(at, np.log(known), [row[k] for k in known]))
+            r["at"][f"table FPIR {fpir:g}"] = openset.figures_at(r, t)
+    print(f"1:N, pool {args.pool}: {len(strangers)} strangers ({result['nonmated_searches']} non-mated searches), "
+          f"gallery of one image per person, other images (at most 5 each) as mated searches; rank-1 candidate list")  # fmt: skip
+    print(f"{'N':>6} {'mated':>6} {'rank-1 %':>8} " + " ".join(f"{'FNIR@' + f'{f:g}':>11} {'thr':>7}" for f in args.fpir))
+    for n, r in result["sizes"].items():
+        cells = " ".join(f"{100 * r['targets'][f'{f:g}']['fnir']:10.1f}% {r['targets'][f'{f:g}']['threshold']:7.4f}" for f in args.fpir)
+        print(f"{n:>6} {r['mated_searches']:>6} {100 * r['rank1']:8.1f} {cells}")
+    for label in next(iter(result["sizes"].values()))["at"] if result["sizes"] else []:
+        print(f"at {label}:")
+        for n, r in result["sizes"].items():
+            a = r["at"][label]
+            print(f"{n:>6}  threshold {a['threshold']:.4f}  FPIR {100 * a['fpir']:5.1f}%  FNIR {100 * a['fnir']:5.1f}%")
+    if args.plot:
+        openset.plot_det(result, args.plot, f"1:N DET ({args.pool}), {result['nonmated_searches']} non-mated searches")
+    write_json(args.json, {**result, "sizes": {n: {k: v for k, v in r.items() if k not in ("det", "_scores")} for n, r in result["sizes"].items()}})
+    if args.write:
+        key = lambda f: f"{f:g}"  # noqa: E731
+        thresholds = {key(f): {str(n): round(r["targets"][key(f)]["threshold"], 6) for n, r in result["sizes"].items()} for f in args.fpir}
+        fnir = {key(f): {str(n): round(r["targets"][key(f)]["fnir"], 4) for n, r in result["sizes"].items()} for f in args.fpir}
+        set_metadata(embedder.path, fpir_threshold_table=json.dumps(thresholds), fpir_fnir_table=json.dumps(fnir))
+        print(f"stored in {embedder.path}: fpir_threshold_table and fpir_fnir_table for N = {', '.join(map(str, result['sizes']))}")
     return 0
 
 

@@ -37,6 +37,13 @@ def register(sub) -> None:
     p.add_argument("image")
     p.add_argument("-k", type=positive, default=5)
     p.set_defaults(run=identify_cmd)
+    p = runtime(sub.add_parser("claim", help="1:1: is the face in an image the person it claims to be (badge, PIN)?"))
+    p.add_argument("name", help="the claimed identity, enrolled in the gallery")
+    p.add_argument("image")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--far", type=float, help="use the model's pairwise threshold calibrated for this FAR")
+    group.add_argument("--threshold", type=float, help="squared-L2 threshold")
+    p.set_defaults(run=claim_cmd)
     p = runtime(sub.add_parser("cluster", help="group the faces of a folder by identity"))
     p.add_argument("folder")
     p.add_argument("--threshold", type=float, help="squared-L2 linkage threshold (default: the model's)")
@@ -44,6 +51,7 @@ def register(sub) -> None:
     actions = sub.add_parser("gallery", help="list, remove, check, export or import the gallery's identities")
     actions = actions.add_subparsers(dest="action", metavar="ACTION", required=True)
     p = runtime(actions.add_parser("list", help="enrolled identities and their faces"))
+    p.add_argument("--fpir", type=float, help="also the 1:N operating point for this FPIR at the gallery's size")
     p.set_defaults(run=gallery_list)
     p = runtime(actions.add_parser("remove", help="forget an identity and its faces"))
     p.add_argument("name")
@@ -80,6 +88,7 @@ def decision(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     group = p.add_mutually_exclusive_group()
     group.add_argument("--far", type=float, help="use the model's threshold calibrated for this FAR")
     group.add_argument("--threshold", type=float, help="squared-L2 threshold")
+    group.add_argument("--fpir", type=float, help="1:N: the model's threshold for this FPIR at the gallery's size")
     return p
 
 
@@ -100,6 +109,7 @@ def make_verifier(args: argparse.Namespace, gallery: str | None = "read"):
         gallery="default" if gallery is not None and args.gallery is None else path,
         threshold=getattr(args, "threshold", None),
         far=getattr(args, "far", None),
+        fpir=getattr(args, "fpir", None),
         scoring=args.scoring,
         min_quality=args.min_quality,
         model_sha256=args.model_sha256,
@@ -198,6 +208,15 @@ def verify_cmd(args: argparse.Namespace) -> int:
     return 0 if r.same else NO
 
 
+def claim_cmd(args: argparse.Namespace) -> int:
+    with make_verifier(args) as v:
+        r = v.verify_claim(args.image, args.name, far=args.far, threshold=args.threshold)
+    verdict = f"{args.name}: {'accepted' if r.same else 'refused'}"
+    emit(args, {"identity": args.name, "accepted": r.same, "distance": r.distance, "threshold": r.threshold, "reason": r.reason},
+         [f"{verdict}: distance {r.distance:.4f}, threshold {r.threshold:.4f}" + (f" ({r.reason})" if r.reason else "")])  # fmt: skip
+    return 0 if r.same else NO
+
+
 def identify_cmd(args: argparse.Namespace) -> int:
     with make_verifier(args) as v:
         candidates, limit = v.identify(args.image, k=args.k), v.threshold
@@ -211,8 +230,19 @@ def gallery_list(args: argparse.Namespace) -> int:
     with make_verifier(args) as v:
         g = v.gallery
         rows = [(name, g.count(name)) for name in g.identities()]
-        emit(args, [{"identity": n, "faces": c} for n, c in rows],
-             [f"{n:<32} {c:>5}" for n, c in rows] + [f"{len(rows)} identities, {len(g)} faces"])  # fmt: skip
+        payload: object = [{"identity": n, "faces": c} for n, c in rows]
+        lines = [f"{n:<32} {c:>5}" for n, c in rows] + [f"{len(rows)} identities, {len(g)} faces"]
+        if v.fpir is None:
+            lines.append(f"threshold {v.threshold:.4f} (pairwise, the same at any gallery size; --fpir F for 1:N)")
+        else:
+            point = v.operating_point()
+            payload = {"identities": payload, "operating_point": point}
+            fnir = "not measured" if point["expected_fnir"] is None else f"{point['expected_fnir']:.1%}"
+            lines.append(f"operating point at N = {point['gallery_size']}: threshold {point['threshold']:.4f}, "
+                         f"expected FPIR {point['expected_fpir']:.2g} (target {point['target_fpir']:g}), expected FNIR {fnir}")  # fmt: skip
+            if point["warning"]:
+                lines.append(f"warning: {point['warning']}")
+        emit(args, payload, lines)
     return 0
 
 

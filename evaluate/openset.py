@@ -145,3 +145,184 @@ def run(verifier: Verifier, protocol: Protocol, thresholds: list[float], progres
         figures=figures,
         not_enrolled=not_enrolled,
     )
+
+
+# --- 1:N with distractor galleries (FPIR / FNIR as NIST FRVT 1:N reports them) -------------------
+
+
+@dataclass(frozen=True)
+class Person:
+    name: str  # "lfw:<Name>" or "celeba:<id>"
+    images: list[Path]  # the first enrols; the others are searches
+    lfw_split: str | None  # "train" (peopleDevTrain) or "test" (peopleDevTest); None for CelebA
+
+
+def people(data: Path, per_person: int = 6) -> list[Person]:
+    """Every LFW person and every CelebA-subset identity, with at most `per_person` images each
+    (sorted), so that a few people with hundreds of images do not dominate the searches."""
+    lfw = data / "lfw"
+    split = {}
+    for file, tag in (("peopleDevTrain.txt", "train"), ("peopleDevTest.txt", "test")):
+        for line in (lfw / file).read_text().splitlines()[1:]:
+            if line.strip():
+                split[line.split()[0]] = tag
+    out = []
+    for line in (lfw / "lfw-names.txt").read_text().splitlines():
+        if line.strip():
+            name = line.split()[0]
+            images = sorted((lfw / "images_deepfunneled" / name).glob("*.jpg"))[:per_person]
+            out.append(Person(f"lfw:{name}", images, split.get(name)))
+    celeba = data / "celeba_subset"
+    by_id: dict[str, list[Path]] = {}
+    for line in (celeba / "identities.txt").read_text().splitlines():
+        if line.strip():
+            identity, rel = line.split()
+            by_id.setdefault(identity, []).append(celeba / rel)
+    for identity in sorted(by_id, key=int):
+        out.append(Person(f"celeba:{identity}", sorted(by_id[identity])[:per_person], None))
+    return out
+
+
+def embed_people(persons: list[Person], detector=None, embedder=None, progress: bool = True) -> dict[Path, np.ndarray]:
+    """One embedding per image, each image once, with the default detector and model (the
+    central face, as the LFW benchmark does)."""
+    from evaluate.lfw import embed_images
+    from sdk.detect import default_detector
+    from sdk.embed import OnnxEmbedder, default_model_path
+
+    detector = detector if detector is not None else default_detector()[0]
+    embedder = embedder if embedder is not None else OnnxEmbedder(default_model_path())
+    paths = [p for person in persons for p in person.images]
+    embedded = embed_images(paths, detector, embedder, progress=progress)
+    return dict(zip(paths, embedded.embeddings))
+
+
+def save_embeddings(path: Path, embeddings: dict[Path, np.ndarray]) -> None:
+    np.savez(path, paths=np.array([str(p) for p in embeddings]), embeddings=np.stack(list(embeddings.values())))
+
+
+def load_embeddings(path: Path) -> dict[Path, np.ndarray]:
+    with np.load(path) as z:
+        return {Path(p): e for p, e in zip(z["paths"], z["embeddings"])}
+
+
+FPIR_TARGETS = (1e-1, 1e-2, 1e-3)
+GALLERY_SIZES = (100, 1000, 5000)
+
+
+def split_people(
+    persons: list[Person], strangers: int = 300, stranger_pool: str = "lfw-test", seed: int = 0
+) -> tuple[list[Person], list[Person]]:
+    """(gallery order, strangers). Strangers: `strangers` people with >= 2 images drawn from the
+    pool: "lfw-test" (LFW peopleDevTest) or "calibration" (CelebA and LFW peopleDevTrain only;
+    then the gallery holds only those people too, so no LFW test person is seen). The gallery
+    order is a seeded shuffle of everyone else: the gallery of size N is its first N people,
+    so every gallery holds the smaller ones."""
+    if stranger_pool == "calibration":
+        persons = [p for p in persons if p.lfw_split != "test"]
+        pool = [p for p in persons if len(p.images) >= 2]
+    elif stranger_pool == "lfw-test":
+        pool = [p for p in persons if p.lfw_split == "test" and len(p.images) >= 2]
+    else:
+        raise ValueError(f"stranger_pool must be 'lfw-test' or 'calibration', got {stranger_pool!r}")
+    rng = random.Random(seed)
+    chosen = rng.sample(pool, min(strangers, len(pool)))
+    names = {p.name for p in chosen}
+    gallery = [p for p in persons if p.name not in names]
+    rng.shuffle(gallery)
+    return gallery, chosen
+
+
+def fpir_fnir(
+    mated: np.ndarray, mated_hit: np.ndarray, nonmated: np.ndarray, thresholds: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """FPIR and FNIR at each threshold (accept if squared L2 <= t), with a candidate list of one:
+    a non-mated search is a false positive when its nearest identity is within t; a mated search
+    is a miss unless its nearest identity is its own and within t."""
+    t = np.asarray(thresholds, np.float64)
+    non = np.sort(np.asarray(nonmated, np.float64))
+    hits = np.sort(np.asarray(mated, np.float64)[np.asarray(mated_hit, bool)])
+    fpir = np.searchsorted(non, t, side="right") / max(len(non), 1)
+    fnir = 1.0 - np.searchsorted(hits, t, side="right") / max(len(mated), 1)
+    return fpir, fnir
+
+
+def threshold_at_fpir(nonmated: np.ndarray, target: float) -> float:
+    """The largest gap threshold whose FPIR is at most `target`: halfway between the k-th and
+    the (k+1)-th smallest non-mated score, k = floor(target * searches)."""
+    d = np.sort(np.asarray(nonmated, np.float64))
+    k = int(np.floor(target * len(d) + 1e-9))
+    if k >= len(d):
+        return float(d[-1])
+    if k == 0:
+        return float(max(d[0] - 1e-6, 0.0))
+    return float((d[k - 1] + d[k]) / 2)
+
+
+def one_to_n(
+    embeddings: dict[Path, np.ndarray],
+    gallery_order: list[Person],
+    strangers: list[Person],
+    sizes: tuple[int, ...] = GALLERY_SIZES,
+    targets: tuple[float, ...] = FPIR_TARGETS,
+    thresholds: dict[str, float] | None = None,
+) -> dict:
+    """1:N identification for each gallery size N: the first N people of `gallery_order` enrol
+    their first image; their other images are mated searches; every image of `strangers` is a
+    non-mated search. Per N: rank-1, the threshold for each target FPIR and the FNIR there, and
+    FPIR / FNIR at each of `thresholds` (label -> squared L2), plus the DET curve."""
+    from sdk import kernels
+
+    non_q = np.stack([embeddings[p] for s in strangers for p in s.images])
+    out: dict = {"strangers": len(strangers), "nonmated_searches": len(non_q), "sizes": {}}
+    for n in sizes:
+        if n > len(gallery_order):
+            continue
+        people = gallery_order[:n]
+        gallery = np.stack([embeddings[p.images[0]] for p in people])
+        owner = np.array([i for i, p in enumerate(people) for _ in p.images[1:]], np.int64)
+        mated_q = np.stack([embeddings[q] for p in people for q in p.images[1:]])
+        idx, dist = kernels.topk(mated_q, gallery, 1)
+        mated, hit = dist[:, 0].astype(np.float64), idx[:, 0] == owner
+        nonmated = kernels.topk(non_q, gallery, 1)[1][:, 0].astype(np.float64)
+        row: dict = {"mated_searches": len(mated_q), "rank1": float(hit.mean()), "targets": {}, "at": {}}
+        for target in targets:
+            t = threshold_at_fpir(nonmated, target)
+            fpir, fnir = fpir_fnir(mated, hit, nonmated, [t])
+            row["targets"][f"{target:g}"] = {"threshold": t, "fpir": float(fpir[0]), "fnir": float(fnir[0])}
+        for label, t in (thresholds or {}).items():
+            fpir, fnir = fpir_fnir(mated, hit, nonmated, [t])
+            row["at"][label] = {"threshold": t, "fpir": float(fpir[0]), "fnir": float(fnir[0])}
+        row["_scores"] = (mated, hit, nonmated)
+        grid = np.unique(np.concatenate([nonmated, mated]))
+        fpir, fnir = fpir_fnir(mated, hit, nonmated, grid)
+        row["det"] = {"fpir": fpir.tolist(), "fnir": fnir.tolist()}
+        out["sizes"][n] = row
+    return out
+
+
+def figures_at(row: dict, threshold: float) -> dict:
+    """FPIR and FNIR of one gallery size of :func:`one_to_n` at another threshold."""
+    mated, hit, nonmated = row["_scores"]
+    fpir, fnir = fpir_fnir(mated, hit, nonmated, [threshold])
+    return {"threshold": float(threshold), "fpir": float(fpir[0]), "fnir": float(fnir[0])}
+
+
+def plot_det(result: dict, path: Path, title: str) -> None:
+    """FNIR against FPIR on log axes, one curve per gallery size."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 5))
+    for n, row in result["sizes"].items():
+        fpir, fnir = np.array(row["det"]["fpir"]), np.array(row["det"]["fnir"])
+        keep = (fpir > 0) & (fnir > 0)
+        ax.plot(fpir[keep], fnir[keep], label=f"N = {n:,}")
+    ax.set(xscale="log", yscale="log", xlabel="FPIR", ylabel="FNIR (rank 1)", title=title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

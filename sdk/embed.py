@@ -24,6 +24,9 @@ Every backend implements :class:`Embedder`. Model files are self-describing ONNX
   distance                      ``"squared_l2"``
   source                        where the weights came from (file name and sha256)
   threshold                     optional: squared-L2 verification threshold from calibration
+  fpir_threshold_table          optional: 1:N thresholds, JSON {FPIR: {gallery size N: squared
+                                L2}}, from ``facesdk eval fpir --write`` (distractor galleries)
+  fpir_fnir_table               optional: the FNIR measured at each of those thresholds
   uncertainty                   optional: ``"sigma_sq"`` for a PFE model (the only value)
   pfe_head                      optional: how the uncertainty head was trained (free text)
   ============================ ==============================================================
@@ -174,6 +177,32 @@ def _far_table(metadata: Mapping[str, str], key: str, source: str, low: float, h
     return table
 
 
+def fpir_table(metadata: Mapping[str, str], key: str, source: str, low: float = 0.0, high: float = MAX_L2_THRESHOLD,
+               monotone: bool = True) -> dict[float, dict[int, float]]:  # fmt: skip
+    """A JSON object {FPIR: {gallery size N: value}}: FPIR in (0, 1], N >= 1, values in [low, high).
+    ``monotone`` (thresholds): a larger gallery never has a larger threshold at the same FPIR
+    (more people, more chances for a stranger to come close), and a larger FPIR never has a
+    smaller threshold at the same N."""
+    try:
+        raw = json.loads(metadata[key])
+        table = {float(r): {int(n): float(v) for n, v in row.items()} for r, row in raw.items()}
+    except (ValueError, TypeError, AttributeError) as e:
+        raise InvalidModelError(f"{source}: metadata {key} is not a JSON object {{FPIR: {{N: number}}}} ({e})") from None
+    if not table or not all(0 < r <= 1 and row for r, row in table.items()):
+        raise InvalidModelError(f"{source}: metadata {key}: FPIR must be in (0, 1], each with sizes, got {raw}")
+    for r, row in table.items():
+        if not all(n >= 1 and low <= v < high for n, v in row.items()):
+            raise InvalidModelError(f"{source}: metadata {key}: N must be >= 1 and values in [{low:g}, {high:g}), got {raw}")
+        if monotone and (np.diff([row[n] for n in sorted(row)]) > 0).any():
+            raise InvalidModelError(f"{source}: metadata {key}: thresholds must not grow with the gallery size, got {raw}")
+    if monotone:
+        rates = sorted(table)
+        for lo, hi in zip(rates, rates[1:]):
+            if any(n in table[hi] and table[hi][n] < v for n, v in table[lo].items()):
+                raise InvalidModelError(f"{source}: metadata {key}: thresholds must not fall as the FPIR grows, got {raw}")
+    return table
+
+
 def _check_decisions(metadata: Mapping[str, str], source: str) -> None:
     """The thresholds a model carries decide who is let in: values a unit-vector model allows,
     tables monotone as a calibration makes them, and the default one the table's own."""
@@ -191,6 +220,14 @@ def _check_decisions(metadata: Mapping[str, str], source: str) -> None:
         _number(metadata, "mls_threshold", source)
     if "mls_threshold_table" in metadata:  # MLS: higher is stricter, so it falls as the FAR grows
         _far_table(metadata, "mls_threshold_table", source, -math.inf, math.inf, rising=False)
+    if "fpir_threshold_table" in metadata:
+        thresholds = fpir_table(metadata, "fpir_threshold_table", source, 0.0, MAX_L2_THRESHOLD, monotone=True)
+        if "fpir_fnir_table" in metadata:
+            fnir = fpir_table(metadata, "fpir_fnir_table", source, 0.0, 1.0 + 1e-9, monotone=False)
+            if {r: sorted(t) for r, t in fnir.items()} != {r: sorted(t) for r, t in thresholds.items()}:
+                raise InvalidModelError(f"{source}: metadata fpir_fnir_table has other (FPIR, N) cells than fpir_threshold_table")
+    elif "fpir_fnir_table" in metadata:
+        raise InvalidModelError(f"{source}: metadata fpir_fnir_table without fpir_threshold_table")
     if "quality_reject_table" in metadata:
         _far_table(metadata, "quality_reject_table", source, -math.inf, math.inf, rising=True, what="reject fraction")
 

@@ -733,6 +733,10 @@ class Gallery:
             lambda conn: [r[0] for r in conn.execute("SELECT name FROM identities ORDER BY name")]
         )
 
+    def identity_count(self) -> int:
+        """How many identities are enrolled (the N of 1:N), without reading their names."""
+        return self._read(lambda conn: conn.execute("SELECT count(*) FROM identities").fetchone()[0])
+
     def count(self, identity: str | None = None) -> int:
         """Embeddings in the gallery, or of one identity (0 when it is not enrolled)."""
         if identity is None:

@@ -116,7 +116,7 @@ class Verification:
     threshold: float  # in the units of `scoring`: squared L2 (same if <=) or MLS (same if >=)
     mls: float | None = None  # scoring "mls": the mutual likelihood score
     scoring: str = "l2"
-    reason: str | None = None  # "low_quality" when a face is below min_quality
+    reason: str | None = None  # "low_quality" when a face is below min_quality; "not_live" (verify_claim)
 
 
 @dataclass(frozen=True)
@@ -146,6 +146,10 @@ class Verifier:
     scoring: "l2" (default) or "mls" (PFE models only; see the module doc).
     threshold: squared L2 (scoring "l2") or MLS (scoring "mls"); default the model's calibrated
     one. far: pick the model's calibrated threshold for this false accept rate instead.
+    fpir: 1:N instead: the threshold follows the gallery's size so that about this share of
+    searches by people not enrolled return anyone (FPIR), from the model's
+    ``fpir_threshold_table`` (``facesdk eval fpir --write``); see :meth:`operating_point`.
+    Opt-in: without it the pairwise threshold above holds whatever the gallery's size.
     min_quality: PFE models only: faces of lower :func:`sdk.pfe.quality` are refused (see the
     module doc); :meth:`quality_for` reads the model's calibrated values. Default None: no gate.
     model_sha256: pin the model file: InvalidModelError unless its SHA-256 is this (hex).
@@ -166,6 +170,7 @@ class Verifier:
         *,
         threshold: float | None = None,
         far: float | None = None,
+        fpir: float | None = None,
         providers: Sequence[str] | None = None,
         threads: int | None = None,
         liveness: Liveness | None = None,
@@ -206,7 +211,18 @@ class Verifier:
             if not math.isfinite(min_quality):
                 raise InvalidArgumentError(f"min_quality must be a finite number, got {min_quality}")
         self.min_quality = min_quality
-        self.threshold = self.threshold_for(far) if threshold is None else self._checked_threshold(threshold)
+        self.fpir = None
+        if fpir is not None:
+            if far is not None or threshold is not None:
+                raise InvalidArgumentError("give fpir, far or threshold, not more than one")
+            if scoring != "l2":
+                raise InvalidArgumentError("fpir needs scoring='l2' (the FPIR table holds squared-L2 thresholds)")
+            self._fpir_row(_number(fpir, "fpir"))  # fails now if the model has no such row
+            self.fpir = float(fpir)
+            self._fixed_threshold = math.nan
+        else:
+            self._fixed_threshold = self.threshold_for(far) if threshold is None else self._checked_threshold(threshold)
+        self._warned_size = 0
         self.liveness = liveness
         log.info("Verifier: %s", self.info())
 
@@ -222,7 +238,64 @@ class Verifier:
             "scoring": self.scoring,
             "threshold": self.threshold,
             "min_quality": self.min_quality,
+            **({"operating_point": self.operating_point()} if self.fpir is not None else {}),
         }
+
+    @property
+    def threshold(self) -> float:
+        """The threshold decisions use now: fixed, or with ``fpir`` the one for the gallery's size."""
+        return self._fixed_threshold if self.fpir is None else self.operating_point()["threshold"]
+
+    def _fpir_row(self, fpir: float) -> tuple[dict[int, float], dict[int, float] | None]:
+        """The model's calibrated thresholds (and FNIR, when measured) by gallery size for `fpir`."""
+        from sdk.embed import fpir_table
+
+        meta, source = self.embedder.metadata, str(self.embedder.path)
+        if "fpir_threshold_table" not in meta:
+            raise FaceSDKError(f"{source} has no fpir_threshold_table: run `facesdk eval fpir --write` or pass far= / threshold=")
+        thresholds = fpir_table(meta, "fpir_threshold_table", source)
+        fnir = fpir_table(meta, "fpir_fnir_table", source, 0.0, 1.0 + 1e-9, monotone=False) if "fpir_fnir_table" in meta else {}
+        for known in thresholds:
+            if math.isclose(known, fpir, rel_tol=1e-6):
+                return thresholds[known], fnir.get(known)
+        raise FaceSDKError(f"no threshold calibrated for FPIR {fpir:g}; the model has {sorted(thresholds)}")
+
+    def operating_point(self, size: int | None = None) -> dict[str, Any]:
+        """The 1:N operating point for a gallery of `size` identities (default: the gallery's
+        own): threshold interpolated in log N between the calibrated sizes, the target FPIR,
+        the FNIR measured there, and a warning when N is beyond what was measured (the threshold
+        stays at the largest measured N's, so the FPIR grows past the target, roughly in
+        proportion to N) or when most enrolled people would be missed."""
+        if self.fpir is None:
+            raise FaceSDKError("operating_point needs a Verifier made with fpir=")
+        n = self.gallery.identity_count() if size is None else int(size)
+        thresholds, fnir = self._fpir_row(self.fpir)
+        sizes = sorted(thresholds)
+        at = float(np.clip(math.log(max(n, 1)), math.log(sizes[0]), math.log(sizes[-1])))
+        logs = [math.log(s) for s in sizes]
+        point: dict[str, Any] = {
+            "gallery_size": n,
+            "target_fpir": self.fpir,
+            "threshold": float(np.interp(at, logs, [thresholds[s] for s in sizes])),
+            "expected_fpir": self.fpir if n <= sizes[-1] else min(1.0, self.fpir * n / sizes[-1]),
+            "expected_fnir": float(np.interp(at, logs, [fnir[s] for s in sizes])) if fnir else None,
+            "measured_sizes": sizes,
+            "warning": None,
+        }
+        if n > sizes[-1]:
+            point["warning"] = (
+                f"the gallery holds {n} identities, more than the {sizes[-1]} the FPIR table was measured for: "
+                f"expect about {point['expected_fpir']:.2g} of strangers accepted, not {self.fpir:g}"
+            )
+        elif point["expected_fnir"] is not None and point["expected_fnir"] > 0.5:
+            point["warning"] = (
+                f"at FPIR {self.fpir:g} and {n} identities the model misses about {point['expected_fnir']:.0%} "
+                "of enrolled people's searches: the gallery has outgrown this model at this FPIR"
+            )
+        if point["warning"] and n > self._warned_size:  # once per size reached, not per search
+            self._warned_size = n
+            log.warning("%s", point["warning"])
+        return point
 
     def threshold_for(self, far: float | None = None) -> float:
         """The model's calibrated threshold for the Verifier's scoring (for `far` when given)."""
@@ -571,8 +644,9 @@ class Verifier:
     def verify(
         self, a: Image, b: Image, far: float | None = None, threshold: float | None = None, *, color: str = "bgr"
     ) -> Verification:
-        """Are the largest faces of two images the same person?"""
-        limit = self._limit(far, threshold)
+        """Are the largest faces of two images the same person? (1:1: under ``fpir`` the model's
+        pairwise threshold, not the gallery's.)"""
+        limit = self._pairwise_limit(far, threshold)
         ea, sa = self.embed_largest_with_uncertainty(a, "verify, first image", color)
         eb, sb = self.embed_largest_with_uncertainty(b, "verify, second image", color)
         distance = float(((ea.astype(np.float64) - eb) ** 2).sum())
@@ -581,6 +655,29 @@ class Verifier:
             return Verification(False, distance, limit, score, self.scoring, reason=LOW_QUALITY)
         same = score >= limit if self.scoring == "mls" else distance <= limit
         return Verification(same, distance, limit, score, self.scoring)
+
+    def verify_claim(
+        self, frame: Image, identity: str, far: float | None = None, threshold: float | None = None, *, color: str = "bgr"
+    ) -> Verification:
+        """1:1 against a claimed identity (a badge or PIN names who it should be): is the largest
+        face in the frame `identity`? Its distance is to that identity's nearest enrolled face,
+        and the threshold is the pairwise one (the model's for `far`, default the Verifier's
+        fixed threshold, or the model's calibrated one under ``fpir``): one comparison, so no
+        growth with the gallery. Squared L2 only. An identity not enrolled raises
+        InvalidArgumentError."""
+        if self.scoring != "l2":
+            raise InvalidArgumentError("verify_claim compares squared L2 (scoring='l2')")
+        limit = self._pairwise_limit(far, threshold)
+        try:
+            enrolled = self.gallery.embeddings(identity).vectors
+        except KeyError:
+            raise InvalidArgumentError(f"{identity!r} is not enrolled") from None
+        image, face = self._largest(frame, f"claim of {identity}", color)
+        mu = self.embed(image, [face])[0].astype(np.float64)
+        distance = float(((enrolled.astype(np.float64) - mu) ** 2).sum(1).min())
+        if self.liveness is not None and not self.liveness(image, face):
+            return Verification(False, distance, limit, reason=NOT_LIVE)
+        return Verification(distance <= limit, distance, limit)
 
     def identify(self, image: Image, k: int = 5, *, color: str = "bgr") -> list[tuple[str, float]]:
         """The k best enrolled identities of the largest face, best first: (name, squared L2)
@@ -616,6 +713,12 @@ class Verifier:
         if threshold is not None:
             return self._checked_threshold(threshold)
         return self.threshold if far is None else self.threshold_for(_number(far, "far"))
+
+    def _pairwise_limit(self, far: float | None, threshold: float | None) -> float:
+        """1:1 decisions: one comparison, so the 1:N threshold of ``fpir`` does not apply."""
+        if far is None and threshold is None and self.fpir is not None:
+            return self.threshold_for(None)
+        return self._limit(far, threshold)
 
     def _checked_threshold(self, value: float) -> float:
         value = _number(value, "threshold")
