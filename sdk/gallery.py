@@ -229,7 +229,8 @@ def clean_name(identity: object) -> str:
             f"identity name {identity[:40]!r} has surrounding whitespace: pass {identity.strip()[:40]!r} if that is meant"
         )
     # Control characters (NUL, newlines) break logs and `gallery list`; lone surrogates cannot be stored.
-    bad = next((c for c in identity if unicodedata.category(c) in ("Cc", "Cs")), None)
+    # (isprintable() is a fast "none of them" for the usual name: it refuses a superset.)
+    bad = None if identity.isprintable() else next((c for c in identity if unicodedata.category(c) in ("Cc", "Cs")), None)
     if bad is not None:
         raise InvalidArgumentError(f"identity name {identity[:40]!r} holds the unprintable character {bad!r}")
     name = unicodedata.normalize("NFC", identity)
@@ -692,7 +693,8 @@ class Gallery:
             valid = all(s is None or isinstance(s, str) for s in source_rows)
             if len(source_rows) != k or not valid:
                 raise InvalidArgumentError(f"sources must be {k} str (or None), got {sources!r}")
-        blobs = [row.tobytes() for row in vectors.astype("<f4", copy=False)]
+        data, width = vectors.astype("<f4", copy=False).tobytes(), 4 * self.dim
+        blobs = [data[i : i + width] for i in range(0, len(data), width)]
         sigma_rows = [None] * k if sigma is None else [None if np.isnan(r[0]) else r.tobytes() for r in sigma.astype("<f4", copy=False)]
         unique = list(dict.fromkeys(names))  # first appearance: the order the ids are given in
 
