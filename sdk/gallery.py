@@ -736,8 +736,9 @@ class Gallery:
         )
 
     def identity_count(self) -> int:
-        """How many identities are enrolled (the N of 1:N), without reading their names."""
-        return self._read(lambda conn: conn.execute("SELECT count(*) FROM identities").fetchone()[0])
+        """How many identities a search compares with (the N of 1:N): those with a usable face,
+        from the in-memory snapshot every search uses (no query on the hot path)."""
+        return len(self._current().names)
 
     def count(self, identity: str | None = None) -> int:
         """Embeddings in the gallery, or of one identity (0 when it is not enrolled)."""

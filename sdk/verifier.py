@@ -217,7 +217,7 @@ class Verifier:
                 raise InvalidArgumentError("give fpir, far or threshold, not more than one")
             if scoring != "l2":
                 raise InvalidArgumentError("fpir needs scoring='l2' (the FPIR table holds squared-L2 thresholds)")
-            self._fpir_row(_number(fpir, "fpir"))  # fails now if the model has no such row
+            self._fpir_table = self._fpir_row(_number(fpir, "fpir"))  # read once; fails now if the model has no such row
             self.fpir = float(fpir)
             self._fixed_threshold = math.nan
         else:
@@ -269,7 +269,7 @@ class Verifier:
         if self.fpir is None:
             raise FaceSDKError("operating_point needs a Verifier made with fpir=")
         n = self.gallery.identity_count() if size is None else int(size)
-        thresholds, fnir = self._fpir_row(self.fpir)
+        thresholds, fnir = self._fpir_table
         sizes = sorted(thresholds)
         at = float(np.clip(math.log(max(n, 1)), math.log(sizes[0]), math.log(sizes[-1])))
         logs = [math.log(s) for s in sizes]
