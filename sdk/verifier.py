@@ -311,11 +311,19 @@ class Verifier:
                     f"{self.embedder.path} has no calibrated threshold: run `facesdk calibrate --write` or pass threshold="
                 )
             return float(meta["threshold"])
-        table = {float(k): float(v) for k, v in json.loads(meta.get("threshold_table", "{}")).items()}
+        value = self._l2_threshold_at(far)
+        if value is None:
+            known = sorted(float(k) for k in json.loads(meta.get("threshold_table", "{}")))
+            raise FaceSDKError(f"no threshold calibrated for FAR {far:g}; the model has {known or 'none'}")
+        return value
+
+    def _l2_threshold_at(self, far: float) -> float | None:
+        """The model's calibrated squared-L2 threshold for `far` (whatever the scoring), or None."""
+        table = json.loads(self.embedder.metadata.get("threshold_table", "{}"))
         for known, value in table.items():
-            if math.isclose(known, far, rel_tol=1e-6):
-                return value
-        raise FaceSDKError(f"no threshold calibrated for FAR {far:g}; the model has {sorted(table) or 'none'}")
+            if math.isclose(float(known), far, rel_tol=1e-6):
+                return float(value)
+        return None
 
     def quality_for(self, reject: float) -> float:
         """The model's quality threshold that rejects the fraction `reject` of its calibration
@@ -585,11 +593,10 @@ class Verifier:
         return out
 
     def _enrolment_threshold(self, far: float) -> float:
-        """The model's calibrated squared-L2 threshold for `far` (whatever the scoring)."""
-        table = json.loads(self.embedder.metadata.get("threshold_table", "{}"))
-        for known, value in table.items():
-            if math.isclose(float(known), far, rel_tol=1e-6):
-                return float(value)
+        """The model's calibrated squared-L2 threshold for `far`, which enrolment checks need."""
+        value = self._l2_threshold_at(far)
+        if value is not None:
+            return value
         raise FaceSDKError(
             f"{self.embedder.path} has no threshold calibrated for FAR {far:g}, which enrolment checks need: "
             "run `facesdk calibrate --write`, or pass force=True to skip the checks"
