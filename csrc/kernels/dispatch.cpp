@@ -19,8 +19,10 @@ bool cpu_supports(const TileKernels* k) {
   if (!k) return false;
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
   const std::string name = k->name;
-  if (name == "avx2") return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  if (name == "avx512") return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("fma");
+  // F16C (fp16 galleries) comes with every AVX2 CPU made, but is its own flag.
+  const bool base = __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+  if (name == "avx2") return base && __builtin_cpu_supports("avx2");
+  if (name == "avx512") return base && __builtin_cpu_supports("avx512f");
 #endif
   return std::string(k->name) == "generic";
 }

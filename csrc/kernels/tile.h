@@ -1,5 +1,5 @@
-// Internal: one instruction set's micro-kernels (squared-L2 distances and the
-// mutual likelihood score).
+// Internal: one instruction set's micro-kernels (squared-L2 distances, the
+// mutual likelihood score, and the widening of compressed gallery rows).
 //
 // The gallery is consumed in panels of `panel_width` rows packed transposed
 // ([dim][panel_width]), so the micro-kernel loads consecutive gallery rows as
@@ -10,6 +10,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 
 namespace facesdk::detail {
 
@@ -49,12 +50,36 @@ struct TileKernels {
   // Variances must lie in [kMlsMinVariance, kMlsMaxVariance] (checked by the caller).
   void (*mls)(const float* q_mu, const float* q_s, const float* g_mu, const float* g_s,
               std::size_t rows, std::size_t dim, float* out);
+
+  // Compressed gallery values widened to float32 (compressed.cpp): fp16
+  // exactly, int8 as float(code) * scale (one rounding), so every instruction
+  // set widens a row to the same bits.
+  void (*widen_f16)(const std::uint16_t* x, std::size_t n, float* out);
+  void (*widen_i8)(const std::int8_t* x, std::size_t n, float scale, float* out);
 };
 
 const TileKernels* generic_kernels();
 // Null where the instruction set is not compiled in (non-x86 builds).
 const TileKernels* avx2_kernels();
 const TileKernels* avx512_kernels();
+
+// IEEE binary16 -> binary32, exact (the portable path; F16C does the same).
+inline float half_to_float(std::uint16_t h) {
+  const std::uint32_t sign = std::uint32_t(h & 0x8000u) << 16, exp = (h >> 10) & 0x1Fu, mant = h & 0x3FFu;
+  std::uint32_t bits;
+  if (exp == 0x1F) {
+    bits = sign | 0x7F800000u | (mant << 13);  // inf, NaN
+  } else if (exp != 0) {
+    bits = sign | ((exp + 112) << 23) | (mant << 13);
+  } else {  // zero or subnormal: mant * 2^-24, exact in float
+    const float f = float(mant) * 0x1p-24f;
+    std::memcpy(&bits, &f, sizeof bits);
+    bits |= sign;
+  }
+  float out;
+  std::memcpy(&out, &bits, sizeof out);
+  return out;
+}
 
 // (D/2) log(2 pi), the constant term of the mutual likelihood score.
 inline double mls_constant(std::size_t dim) { return 0.5 * double(dim) * 1.8378770664093454836; }

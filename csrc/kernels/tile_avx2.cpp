@@ -1,9 +1,9 @@
-// AVX2 + FMA micro-kernels: 6 query rows x 16 gallery rows (12 accumulators),
+// AVX2 + FMA (+ F16C for fp16 galleries) micro-kernels: 6 query rows x 16 gallery rows (12 accumulators),
 // and the MLS kernel of mls_simd.h on 8-float vectors.
 #include "tile.h"
 
 #if defined(__x86_64__) || defined(_M_X64)
-#pragma GCC target("avx2,fma")
+#pragma GCC target("avx2,fma,f16c")
 #include "tile_simd.h"
 #include "mls_simd.h"
 
@@ -19,6 +19,12 @@ struct Avx2 {
   static reg add(reg a, reg b) { return _mm256_add_ps(a, b); }
   static reg sub(reg a, reg b) { return _mm256_sub_ps(a, b); }
   static reg max(reg a, reg b) { return _mm256_max_ps(a, b); }
+  static reg from_f16(const std::uint16_t* p) {
+    return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  }
+  static reg from_i8(const std::int8_t* p) {
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+  }
   static __m128 hsum4(const reg v[4]) {  // lane sums of 4 vectors: pairs, quads, halves
     const reg t = _mm256_hadd_ps(_mm256_hadd_ps(v[0], v[1]), _mm256_hadd_ps(v[2], v[3]));
     return _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1));

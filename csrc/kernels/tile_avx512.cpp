@@ -3,7 +3,7 @@
 #include "tile.h"
 
 #if defined(__x86_64__) || defined(_M_X64)
-#pragma GCC target("avx512f,avx2,fma")
+#pragma GCC target("avx512f,avx2,fma,f16c")
 #include "tile_simd.h"
 #include "mls_simd.h"
 
@@ -19,6 +19,12 @@ struct Avx512 {
   static reg add(reg a, reg b) { return _mm512_add_ps(a, b); }
   static reg sub(reg a, reg b) { return _mm512_sub_ps(a, b); }
   static reg max(reg a, reg b) { return _mm512_max_ps(a, b); }
+  static reg from_f16(const std::uint16_t* p) {
+    return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  }
+  static reg from_i8(const std::int8_t* p) {
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+  }
   static __m128 hsum4(const reg v[4]) {  // halves, then the AVX2 tree
     __m256 h[4];
     for (int r = 0; r < 4; ++r)

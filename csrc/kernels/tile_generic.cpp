@@ -165,8 +165,16 @@ void mls_rows(const float* q_mu, const float* q_s, const float* g_mu, const floa
     out[j] = mls_pair(q_mu, q_s, g_mu + j * dim, g_s + j * dim, dim, constant);
 }
 
+void widen_f16(const std::uint16_t* x, size_t n, float* out) {
+  for (size_t i = 0; i < n; ++i) out[i] = facesdk::detail::half_to_float(x[i]);
+}
+
+void widen_i8(const std::int8_t* x, size_t n, float scale, float* out) {
+  for (size_t i = 0; i < n; ++i) out[i] = float(x[i]) * scale;
+}
+
 constexpr facesdk::detail::TileKernels kGeneric{"generic", NR, MR, MR, pack, row_norms, distances, direct,
-                                                mls_rows};
+                                                mls_rows, widen_f16, widen_i8};
 
 }  // namespace
 

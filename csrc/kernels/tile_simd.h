@@ -207,10 +207,28 @@ void distances(const float* q, size_t mr, size_t dim, const float* qn, const flo
   micro<V, MR>(q, dim, qn, panel, gn, bound, inclusive, out, hits);
 }
 
+// Compressed rows to float32, V::width values per step (F16C / AVX-512F
+// conversions; sign extension then an exact int -> float conversion and one
+// multiply by the row's scale, as the portable kernels do).
+template <class V>
+void widen_f16(const std::uint16_t* x, size_t n, float* out) {
+  size_t i = 0;
+  for (; i + V::width <= n; i += V::width) V::store(out + i, V::from_f16(x + i));
+  for (; i < n; ++i) out[i] = _cvtsh_ss(x[i]);
+}
+
+template <class V>
+void widen_i8(const std::int8_t* x, size_t n, float scale, float* out) {
+  const typename V::reg s = V::set1(scale);
+  size_t i = 0;
+  for (; i + V::width <= n; i += V::width) V::store(out + i, V::mul(V::from_i8(x + i), s));
+  for (; i < n; ++i) out[i] = float(x[i]) * scale;
+}
+
 template <class V, int MR>
 constexpr facesdk::detail::TileKernels make_kernels(const char* name, decltype(facesdk::detail::TileKernels::mls) mls) {
   return {name,          2 * V::width,      MR, kDirectRows, pack_panel<2 * V::width>, row_norms,
-          distances<V, MR>, direct_rows<V>, mls};
+          distances<V, MR>, direct_rows<V>, mls, widen_f16<V>, widen_i8<V>};
 }
 
 }  // namespace

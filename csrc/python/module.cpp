@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <string>
 
 #include "facesdk/kernels.h"
@@ -73,6 +74,117 @@ py::tuple topk(const Embeddings& Q, const Embeddings& G, std::size_t k) {
     facesdk::topk(Q.data(), q.rows, G.data(), g.rows, dim, k, i, d);
   }
   return py::make_tuple(idx, dist);
+}
+
+// ---- Compressed galleries -------------------------------------------------
+
+// codes [ng, dim] (uint16 bits of fp16, or int8), with scale [ng] (int8) and error [ng].
+facesdk::CompressedGallery compressed_view(const std::string& precision, const py::array& codes,
+                                           const py::array_t<float, py::array::c_style>& scale,
+                                           const py::array_t<float, py::array::c_style>& error, float max_error,
+                                           float max_norm) {
+  facesdk::CompressedGallery g{};
+  if (precision == "fp16") {
+    g.precision = facesdk::Precision::fp16;
+    if (!py::isinstance<py::array_t<std::uint16_t>>(codes)) throw py::type_error("fp16 codes must be uint16");
+  } else if (precision == "int8") {
+    g.precision = facesdk::Precision::int8;
+    if (!py::isinstance<py::array_t<std::int8_t>>(codes)) throw py::type_error("int8 codes must be int8");
+  } else {
+    throw py::value_error("precision must be 'fp16' or 'int8', got '" + precision + "'");
+  }
+  if (codes.ndim() != 2 || !(codes.flags() & py::array::c_style))
+    throw py::value_error("codes must be a C-contiguous 2-D [rows, dim] array");
+  g.ng = std::size_t(codes.shape(0));
+  g.dim = std::size_t(codes.shape(1));
+  if (error.ndim() != 1 || std::size_t(error.shape(0)) != g.ng) throw py::value_error("error must be [rows]");
+  if (g.precision == facesdk::Precision::int8 && (scale.ndim() != 1 || std::size_t(scale.shape(0)) != g.ng))
+    throw py::value_error("scale must be [rows]");
+  g.codes = codes.data();
+  g.scale = scale.data();
+  g.error = error.data();
+  g.max_error = max_error;
+  g.max_norm = max_norm;
+  return g;
+}
+
+py::tuple compress(const Embeddings& G, const std::string& precision) {
+  const Shape g = shape_of(G, "G");
+  py::array_t<float> error(py::ssize_t(g.rows)), scale(py::ssize_t(precision == "int8" ? g.rows : 0));
+  py::array codes;
+  facesdk::CompressionBounds b{};
+  if (precision == "fp16") {
+    py::array_t<std::uint16_t> c({g.rows, g.dim});
+    std::uint16_t* out = c.mutable_data();
+    float* e = error.mutable_data();
+    {
+      py::gil_scoped_release nogil;
+      b = facesdk::compress_fp16(G.data(), g.rows, g.dim, out, e);
+    }
+    codes = c;
+  } else if (precision == "int8") {
+    py::array_t<std::int8_t> c({g.rows, g.dim});
+    std::int8_t* out = c.mutable_data();
+    float *e = error.mutable_data(), *s = scale.mutable_data();
+    {
+      py::gil_scoped_release nogil;
+      b = facesdk::compress_int8(G.data(), g.rows, g.dim, out, s, e);
+    }
+    codes = c;
+  } else {
+    throw py::value_error("precision must be 'fp16' or 'int8', got '" + precision + "'");
+  }
+  return py::make_tuple(codes, scale, error, b.max_error, b.max_norm);
+}
+
+// exact_rows(rows: int64 [n]) -> float32 [n, dim], called with the GIL held
+// (the scan and the re-rank run without it).
+facesdk::ExactRows exact_rows_of(const py::object& exact_rows, std::size_t dim) {
+  return [exact_rows, dim](const std::int64_t* rows, std::size_t n, float* out) {
+    py::gil_scoped_acquire gil;
+    py::object got = exact_rows(py::array_t<std::int64_t>(py::ssize_t(n), rows));
+    if (!py::isinstance<py::array_t<float>>(got)) throw py::type_error("exact_rows must return a float32 array");
+    auto a = py::array_t<float, py::array::c_style | py::array::forcecast>::ensure(got);
+    if (a.ndim() != 2 || std::size_t(a.shape(0)) != n || std::size_t(a.shape(1)) != dim)
+      throw py::value_error("exact_rows returned shape [" + std::to_string(a.ndim() ? a.shape(0) : 0) + ", ...]; expected [" +
+                            std::to_string(n) + ", " + std::to_string(dim) + "]");
+    std::memcpy(out, a.data(), n * dim * sizeof(float));
+  };
+}
+
+py::tuple compressed_topk(const Embeddings& Q, const std::string& precision, const py::array& codes,
+                          const py::array_t<float, py::array::c_style>& scale,
+                          const py::array_t<float, py::array::c_style>& error, float max_error, float max_norm,
+                          const py::object& exact_rows, std::size_t k) {
+  const facesdk::CompressedGallery g = compressed_view(precision, codes, scale, error, max_error, max_norm);
+  const Shape q = shape_of(Q, "Q");
+  common_dim(q, {g.ng, g.dim});
+  const facesdk::ExactRows fetch = exact_rows_of(exact_rows, g.dim);
+  py::array_t<std::int64_t> idx({q.rows, k});
+  py::array_t<float> dist({q.rows, k});
+  std::int64_t* i = idx.mutable_data();
+  float* d = dist.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    facesdk::topk(Q.data(), q.rows, g, fetch, k, i, d);
+  }
+  return py::make_tuple(idx, dist);
+}
+
+py::tuple compressed_match(const Embeddings& Q, const std::string& precision, const py::array& codes,
+                           const py::array_t<float, py::array::c_style>& scale,
+                           const py::array_t<float, py::array::c_style>& error, float max_error, float max_norm,
+                           const py::object& exact_rows, float threshold) {
+  const facesdk::CompressedGallery g = compressed_view(precision, codes, scale, error, max_error, max_norm);
+  const Shape q = shape_of(Q, "Q");
+  common_dim(q, {g.ng, g.dim});
+  const facesdk::ExactRows fetch = exact_rows_of(exact_rows, g.dim);
+  facesdk::Matches m;
+  {
+    py::gil_scoped_release nogil;
+    m = facesdk::match(Q.data(), q.rows, g, fetch, threshold);
+  }
+  return py::make_tuple(to_numpy(m.query), to_numpy(m.gallery), to_numpy(m.distance));
 }
 
 // MLS inputs: (mu, sigma^2) of the queries and of the gallery, all [rows, dim].
@@ -187,6 +299,12 @@ PYBIND11_MODULE(_kernels, m) {
   m.def("sq_l2", &sq_l2, py::arg("Q"), py::arg("G"));
   m.def("match", &match, py::arg("Q"), py::arg("G"), py::arg("threshold"));
   m.def("topk", &topk, py::arg("Q"), py::arg("G"), py::arg("k"));
+  m.def("compress", &compress, py::arg("G"), py::arg("precision"));
+  m.def("compressed_topk", &compressed_topk, py::arg("Q"), py::arg("precision"), py::arg("codes"), py::arg("scale"),
+        py::arg("error"), py::arg("max_error"), py::arg("max_norm"), py::arg("exact_rows"), py::arg("k"));
+  m.def("compressed_match", &compressed_match, py::arg("Q"), py::arg("precision"), py::arg("codes"),
+        py::arg("scale"), py::arg("error"), py::arg("max_error"), py::arg("max_norm"), py::arg("exact_rows"),
+        py::arg("threshold"));
   m.def("mls", &mls, py::arg("Q_mu"), py::arg("Q_s"), py::arg("G_mu"), py::arg("G_s"));
   m.def("mls_match", &mls_match, py::arg("Q_mu"), py::arg("Q_s"), py::arg("G_mu"), py::arg("G_s"),
         py::arg("threshold"));

@@ -1,6 +1,6 @@
-// facesdk kernels: batched squared-L2 distances, threshold matching and top-k,
-// and the same three calls for the mutual likelihood score of Probabilistic
-// Face Embeddings (PFE).
+// facesdk kernels: batched squared-L2 distances, threshold matching and top-k
+// (over float32, fp16 and int8 galleries), and the same three calls for the
+// mutual likelihood score of Probabilistic Face Embeddings (PFE).
 //
 // A flat array-in/array-out C++ API (no Python), for firmware that links the
 // library directly. Embeddings are float32, row-major, `dim` values per row.
@@ -16,6 +16,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -40,6 +41,69 @@ Matches match(const float* Q, std::size_t nq, const float* G, std::size_t ng,
 // neighbours are idx = -1, dist = +inf.
 void topk(const float* Q, std::size_t nq, const float* G, std::size_t ng,
           std::size_t dim, std::size_t k, std::int64_t* idx, float* dist);
+
+// ---- Compressed galleries: fp16 and int8 rows, decisions as float32's -------
+//
+// A gallery stored in half (fp16) or a quarter (int8) of the float32 bytes,
+// scanned by the same kernels: each tile of rows is widened to float32 in cache
+// and measured as a float32 gallery would be. The scan keeps every row that
+// could belong to the float32 answer (the error bound below), then
+// `exact_rows` supplies those rows' float32 values (from wherever the firmware
+// keeps them: a file, flash) and they are measured by the float32 kernels
+// themselves. So topk and match return exactly what the float32 calls return
+// on the float32 gallery for the same batch of queries: the same rows, the same
+// distance bits, the same ties.
+//
+// fp16: IEEE binary16, round to nearest even. int8: per row a scale
+// s = max_d |g_d| / 127 and codes c_d = round(g_d / s) in [-127, 127]
+// (symmetric: embedding components are centred on 0, and with no zero point
+// the widened row is exactly float(c_d) * s).
+//
+// Error bound. error[j] >= |g_j - w_j| (w_j: the widened row), so by the
+// triangle inequality | |q - g_j| - |q - w_j| | <= error[j] for any query.
+// Every float32 squared distance the kernels compute (of g_j or of w_j) is
+// within c = (2 dim + 16) 2^-24 (|q| + max_norm)^2 of the exact one. A row is
+// a candidate when its lower bound (sqrt(d_w - c) - error[j])^2 - c does not
+// exceed the k-th smallest upper bound (sqrt(d_w + c) + error[j])^2 + c (top-k)
+// or the threshold (match); every other row is provably outside the float32
+// answer. Typical errors on unit embeddings (D = 128): fp16 |g - w| ~ 1e-4,
+// int8 ~ 7e-3 (docs/compressed_galleries.md has the measured figures).
+enum class Precision { fp16, int8 };
+
+// A view of a compressed gallery as compress_fp16 / compress_int8 wrote it.
+struct CompressedGallery {
+  Precision precision;
+  const void* codes;    // fp16: std::uint16_t [ng * dim]; int8: std::int8_t [ng * dim]
+  const float* scale;   // int8: [ng], one per row; fp16: unused (may be null)
+  const float* error;   // [ng]: >= |g_j - w_j|
+  std::size_t ng, dim;
+  float max_error;      // >= every error[j]
+  float max_norm;       // >= |g_j| and |w_j| for every row
+};
+
+// What compress_* returns, for CompressedGallery's two bounds. Galleries
+// compressed in parts combine by taking the maxima.
+struct CompressionBounds {
+  float max_error, max_norm;
+};
+
+// Compress ng float32 rows (each finite; fp16: every |value| <= 65504, the
+// largest half) into codes [ng * dim], error [ng] (and scale [ng] for int8).
+CompressionBounds compress_fp16(const float* G, std::size_t ng, std::size_t dim, std::uint16_t* codes,
+                                float* error);
+CompressionBounds compress_int8(const float* G, std::size_t ng, std::size_t dim, std::int8_t* codes,
+                                float* scale, float* error);
+
+// Supplies the float32 rows `rows[0..n)` (ascending, distinct) into out [n * dim].
+// Called once per topk / match call, on the calling thread, after the scan.
+using ExactRows = std::function<void(const std::int64_t* rows, std::size_t n, float* out)>;
+
+// topk / match of the float32 API over a compressed gallery: the same results,
+// bit for bit, as on the float32 rows exact_rows supplies.
+void topk(const float* Q, std::size_t nq, const CompressedGallery& G, const ExactRows& exact_rows,
+          std::size_t k, std::int64_t* idx, float* dist);
+Matches match(const float* Q, std::size_t nq, const CompressedGallery& G, const ExactRows& exact_rows,
+              float threshold);
 
 // ---- Mutual likelihood score (PFE, Shi & Jain, ICCV 2019) ----------------
 //
