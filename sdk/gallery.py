@@ -108,6 +108,12 @@ BUSY_TIMEOUT_S = 10.0
 # search would fail in the kernels' overflow check (which sums in float32).
 _MAX_SQ_NORM = float(np.finfo(np.float32).max) / 4
 _LOAD_CHUNK = 8192  # rows per fetch when loading the snapshot: bounds the extra memory
+_IDS_PER_SELECT = 500  # ids per SELECT ... IN (...) when a compressed search reads its candidates
+_STALE_RETRIES = 5
+
+
+class _StaleSnapshot(Exception):
+    """A compressed snapshot's rows changed in the file before a search read them back."""
 
 _TABLES = ("meta", "identities", "embeddings")
 # The embeddings that count. The join skips rows orphaned by a tool that deleted an
@@ -160,16 +166,61 @@ class _Rows:
     """Growable storage that snapshots view: rows (vectors, labels, variances) and identities
     (names, rows per identity). Both are only appended past everything a published snapshot
     shows (``filled``, ``named``), so a snapshot's views never change under a search; only the
-    writer, one at a time, appends. ``counts`` is the writer's, never read by a search."""
+    writer, one at a time, appends. ``counts`` is the writer's, never read by a search.
 
-    def __init__(self, dim: int, capacity: int, with_sigma: bool, names: int) -> None:
-        self.vectors = np.empty((capacity, dim), np.float32)
+    Vectors are kept in the gallery's precision: float32 as stored, or compressed (fp16, int8)
+    with each row's id in the file, whose float32 row re-ranks a compressed search's candidates."""
+
+    def __init__(self, dim: int, capacity: int, with_sigma: bool, names: int, precision: str = "fp32") -> None:
+        self.precision = precision
+        if precision == "fp32":
+            self.vectors, self.ids = np.empty((capacity, dim), np.float32), None
+        else:
+            self.codes = np.empty((capacity, dim), np.uint16 if precision == "fp16" else np.int8)
+            self.scale = np.empty(capacity if precision == "int8" else 0, np.float32)
+            self.error = np.empty(capacity, np.float32)
+            self.ids = np.empty(capacity, np.int64)
+            self.max_error = self.max_norm = 0.0
         self.labels = np.empty(capacity, np.intp)
         self.sigma_sq = np.full((capacity, dim), np.nan, np.float32) if with_sigma else None
         self.names = np.empty(_capacity(names), object)
         self.counts = np.zeros(len(self.names), np.int64)
         self.filled = self.named = 0
         self.index: dict[str, int] | None = None  # name -> label, built on the first write
+
+    def put(self, at: int, vectors: np.ndarray, ids: np.ndarray | None) -> None:
+        """Rows ``[at, at + len(vectors))``: ``vectors`` (float32, checked) with their ids in the file."""
+        stop = at + len(vectors)
+        if self.ids is None:
+            self.vectors[at:stop] = vectors
+            return
+        packed = kernels.compress(vectors, self.precision)
+        self.codes[at:stop], self.error[at:stop], self.ids[at:stop] = packed.codes, packed.error, ids
+        if self.precision == "int8":
+            self.scale[at:stop] = packed.scale
+        # Maxima never shrink: after a removal they still bound every row left.
+        self.max_error, self.max_norm = max(self.max_error, packed.max_error), max(self.max_norm, packed.max_norm)
+
+    def copy_rows(self, other: _Rows, n: int, keep: np.ndarray | slice = slice(None)) -> None:
+        """The first rows here: ``other``'s first ``n`` rows (those selected by ``keep``)."""
+        if self.ids is None:
+            picked = other.vectors[:n][keep]
+            self.vectors[: len(picked)] = picked
+            return
+        picked = other.codes[:n][keep]
+        k = len(picked)
+        self.codes[:k], self.error[:k], self.ids[:k] = picked, other.error[:n][keep], other.ids[:n][keep]
+        if self.precision == "int8":
+            self.scale[:k] = other.scale[:n][keep]
+        self.max_error, self.max_norm = other.max_error, other.max_norm
+
+    def matrix(self, n: int) -> np.ndarray | kernels.CompressedGallery:
+        """What searches scan: the first ``n`` rows, as read-only views."""
+        if self.ids is None:
+            return _frozen(self.vectors[:n])
+        scale = self.scale[:n] if self.precision == "int8" else self.scale
+        return kernels.CompressedGallery(self.precision, _frozen(self.codes[:n]), _frozen(scale),
+                                         _frozen(self.error[:n]), self.max_error, self.max_norm)  # fmt: skip
 
     def room_for_names(self, count: int) -> None:
         """Grow the identity arrays to hold ``count`` (copies, as the row arrays never need to)."""
@@ -179,16 +230,24 @@ class _Rows:
             self.names, self.counts = names, counts
 
 
+def _frozen(view: np.ndarray) -> np.ndarray:
+    view.flags.writeable = False
+    return view
+
+
 class _Snapshot(NamedTuple):
     generation: int  # the gallery's generation when this was taken
     rows: _Rows  # the storage the arrays below view
-    vectors: np.ndarray  # float32 [n, dim], C-contiguous, read-only, in enrolment order
+    # [n, dim] in enrolment order, read-only: float32 C-contiguous, or compressed (precision=)
+    vectors: np.ndarray | kernels.CompressedGallery
     labels: np.ndarray  # intp [n]: row -> index into names
     names: np.ndarray  # object [m], read-only: identities with at least one usable embedding, by id
     max_per_identity: int  # most rows any one identity holds (0 when empty)
     sigma_sq: np.ndarray | None  # float32 [n, dim], PFE variances (NaN rows where absent); None: no row has one
     without_sigma: int  # rows enrolled without sigma_sq (MLS search needs none)
     bad: tuple[BadRow, ...]  # rows left out, with the reason
+    ids: np.ndarray | None = None  # int64 [n]: each row's id in the file (compressed precisions)
+    commits: int = 0  # this object's commits when it was taken: a compressed search re-reads rows of this state
 
 
 def _capacity(n: int) -> int:
@@ -200,12 +259,10 @@ def _published(generation: int, rows: _Rows, n: int, m: int, most: int, without_
                bad: tuple[BadRow, ...]) -> _Snapshot:  # fmt: skip
     """A snapshot of ``rows``' first ``n`` rows and ``m`` identities, as read-only views."""
     rows.filled, rows.named = max(rows.filled, n), max(rows.named, m)
-    views = [rows.vectors[:n], rows.labels[:n], rows.names[:m]]
-    views += [rows.sigma_sq[:n]] if rows.sigma_sq is not None else []
-    for view in views:
-        view.flags.writeable = False
-    sigma = views[3] if rows.sigma_sq is not None else None
-    return _Snapshot(generation, rows, views[0], views[1], views[2], most, sigma, without_sigma, bad)
+    sigma = _frozen(rows.sigma_sq[:n]) if rows.sigma_sq is not None else None
+    ids = _frozen(rows.ids[:n]) if rows.ids is not None else None
+    return _Snapshot(generation, rows, rows.matrix(n), _frozen(rows.labels[:n]), _frozen(rows.names[:m]), most,
+                     sigma, without_sigma, bad, ids)  # fmt: skip
 
 
 def _connect(target: str, *, uri: bool = False) -> sqlite3.Connection:
@@ -386,13 +443,17 @@ class Gallery:
         dim: int,
         network: tuple[str, str] | None = None,
         read_only: bool = False,
+        precision: str = "fp32",
     ) -> None:
         for label, value in (("model_name", model_name), ("model_version", model_version)):
             if not isinstance(value, str) or not value.strip():
                 raise InvalidArgumentError(f"{label} must be a non-empty str, got {value!r}")
         if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
             raise InvalidArgumentError(f"dim must be an int >= 1, got {dim!r}")
+        if precision not in kernels.PRECISIONS:
+            raise InvalidArgumentError(f"precision must be one of {', '.join(kernels.PRECISIONS)}, got {precision!r}")
         self.model_name, self.model_version, self.dim = model_name, model_version, dim
+        self.precision = precision  # of the in-memory rows searches scan; the file keeps float32
         # (precision, SHA-256 of the network's graph): the first recorded for a precision is the
         # only one accepted, so another network under the same name and version is refused.
         self.network = network
@@ -410,6 +471,7 @@ class Gallery:
         self._generation = 0  # bumped after every change this object knows of
         self._data_version: int | None = None  # last PRAGMA data_version seen
         self._snapshot: _Snapshot | None = None
+        self._commits = 0  # this object's commits (a compressed search checks its rows are still these)
         self._conn: sqlite3.Connection | None = self._open()
 
     # ----------------------------------------------------------------- opening
@@ -557,6 +619,7 @@ class Gallery:
                     try:
                         result = sql_steps(conn)
                         conn.execute("COMMIT")
+                        self._commits += 1
                     except BaseException:
                         if conn.in_transaction:  # a failed COMMIT may have rolled back already
                             conn.execute("ROLLBACK")
@@ -573,7 +636,7 @@ class Gallery:
                 # read this change from the file already.
                 if self._generation == generation:
                     self._generation += 1
-                    self._snapshot = snapshot._replace(generation=self._generation)
+                    self._snapshot = snapshot._replace(generation=self._generation, commits=self._commits)
             return result
 
     def _read(self, sql_steps: Callable[[sqlite3.Connection], T]) -> T:
@@ -710,14 +773,20 @@ class Gallery:
             for name in unique:
                 if name not in ids:
                     ids[name] = conn.execute("SELECT id FROM identities WHERE name = ?", (name,)).fetchone()[0]
+            (last_row,) = conn.execute("SELECT coalesce(max(id), 0) FROM embeddings").fetchone()
             conn.executemany(
                 "INSERT INTO embeddings(identity_id, vector, sigma_sq, quality, source, created) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
                 zip((ids[n] for n in names), blobs, sigma_rows, quality_rows, source_rows, itertools.repeat(now)),
             )
-            return k
+            if self.precision == "fp32":
+                return None
+            # The rows' ids, for a compressed snapshot's re-rank: past the largest before, in order.
+            row_ids = conn.execute("SELECT id FROM embeddings WHERE id > ? ORDER BY id", (last_row,)).fetchall()
+            return np.array(row_ids, np.int64).reshape(-1)
 
-        return self._write(steps, lambda snap, _: self._with_rows(snap, names, vectors, sigma))
+        self._write(steps, lambda snap, row_ids: self._with_rows(snap, names, vectors, sigma, row_ids))
+        return k
 
     def remove(self, identity: str) -> bool:
         """Removes an identity and all its embeddings; False when it was not enrolled."""
@@ -824,14 +893,16 @@ class Gallery:
         snapshot = self._snapshot
         return snapshot if snapshot is not None and snapshot.generation == self._generation else None
 
-    def _with_rows(self, snap: _Snapshot, row_names: list[str], vectors: np.ndarray, sigma_sq: np.ndarray | None) -> _Snapshot:
+    def _with_rows(self, snap: _Snapshot, row_names: list[str], vectors: np.ndarray, sigma_sq: np.ndarray | None,
+                   row_ids: np.ndarray | None) -> _Snapshot:  # fmt: skip
         """``snap`` with ``vectors`` appended, row i for ``row_names[i]`` (``sigma_sq`` NaN rows:
-        no variance), as a reload would load them."""
+        no variance; ``row_ids`` their ids in the file), as a reload would load them."""
         n, m, k, rows = len(snap.labels), len(snap.names), len(vectors), snap.rows
         index = _index(snap)
         if rows.filled != n or rows.named != m or len(rows.labels) < n + k or (sigma_sq is not None and rows.sigma_sq is None):
-            grown = _Rows(self.dim, _capacity(n + k), snap.sigma_sq is not None or sigma_sq is not None, m + k)
-            grown.vectors[:n], grown.labels[:n], grown.names[:m] = snap.vectors, snap.labels, snap.names
+            grown = _Rows(self.dim, _capacity(n + k), snap.sigma_sq is not None or sigma_sq is not None, m + k, self.precision)
+            grown.copy_rows(rows, n)
+            grown.labels[:n], grown.names[:m] = snap.labels, snap.names
             grown.counts[:m] = rows.counts[:m]
             if snap.sigma_sq is not None:
                 grown.sigma_sq[:n] = snap.sigma_sq
@@ -848,7 +919,7 @@ class Gallery:
         rows.room_for_names(m + len(new))
         rows.names[m : m + len(new)] = new
         np.add.at(rows.counts, labels, 1)
-        rows.vectors[n : n + k] = vectors
+        rows.put(n, vectors, row_ids)
         rows.labels[n : n + k] = labels
         if rows.sigma_sq is not None:
             rows.sigma_sq[n : n + k] = np.nan if sigma_sq is None else sigma_sq
@@ -864,8 +935,8 @@ class Gallery:
             return snap._replace(bad=bad)
         keep = snap.labels != label
         n, m = int(keep.sum()), len(snap.names) - 1
-        rows = _Rows(self.dim, _capacity(n), snap.sigma_sq is not None, m)
-        rows.vectors[:n] = snap.vectors[keep]
+        rows = _Rows(self.dim, _capacity(n), snap.sigma_sq is not None, m, self.precision)
+        rows.copy_rows(snap.rows, len(keep), keep)
         labels = snap.labels[keep]
         labels -= labels > label
         rows.labels[:n] = labels
@@ -895,7 +966,7 @@ class Gallery:
         (n,) = conn.execute(f"SELECT count(*) {_ROWS}").fetchone()
         with_sigma = conn.execute(f"SELECT 1 {_ROWS} WHERE sigma_sq IS NOT NULL LIMIT 1").fetchone() is not None
         (m,) = conn.execute("SELECT count(*) FROM identities").fetchone()
-        rows = _Rows(dim, _capacity(n), with_sigma, m)
+        rows = _Rows(dim, _capacity(n), with_sigma, m, self.precision)
         identity_ids = np.empty(n, np.int64)
         bad: list[BadRow] = []
         kept, without_sigma = 0, 0
@@ -909,7 +980,7 @@ class Gallery:
             good = [i for i, problem in enumerate(problems) if problem is None]
             bad += [BadRow(chunk[i][0], chunk[i][2], problem) for i, problem in enumerate(problems) if problem]
             stop = kept + len(good)
-            rows.vectors[kept:stop] = vectors[good]
+            rows.put(kept, vectors[good], np.array([chunk[i][0] for i in good], np.int64))
             identity_ids[kept:stop] = [chunk[i][1] for i in good]
             if with_sigma:
                 rows.sigma_sq[kept:stop] = sigma[good]
@@ -929,7 +1000,7 @@ class Gallery:
         rows.names[:m] = [names_by_id[i] for i in present.tolist()]
         rows.counts[:m] = np.bincount(labels, minlength=m)
         most = int(rows.counts[:m].max()) if m else 0
-        return _published(self._generation, rows, kept, m, most, without_sigma, tuple(bad))
+        return _published(self._generation, rows, kept, m, most, without_sigma, tuple(bad))._replace(commits=self._commits)
 
     def check(self) -> list[BadRow]:
         """Rows that cannot be matched (NaN, Inf, huge or wrong-length vectors, bad variances),
@@ -961,11 +1032,15 @@ class Gallery:
         snap = self._current()
         names: list[list[str | None]] = [[None] * k for _ in range(len(q))]
         distances = np.full((len(q), k), np.inf, np.float32)
-        found = min(k, len(snap.names))  # every query gets exactly this many identities
-        if found == 0 or len(q) == 0:
+        if min(k, len(snap.names)) == 0 or len(q) == 0:
             return names, distances
-        rows = min(len(snap.labels), (k - 1) * snap.max_per_identity + 1)
-        idx, dist = kernels.topk(q, snap.vectors, rows)
+
+        def nearest(snap: _Snapshot) -> tuple[np.ndarray, np.ndarray]:
+            rows = min(len(snap.labels), (k - 1) * snap.max_per_identity + 1)
+            return kernels.topk(q, snap.vectors, rows, exact=self._exact_rows(snap))
+
+        snap, (idx, dist) = self._scan(snap, nearest)
+        found = min(k, len(snap.names))  # every query gets exactly this many identities
         cols, labels = _distinct(snap.labels[idx], found)
         distances[:, :found] = np.take_along_axis(dist, cols, axis=1)
         for i, row in enumerate(labels.tolist()):
@@ -1025,6 +1100,9 @@ class Gallery:
         return self._best_per_identity(snap, len(q), m.query, m.gallery, -m.score.astype(np.float64), sign=-1.0)
 
     def _check_sigma(self, snap: _Snapshot) -> None:
+        if self.precision != "fp32":
+            raise GalleryError(f"{self._where}: MLS search reads float32 means; this gallery keeps {self.precision} "
+                               "rows in memory (open it with precision='fp32')")  # fmt: skip
         if snap.without_sigma:
             raise GalleryError(
                 f"{self._where}: {snap.without_sigma} of {len(snap.labels)} embeddings have no sigma_sq; "
@@ -1039,9 +1117,43 @@ class Gallery:
         """
         threshold = _checked_threshold(threshold, minimum=0.0)
         q = _matrix(queries, "queries", self.dim)
-        snap = self._current()
-        m = kernels.match(q, snap.vectors, threshold)
+        snap, m = self._scan(self._current(), lambda s: kernels.match(q, s.vectors, threshold, exact=self._exact_rows(s)))
         return self._best_per_identity(snap, len(q), m.query, m.gallery, m.distance)
+
+    def _scan(self, snap: _Snapshot, search: Callable[[_Snapshot], T]) -> tuple[_Snapshot, T]:
+        """``search(snap)``, again over a newer snapshot when a compressed one's rows changed in
+        the file before the search read them back (another process, or a write in flight here)."""
+        for _ in range(_STALE_RETRIES):
+            try:
+                return snap, search(snap)
+            except _StaleSnapshot:
+                with self._writer:  # this object's write in flight publishes its snapshot first
+                    pass
+                snap = self._current()
+        raise GalleryError(f"gallery {self._where} changed under {_STALE_RETRIES} searches in a row; try again")
+
+    def _exact_rows(self, snap: _Snapshot) -> Callable[[np.ndarray], np.ndarray] | None:
+        """For a compressed snapshot, the float32 rows of its row numbers, read from the file
+        (where they are exact, whatever the in-memory precision); None for float32."""
+        if snap.ids is None:
+            return None
+
+        def read(rows: np.ndarray) -> np.ndarray:
+            ids = snap.ids[rows].tolist()
+            with self._lock:
+                conn = self._connection()
+                if self._commits != snap.commits or self._snapshot_if_current(conn) is not snap:
+                    raise _StaleSnapshot
+                found: dict[int, bytes] = {}
+                for at in range(0, len(ids), _IDS_PER_SELECT):
+                    part = ids[at : at + _IDS_PER_SELECT]
+                    sql = f"SELECT id, vector FROM embeddings WHERE id IN ({','.join('?' * len(part))})"
+                    found.update(conn.execute(sql, part).fetchall())
+            if len(found) != len(set(ids)):
+                raise _StaleSnapshot
+            return np.frombuffer(b"".join(found[i] for i in ids), "<f4").reshape(len(ids), self.dim)
+
+        return read
 
     @staticmethod
     def _best_per_identity(
@@ -1145,5 +1257,5 @@ class Gallery:
         state = "closed" if self._conn is None else "open"
         return (
             f"Gallery({self._where!r}, model_name={self.model_name!r}, "
-            f"model_version={self.model_version!r}, dim={self.dim}, {state})"
+            f"model_version={self.model_version!r}, dim={self.dim}, precision={self.precision!r}, {state})"
         )

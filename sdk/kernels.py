@@ -18,6 +18,14 @@ gallery is split; it is also the same across :func:`sq_l2`, :func:`match` and
 :func:`topk` for one batch of queries. Batches of one or two queries take a
 memory-bound path that may round differently (by ~1e-7) from larger batches.
 
+Compressed galleries (:func:`compress`): fp16 or int8 (a scale per row) in half or a
+quarter of the float32 bytes. :func:`topk` and :func:`match` take one in place of the
+float32 gallery, with ``exact=`` the float32 rows (an array, or a function that returns
+the rows asked for: a file, a database): the scan keeps every row the error bound cannot
+rule out, and those rows are measured again in float32, so the answer is the float32
+call's, bit for bit (same rows, distances and ties). The bound and the formats are in
+``docs/compressed_galleries.md``.
+
 MLS (:func:`mls`, :func:`mls_match`, :func:`mls_topk`): each face is a Gaussian
 ``N(mu, diag(sigma_sq))`` and, higher = more likely the same person::
 
@@ -42,6 +50,7 @@ from __future__ import annotations
 
 import numbers
 import operator
+from collections.abc import Callable
 from typing import NamedTuple
 
 import numpy as np
@@ -54,14 +63,17 @@ except ImportError as e:  # typically a source checkout shadowing the installed 
         f"the C++ extension sdk._kernels is not built next to {__file__}: "
         "build it in place with `pip install -e .`, or run from outside the source checkout"
     ) from e
-if not hasattr(_kernels, "mls"):  # a build from before the MLS kernels
+if not hasattr(_kernels, "compressed_topk"):  # a build from before the compressed galleries
     raise ImportError(
-        f"the C++ extension {_kernels.__file__} is older than {__file__} (it has no MLS kernels): "
+        f"the C++ extension {_kernels.__file__} is older than {__file__} (it has no compressed galleries): "
         "rebuild it with `pip install -e .` or `python setup.py build_ext --inplace`"
     )
 
 __all__ = [
     "Matches",
+    "CompressedGallery",
+    "PRECISIONS",
+    "compress",
     "sq_l2",
     "match",
     "topk",
@@ -127,36 +139,112 @@ def _count(k: object) -> int:
     return k
 
 
+# In-memory formats of a gallery: float32 as given, or compressed by :func:`compress`.
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+class CompressedGallery(NamedTuple):
+    """A gallery compressed by :func:`compress` (keep its fields as they are: the bounds
+    ``error``, ``max_error`` and ``max_norm`` are what makes the answers exact)."""
+
+    precision: str  # "fp16" or "int8"
+    codes: np.ndarray  # [n, dim]: uint16 (the bits of IEEE fp16) or int8
+    scale: np.ndarray  # float32 [n]: int8's per-row scale (empty for fp16)
+    error: np.ndarray  # float32 [n]: >= |row - widened row|
+    max_error: float  # >= every error
+    max_norm: float  # >= every row's norm, and its widened row's
+
+    def __len__(self) -> int:
+        return len(self.codes)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the arrays a search reads."""
+        return self.codes.nbytes + self.scale.nbytes + self.error.nbytes
+
+
+def compress(gallery: ArrayLike, precision: str) -> CompressedGallery:
+    """``gallery`` ``[n, dim]`` in ``precision``: "fp16" (IEEE half, round to nearest even;
+    every value must be within +-65504) or "int8" (per row ``scale = max|g| / 127`` and
+    ``codes = round(g / scale)``, symmetric). NaN or Inf raises ``ValueError``."""
+    if precision not in ("fp16", "int8"):
+        raise ValueError(f"precision must be 'fp16' or 'int8', got {precision!r}")
+    g = _embeddings(gallery, "gallery")
+    codes, scale, error, max_error, max_norm = _kernels.compress(g, precision)
+    return CompressedGallery(precision, codes, scale, error, float(max_error), float(max_norm))
+
+
+ExactRows = Callable[[np.ndarray], ArrayLike]
+
+
+def _exact_rows(exact: object, gallery: CompressedGallery) -> Callable[[np.ndarray], np.ndarray]:
+    """``exact=`` of a compressed search as the kernels' callback: rows -> float32 [len(rows), dim]."""
+    if exact is None:
+        raise TypeError("a compressed gallery needs exact=: its float32 rows (an array, or a function of row indices)")
+    if callable(exact):
+        return lambda rows: np.ascontiguousarray(exact(rows), dtype=np.float32)
+    rows = _embeddings(exact, "exact")
+    if rows.shape != (len(gallery), gallery.codes.shape[1]):
+        raise ValueError(f"exact must be the gallery's float32 rows {(len(gallery), gallery.codes.shape[1])}, got {rows.shape}")
+    return lambda idx: rows[idx]
+
+
+def _compressed_args(gallery: CompressedGallery, exact: object) -> tuple:
+    return (gallery.precision, gallery.codes, gallery.scale, gallery.error, gallery.max_error, gallery.max_norm,
+            _exact_rows(exact, gallery))  # fmt: skip
+
+
+def _queries_for(queries: object, gallery: CompressedGallery) -> np.ndarray:
+    q = _embeddings(queries, "queries")
+    if q.shape[1] != gallery.codes.shape[1]:
+        raise ValueError(f"queries and gallery differ in dim: {q.shape[1]} vs {gallery.codes.shape[1]}")
+    return q
+
+
 def sq_l2(queries: ArrayLike, gallery: ArrayLike) -> np.ndarray:
     """All squared L2 distances: float32 ``[len(queries), len(gallery)]``."""
     q, g = _pair(queries, gallery)
     return _kernels.sq_l2(q, g)
 
 
-def match(queries: ArrayLike, gallery: ArrayLike, threshold: float) -> Matches:
+def match(
+    queries: ArrayLike, gallery: ArrayLike | CompressedGallery, threshold: float, *, exact: ArrayLike | ExactRows | None = None
+) -> Matches:
     """Every (query, gallery) pair with squared L2 distance <= ``threshold``.
 
     Fused: the ``len(queries) x len(gallery)`` matrix is never built; memory is
-    one tile per thread plus the matches.
+    one tile per thread plus the matches. A :class:`CompressedGallery` needs
+    ``exact=`` (see the module's notes) and gives the float32 answer.
     """
+    if isinstance(gallery, CompressedGallery):
+        q = _queries_for(queries, gallery)
+        return Matches(*_kernels.compressed_match(q, *_compressed_args(gallery, exact), _threshold(threshold)))
     q, g = _pair(queries, gallery)
+    return Matches(*_kernels.match(q, g, _threshold(threshold)))
+
+
+def _threshold(threshold: object) -> float:
     if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real):
         raise TypeError(f"threshold must be a real number, got {type(threshold).__name__}")
     threshold = float(threshold)
     if np.isnan(threshold) or threshold < 0:
         raise ValueError(f"threshold must be a non-negative number, got {threshold}")
-    return Matches(*_kernels.match(q, g, threshold))
+    return threshold
 
 
 def topk(
-    queries: ArrayLike, gallery: ArrayLike, k: int
+    queries: ArrayLike, gallery: ArrayLike | CompressedGallery, k: int, *, exact: ArrayLike | ExactRows | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """The ``k`` nearest gallery rows of each query, nearest first.
 
     Returns ``(idx, dist)``: int64 and float32 ``[len(queries), k]``. Ties go to
     the lower gallery index. When the gallery has fewer than ``k`` rows the
-    missing neighbours are ``idx = -1``, ``dist = inf``. Fused like :func:`match`.
+    missing neighbours are ``idx = -1``, ``dist = inf``. Fused like :func:`match`,
+    and like it over a :class:`CompressedGallery` with ``exact=``.
     """
+    if isinstance(gallery, CompressedGallery):
+        q = _queries_for(queries, gallery)
+        return _kernels.compressed_topk(q, *_compressed_args(gallery, exact), _count(k))
     q, g = _pair(queries, gallery)
     return _kernels.topk(q, g, _count(k))
 
