@@ -26,6 +26,9 @@ def register(sub) -> None:
     k.add_argument("--isa", choices=bench.kernels.available_isas(), help="instruction set for our kernels")
     k.add_argument("--quick", action="store_true", help="small sizes, a smoke run in seconds")
     k.add_argument("--pause", type=float, default=0.5, help="seconds of rest before each timing (see timed)")
+    k.add_argument("--embeddings", type=Path, metavar="NPZ",
+                   help="real faces' embeddings (as `facesdk eval fpir --cache NPZ` writes): count every decision "
+                        "of the fp16 and int8 galleries that differs from float32's")  # fmt: skip
     k.set_defaults(run=kernels_cmd)
     pl = verbs.add_parser("pipeline", help="per-stage latency of Verifier.match, 1 face and 8 faces")
     pl.add_argument("--json", type=Path, help="also write the figures to this JSON file")

@@ -1,14 +1,15 @@
 """Benchmarks, printed as tables of ratios against reference libraries measured
 in the same run (these machines are shared and noisy: compare ratios).
 
-    facesdk bench kernels [--json PATH] [--repeat N] [--isa NAME] [--quick]
+    facesdk bench kernels [--json PATH] [--repeat N] [--isa NAME] [--quick] [--embeddings PATH]
 
 ``kernels``: our fused top-1 and threshold match against numpy (BLAS GEMM with
 precomputed gallery norms) and faiss (``faiss.knn``, ``IndexFlatL2.range_search``)
 at (q=1, n=1M), (q=64, n=100k), (q=1024, n=100k); the achieved fraction of
 memory bandwidth at q=1 (against a large copy timed in the same run), GFLOP/s
 at q=1024, and the peak memory of fused top-k and match at (q=1024, n=1M),
-where the unfused distance matrix would take 4 GB.
+where the unfused distance matrix would take 4 GB. Then the compressed galleries (fp16, int8)
+against faiss's scalar quantizers and the memory floor (``evaluate.compressed_bench``).
 
     facesdk bench [run] [--backend onnxruntime,torch,tensorrt] [--model PATH ...] [--dlib]
                               [--precision P] [--json PATH] [--plot PATH.png] [--quick]
@@ -197,6 +198,14 @@ def bench_kernels(args: argparse.Namespace) -> dict:
             start = time.perf_counter()
             memory[f"{op}_peak_mib"] = peak_rss_during(fn)
             memory[f"{op}_ms"] = (time.perf_counter() - start) * 1e3
+    from evaluate import compressed_bench
+
+    compressed = compressed_bench.bench_compressed(
+        gallery, [(nq, n) for nq, n in sizes if nq == 1] + [(64, sizes[1][1])], lambda g, nq: probe_queries(rng, g, nq),
+        THRESHOLD, args.repeat, args.pause, usable_cores(), timed,
+    )
+    if getattr(args, "embeddings", None):
+        compressed["real"] = compressed_bench.real_decisions(compressed_bench.load_embeddings(args.embeddings))
     return {
         "machine": machine_info(),
         "isa": kernels.isa(),
@@ -205,6 +214,7 @@ def bench_kernels(args: argparse.Namespace) -> dict:
         "copy_bandwidth_gbps": bandwidth,
         "rows": rows,
         "memory": memory,
+        "compressed": compressed,
     }
 
 
@@ -252,6 +262,10 @@ def print_kernels(result: dict) -> None:
             f"({mem['top-1_ms']:.0f} ms), match {mib(mem['match_peak_mib'])} ({mem['match_ms']:.0f} ms); "
             f"the unfused matrix would be {mem['unfused_matrix_mib']:.0f} MiB"
         )
+    if result.get("compressed"):
+        from evaluate.compressed_bench import print_compressed
+
+        print_compressed(result["compressed"])
 
 
 def bench_pipeline(args: argparse.Namespace) -> dict:

@@ -154,9 +154,6 @@ class CompressedGallery(NamedTuple):
     max_error: float  # >= every error
     max_norm: float  # >= every row's norm, and its widened row's
 
-    def __len__(self) -> int:
-        return len(self.codes)
-
     @property
     def nbytes(self) -> int:
         """Bytes of the arrays a search reads."""
@@ -184,8 +181,8 @@ def _exact_rows(exact: object, gallery: CompressedGallery) -> Callable[[np.ndarr
     if callable(exact):
         return lambda rows: np.ascontiguousarray(exact(rows), dtype=np.float32)
     rows = _embeddings(exact, "exact")
-    if rows.shape != (len(gallery), gallery.codes.shape[1]):
-        raise ValueError(f"exact must be the gallery's float32 rows {(len(gallery), gallery.codes.shape[1])}, got {rows.shape}")
+    if rows.shape != gallery.codes.shape:
+        raise ValueError(f"exact must be the gallery's float32 rows {gallery.codes.shape}, got {rows.shape}")
     return lambda idx: rows[idx]
 
 
