@@ -13,6 +13,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <cstring>
 #include <functional>
 #include <limits>
 #include <random>
@@ -330,6 +331,62 @@ void test_mls_errors() {
 
 }  // namespace
 
+// Compressed galleries: topk and match equal the float32 calls bit for bit, with
+// exact_rows reading the float32 rows; the error bound holds.
+void test_compressed(const std::string& isa, std::size_t nq, std::size_t ng, std::size_t dim) {
+  std::mt19937 rng(unsigned(nq * 131 + ng * 7 + dim));
+  std::vector<float> Q = random_rows(rng, nq, dim), G = random_rows(rng, ng, dim);
+  for (std::size_t i = 0; i < nq && ng > 0; i += 2)  // every other query near a gallery row
+    for (std::size_t d = 0; d < dim; ++d) Q[i * dim + d] = G[(i % ng) * dim + d] + 0.05f * Q[i * dim + d];
+  const facesdk::ExactRows exact = [&](const std::int64_t* rows, std::size_t n, float* out) {
+    for (std::size_t r = 0; r < n; ++r) std::copy_n(G.data() + rows[r] * dim, dim, out + r * dim);
+  };
+  const std::string what = isa + " nq=" + std::to_string(nq) + " ng=" + std::to_string(ng) + " dim=" + std::to_string(dim);
+  for (const facesdk::Precision p : {facesdk::Precision::fp16, facesdk::Precision::int8}) {
+    const std::string name = what + (p == facesdk::Precision::fp16 ? " fp16" : " int8");
+    std::vector<std::uint16_t> half(ng * dim);
+    std::vector<std::int8_t> codes(ng * dim);
+    std::vector<float> scale(ng), error(ng);
+    const facesdk::CompressionBounds b =
+        p == facesdk::Precision::fp16 ? facesdk::compress_fp16(G.data(), ng, dim, half.data(), error.data())
+                                      : facesdk::compress_int8(G.data(), ng, dim, codes.data(), scale.data(), error.data());
+    bool bounded = true;
+    for (std::size_t j = 0; j < ng; ++j) bounded = bounded && error[j] <= b.max_error;
+    check(bounded, name + ": error <= max_error");
+    const facesdk::CompressedGallery C{p, p == facesdk::Precision::fp16 ? static_cast<const void*>(half.data()) : codes.data(),
+                                       scale.data(), error.data(), ng, dim, b.max_error, b.max_norm};
+    for (const std::size_t k : {std::size_t(1), std::size_t(5)}) {
+      std::vector<std::int64_t> idx(nq * k), ref_idx(nq * k);
+      std::vector<float> dist(nq * k), ref_dist(nq * k);
+      facesdk::topk(Q.data(), nq, C, exact, k, idx.data(), dist.data());
+      facesdk::topk(Q.data(), nq, G.data(), ng, dim, k, ref_idx.data(), ref_dist.data());
+      check(idx == ref_idx && std::memcmp(dist.data(), ref_dist.data(), dist.size() * sizeof(float)) == 0,
+            name + " topk k=" + std::to_string(k) + " equals float32");
+    }
+    for (const float t : {0.f, 50.f, 250.f, std::numeric_limits<float>::infinity()}) {
+      const facesdk::Matches m = facesdk::match(Q.data(), nq, C, exact, t);
+      const facesdk::Matches r = facesdk::match(Q.data(), nq, G.data(), ng, dim, t);
+      check(m.query == r.query && m.gallery == r.gallery && m.distance == r.distance,
+            name + " match t=" + std::to_string(t) + " equals float32");
+    }
+  }
+}
+
+void test_compressed_errors() {
+  const std::vector<float> bad{1.f, std::nanf(""), 1e5f, 0.f};
+  std::vector<std::uint16_t> half(4);
+  std::vector<std::int8_t> codes(4);
+  std::vector<float> scale(4), error(4);
+  check_throws([&] { facesdk::compress_int8(bad.data(), 2, 2, codes.data(), scale.data(), error.data()); }, "G row 0",
+               "int8 NaN row");
+  check_throws([&] { facesdk::compress_fp16(bad.data() + 2, 1, 2, half.data(), error.data()); }, "fp16's range",
+               "fp16 out of range");
+  const facesdk::CompressedGallery C{facesdk::Precision::int8, codes.data(), scale.data(), error.data(), 2, 2, 0.f, 1.f};
+  std::int64_t idx;
+  float dist;
+  check_throws([&] { facesdk::topk(bad.data(), 1, C, nullptr, 1, &idx, &dist); }, "exact_rows", "no exact_rows");
+}
+
 int main() {
   const std::string initial = facesdk::isa();
   for (const std::string& isa : facesdk::available_isas()) {
@@ -350,7 +407,14 @@ int main() {
     test_mls_ties_and_padding();
     test_mls_extremes();
   }
+  for (const std::string& isa : facesdk::available_isas()) {
+    facesdk::set_isa(isa);
+    for (const auto& s : std::vector<std::vector<std::size_t>>{{0, 4, 8}, {4, 0, 8}, {1, 1, 1}, {1, 100, 127}, {2, 65, 128},
+                                                               {9, 70, 3}, {30, 3000, 128}})
+      test_compressed(isa, s[0], s[1], s[2]);
+  }
   facesdk::set_isa(initial);
+  test_compressed_errors();
   test_mls_errors();
   test_errors();
   test_short_gallery_pads();
