@@ -178,7 +178,7 @@ class _Rows:
         else:
             self.codes = np.empty((capacity, dim), np.uint16 if precision == "fp16" else np.int8)
             self.scale = np.empty(capacity if precision == "int8" else 0, np.float32)
-            self.error = np.empty(capacity, np.float32)
+            self.error, self.norm = np.empty(capacity, np.float32), np.empty(capacity, np.float32)
             self.ids = np.empty(capacity, np.int64)
             self.max_error = self.max_norm = 0.0
         self.labels = np.empty(capacity, np.intp)
@@ -195,7 +195,8 @@ class _Rows:
             self.vectors[at:stop] = vectors
             return
         packed = kernels.compress(vectors, self.precision)
-        self.codes[at:stop], self.error[at:stop], self.ids[at:stop] = packed.codes, packed.error, ids
+        self.codes[at:stop], self.error[at:stop], self.norm[at:stop] = packed.codes, packed.error, packed.norm
+        self.ids[at:stop] = ids
         if self.precision == "int8":
             self.scale[at:stop] = packed.scale
         # Maxima never shrink: after a removal they still bound every row left.
@@ -209,7 +210,8 @@ class _Rows:
             return
         picked = other.codes[:n][keep]
         k = len(picked)
-        self.codes[:k], self.error[:k], self.ids[:k] = picked, other.error[:n][keep], other.ids[:n][keep]
+        self.codes[:k], self.error[:k], self.norm[:k] = picked, other.error[:n][keep], other.norm[:n][keep]
+        self.ids[:k] = other.ids[:n][keep]
         if self.precision == "int8":
             self.scale[:k] = other.scale[:n][keep]
         self.max_error, self.max_norm = other.max_error, other.max_norm
@@ -220,7 +222,8 @@ class _Rows:
             return _frozen(self.vectors[:n])
         scale = self.scale[:n] if self.precision == "int8" else self.scale
         return kernels.CompressedGallery(self.precision, _frozen(self.codes[:n]), _frozen(scale),
-                                         _frozen(self.error[:n]), self.max_error, self.max_norm)  # fmt: skip
+                                         _frozen(self.error[:n]), _frozen(self.norm[:n]), self.max_error,
+                                         self.max_norm)  # fmt: skip
 
     def room_for_names(self, count: int) -> None:
         """Grow the identity arrays to hold ``count`` (copies, as the row arrays never need to)."""

@@ -151,13 +151,14 @@ class CompressedGallery(NamedTuple):
     codes: np.ndarray  # [n, dim]: uint16 (the bits of IEEE fp16) or int8
     scale: np.ndarray  # float32 [n]: int8's per-row scale (empty for fp16)
     error: np.ndarray  # float32 [n]: >= |row - widened row|
+    norm: np.ndarray  # float32 [n]: |widened row|^2
     max_error: float  # >= every error
     max_norm: float  # >= every row's norm, and its widened row's
 
     @property
     def nbytes(self) -> int:
         """Bytes of the arrays a search reads."""
-        return self.codes.nbytes + self.scale.nbytes + self.error.nbytes
+        return self.codes.nbytes + self.scale.nbytes + self.error.nbytes + self.norm.nbytes
 
 
 def compress(gallery: ArrayLike, precision: str) -> CompressedGallery:
@@ -167,8 +168,8 @@ def compress(gallery: ArrayLike, precision: str) -> CompressedGallery:
     if precision not in ("fp16", "int8"):
         raise ValueError(f"precision must be 'fp16' or 'int8', got {precision!r}")
     g = _embeddings(gallery, "gallery")
-    codes, scale, error, max_error, max_norm = _kernels.compress(g, precision)
-    return CompressedGallery(precision, codes, scale, error, float(max_error), float(max_norm))
+    codes, scale, error, norm, max_error, max_norm = _kernels.compress(g, precision)
+    return CompressedGallery(precision, codes, scale, error, norm, float(max_error), float(max_norm))
 
 
 ExactRows = Callable[[np.ndarray], ArrayLike]
@@ -187,7 +188,7 @@ def _exact_rows(exact: object, gallery: CompressedGallery) -> Callable[[np.ndarr
 
 
 def _compressed_args(gallery: CompressedGallery, exact: object) -> tuple:
-    return (gallery.precision, gallery.codes, gallery.scale, gallery.error, gallery.max_error, gallery.max_norm,
+    return (gallery.precision, gallery.codes, gallery.scale, gallery.error, gallery.norm, gallery.max_error, gallery.max_norm,
             _exact_rows(exact, gallery))  # fmt: skip
 
 

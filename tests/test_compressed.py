@@ -91,13 +91,14 @@ def test_error_bounds_hold(precision, scale):
         np.testing.assert_array_equal(c.scale, np.abs(g).max(1) / np.float32(127))
         # Symmetric rounding to nearest: at most half a step per value.
         assert np.all(np.abs(g - w) <= c.scale[:, None] / 2 * (1 + 1e-6))
-    assert c.nbytes == c.codes.nbytes + c.scale.nbytes + c.error.nbytes
+    assert c.nbytes == c.codes.nbytes + c.scale.nbytes + c.error.nbytes + c.norm.nbytes
+    np.testing.assert_allclose(c.norm, (w * w).sum(1), rtol=1e-6)
 
 
-def test_memory_is_a_half_and_a_quarter_plus_two_floats_per_row():
+def test_memory_is_a_half_and_a_quarter_plus_a_few_floats_per_row():
     g = unit(np.random.default_rng(2), 1000, 128)
-    assert kernels.compress(g, "fp16").nbytes == 1000 * (128 * 2 + 4)
-    assert kernels.compress(g, "int8").nbytes == 1000 * (128 + 4 + 4)
+    assert kernels.compress(g, "fp16").nbytes == 1000 * (128 * 2 + 4 + 4)  # + error, norm
+    assert kernels.compress(g, "int8").nbytes == 1000 * (128 + 4 + 4 + 4)  # + scale, error, norm
 
 
 # ---- exactly float32's answers -----------------------------------------------------------------
@@ -299,8 +300,8 @@ def test_gallery_precisions_answer_as_float32(tmp_path: Path):
                 writer.remove(f"p{step:03d}")
         n = len(galleries["fp32"]._current().labels)
         assert galleries["fp32"]._current().vectors.nbytes == n * 32 * 4
-        assert galleries["fp16"]._current().vectors.nbytes == n * (32 * 2 + 4)
-        assert galleries["int8"]._current().vectors.nbytes == n * (32 + 4 + 4)
+        assert galleries["fp16"]._current().vectors.nbytes == n * (32 * 2 + 8)
+        assert galleries["int8"]._current().vectors.nbytes == n * (32 + 4 + 4 + 4)
         # The file keeps float32: what a compressed gallery stores reads back exactly.
         np.testing.assert_array_equal(galleries["int8"].embeddings("p000").vectors, vectors[[0, 300, 600]])
     finally:

@@ -68,17 +68,20 @@ struct RowBounds {
 
 struct BoundsAccumulator {
   CompressionBounds b{0.f, 0.f};
-  float finish(const RowBounds& r) {
-    const float e = round_up(std::sqrt(r.err));
-    b.max_error = std::max(b.max_error, e);
+  // Row j's error bound and widened squared norm.
+  void finish(const RowBounds& r, float* error, float* norm) {
+    *error = round_up(std::sqrt(r.err));
+    *norm = float(r.wn);
+    b.max_error = std::max(b.max_error, *error);
     b.max_norm = std::max(b.max_norm, round_up(std::sqrt(std::max(r.gn, r.wn))));
-    return e;
   }
 };
 
-void check_compress_args(const float* G, size_t ng, size_t dim, const void* codes, const float* error) {
+void check_compress_args(const float* G, size_t ng, size_t dim, const void* codes, const float* error,
+                         const float* norm) {
   if (dim == 0) throw std::invalid_argument("dim must be >= 1");
-  if (ng > 0 && (!G || !codes || !error)) throw std::invalid_argument("G, codes or error is null but ng > 0");
+  if (ng > 0 && (!G || !codes || !error || !norm))
+    throw std::invalid_argument("G, codes, error or norm is null but ng > 0");
 }
 
 // ---- The scan -----------------------------------------------------------------
@@ -97,6 +100,54 @@ struct WidenedRows {
       for (size_t r = 0; r < n; ++r) K.widen_i8(codes + r * dim, dim, G.scale[j0 + r], buf + r * dim);
     }
     return buf;
+  }
+};
+
+// A query or two (direct_rows) against the compressed rows in place: dot
+// products converted in registers, the rows' stored norms, so the scan reads
+// each compressed byte once and does the least arithmetic per byte. Its
+// distances are the widened rows' to within the rounding slack of the bound.
+struct CompressedDirectScorer {
+  const TileKernels& K;
+  const float *Q, *qnorms;
+  const CompressedGallery& G;
+  size_t nq, ng, dim;
+  static constexpr size_t kPanel = 32;  // columns per block: the width of a hits mask
+
+  static double work_per_thread() { return 1 << 20; }
+  size_t granule() const { return kPanel; }
+  detail::Layout layout(int) const {
+    const size_t row_bytes = dim * (G.precision == Precision::fp16 ? 2 : 1);
+    return {kPanel, std::max<size_t>(1, detail::kTileBytes / (kPanel * row_bytes))};
+  }
+  size_t query_rows() const { return nq; }
+  size_t gallery_rows(const detail::Layout&) const { return kPanel; }
+  struct Workspace {
+    std::vector<float> dots, dist;
+    std::vector<std::uint32_t> hits;
+  };
+  Workspace workspace(const detail::Layout&) const {
+    return {std::vector<float>(nq * kPanel), std::vector<float>(nq * kPanel), std::vector<std::uint32_t>(nq)};
+  }
+  void load(Workspace&, size_t, size_t) const {}
+  Block score(Workspace& w, size_t, size_t, size_t j0, size_t ncols, const float* bound, bool inclusive) const {
+    if (G.precision == Precision::fp16)
+      K.dots_f16(Q, nq, dim, static_cast<const std::uint16_t*>(G.codes) + j0 * dim, ncols, w.dots.data());
+    else
+      K.dots_i8(Q, nq, dim, static_cast<const std::int8_t*>(G.codes) + j0 * dim, ncols, w.dots.data());
+    for (size_t i = 0; i < nq; ++i) {
+      std::uint32_t hits = 0;
+      for (size_t j = 0; j < ncols; ++j) {
+        const float s = G.precision == Precision::int8 ? G.scale[j0 + j] : 1.f;
+        const float dot = w.dots[i * ncols + j] * s;
+        const float v = (qnorms[i] + G.norm[j0 + j]) - (dot + dot);
+        const float d = v > 0.f ? v : 0.f;
+        w.dist[i * kPanel + j] = d;
+        if (bound && (inclusive ? d <= bound[i] : d < bound[i])) hits |= 1u << j;
+      }
+      w.hits[i] = hits;
+    }
+    return {w.dist.data(), kPanel, bound ? w.hits.data() : nullptr};
   }
 };
 
@@ -211,8 +262,8 @@ Prepared prepare(const float* Q, size_t nq, const CompressedGallery& G, const Ex
   if (G.dim == 0) throw std::invalid_argument("dim must be >= 1");
   if (nq > 0 && !Q) throw std::invalid_argument("Q is null but nq > 0");
   if (nq > std::numeric_limits<std::uint32_t>::max()) throw std::invalid_argument("Q has more than 2^32 - 1 rows");
-  if (G.ng > 0 && (!G.codes || !G.error || (G.precision == Precision::int8 && !G.scale)))
-    throw std::invalid_argument("the compressed gallery's codes, error or scale is null but ng > 0");
+  if (G.ng > 0 && (!G.codes || !G.error || !G.norm || (G.precision == Precision::int8 && !G.scale)))
+    throw std::invalid_argument("the compressed gallery's codes, error, norm or scale is null but ng > 0");
   if (!exact_rows) throw std::invalid_argument("exact_rows is empty");
   if (!(G.max_error >= 0) || !(G.max_norm >= 0) || !std::isfinite(G.max_error) || !std::isfinite(G.max_norm))
     throw std::invalid_argument("max_error and max_norm must be finite and >= 0");
@@ -229,7 +280,10 @@ Prepared prepare(const float* Q, size_t nq, const CompressedGallery& G, const Ex
 
 template <class Collector>
 void scan(const Prepared& p, const float* Q, size_t nq, const CompressedGallery& G, Collector& out) {
-  detail::scan(detail::L2Scorer<WidenedRows>{p.K, Q, p.qnorms.data(), {p.K, G}, nq, G.ng, G.dim}, out);
+  if (nq <= p.K.direct_rows)
+    detail::scan(CompressedDirectScorer{p.K, Q, p.qnorms.data(), G, nq, G.ng, G.dim}, out);
+  else
+    detail::scan(detail::L2Scorer<WidenedRows>{p.K, Q, p.qnorms.data(), {p.K, G}, nq, G.ng, G.dim}, out);
 }
 
 // The float32 rows of the candidates, fetched once for all queries: the
@@ -285,8 +339,9 @@ std::vector<float> exact_distances(const Prepared& p, const float* Q, size_t nq,
 
 }  // namespace
 
-CompressionBounds compress_fp16(const float* G, size_t ng, size_t dim, std::uint16_t* codes, float* error) {
-  check_compress_args(G, ng, dim, codes, error);
+CompressionBounds compress_fp16(const float* G, size_t ng, size_t dim, std::uint16_t* codes, float* error,
+                                float* norm) {
+  check_compress_args(G, ng, dim, codes, error, norm);
   BoundsAccumulator acc;
   for (size_t j = 0; j < ng; ++j) {
     RowBounds r;
@@ -297,14 +352,14 @@ CompressionBounds compress_fp16(const float* G, size_t ng, size_t dim, std::uint
       codes[j * dim + d] = h;
       r.add(g, detail::half_to_float(h));
     }
-    error[j] = acc.finish(r);
+    acc.finish(r, error + j, norm + j);
   }
   return acc.b;
 }
 
 CompressionBounds compress_int8(const float* G, size_t ng, size_t dim, std::int8_t* codes, float* scale,
-                                float* error) {
-  check_compress_args(G, ng, dim, codes, error);
+                                float* error, float* norm) {
+  check_compress_args(G, ng, dim, codes, error, norm);
   if (ng > 0 && !scale) throw std::invalid_argument("scale is null but ng > 0");
   BoundsAccumulator acc;
   for (size_t j = 0; j < ng; ++j) {
@@ -322,7 +377,7 @@ CompressionBounds compress_int8(const float* G, size_t ng, size_t dim, std::int8
       codes[j * dim + d] = std::int8_t(c);
       r.add(g[d], c * s);  // the widening's one multiply
     }
-    error[j] = acc.finish(r);
+    acc.finish(r, error + j, norm + j);
   }
   return acc.b;
 }

@@ -56,6 +56,14 @@ struct TileKernels {
   // set widens a row to the same bits.
   void (*widen_f16)(const std::uint16_t* x, std::size_t n, float* out);
   void (*widen_i8)(const std::int8_t* x, std::size_t n, float scale, float* out);
+
+  // Dot products of mq <= direct_rows queries with `rows` compressed rows read
+  // in place (int8: with the codes, before the row's scale), out[i * rows + j]:
+  // a query or two streams the gallery once, converting in registers.
+  void (*dots_f16)(const float* q, std::size_t mq, std::size_t dim, const std::uint16_t* g, std::size_t rows,
+                   float* out);
+  void (*dots_i8)(const float* q, std::size_t mq, std::size_t dim, const std::int8_t* g, std::size_t rows,
+                  float* out);
 };
 
 const TileKernels* generic_kernels();

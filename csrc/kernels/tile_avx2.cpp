@@ -25,6 +25,8 @@ struct Avx2 {
   static reg from_i8(const std::int8_t* p) {
     return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
   }
+  static reg from_code(const std::uint16_t* p) { return from_f16(p); }
+  static reg from_code(const std::int8_t* p) { return from_i8(p); }
   static __m128 hsum4(const reg v[4]) {  // lane sums of 4 vectors: pairs, quads, halves
     const reg t = _mm256_hadd_ps(_mm256_hadd_ps(v[0], v[1]), _mm256_hadd_ps(v[2], v[3]));
     return _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1));

@@ -25,6 +25,8 @@ struct Avx512 {
   static reg from_i8(const std::int8_t* p) {
     return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
   }
+  static reg from_code(const std::uint16_t* p) { return from_f16(p); }
+  static reg from_code(const std::int8_t* p) { return from_i8(p); }
   static __m128 hsum4(const reg v[4]) {  // halves, then the AVX2 tree
     __m256 h[4];
     for (int r = 0; r < 4; ++r)

@@ -173,8 +173,26 @@ void widen_i8(const std::int8_t* x, size_t n, float scale, float* out) {
   for (size_t i = 0; i < n; ++i) out[i] = float(x[i]) * scale;
 }
 
+template <class Code, class Value>
+void code_dots(const float* q, size_t mq, size_t dim, const Code* g, size_t rows, float* out, Value value) {
+  for (size_t j = 0; j < rows; ++j)
+    for (size_t i = 0; i < mq; ++i) {
+      float s = 0.f;
+      for (size_t d = 0; d < dim; ++d) s += q[i * dim + d] * value(g[j * dim + d]);
+      out[i * rows + j] = s;
+    }
+}
+
+void dots_f16(const float* q, size_t mq, size_t dim, const std::uint16_t* g, size_t rows, float* out) {
+  code_dots(q, mq, dim, g, rows, out, facesdk::detail::half_to_float);
+}
+
+void dots_i8(const float* q, size_t mq, size_t dim, const std::int8_t* g, size_t rows, float* out) {
+  code_dots(q, mq, dim, g, rows, out, [](std::int8_t c) { return float(c); });
+}
+
 constexpr facesdk::detail::TileKernels kGeneric{"generic", NR, MR, MR, pack, row_norms, distances, direct,
-                                                mls_rows, widen_f16, widen_i8};
+                                                mls_rows, widen_f16, widen_i8, dots_f16, dots_i8};
 
 }  // namespace
 

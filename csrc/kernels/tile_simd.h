@@ -225,10 +225,53 @@ void widen_i8(const std::int8_t* x, size_t n, float scale, float* out) {
   for (; i < n; ++i) out[i] = float(x[i]) * scale;
 }
 
+// MQ queries against 4 compressed rows at a time, converted in registers,
+// V::width partial chains per dot summed by V::hsum4 (a short group repeats
+// its last row).
+inline float code_value(std::uint16_t h) { return _cvtsh_ss(h); }
+inline float code_value(std::int8_t c) { return float(c); }
+
+template <class V, int MQ, class Code>
+void code_dots(const float* q, size_t dim, const Code* g, size_t rows, float* out) {
+  for (size_t j0 = 0; j0 < rows; j0 += 4) {
+    const Code* r[4];
+    for (size_t k = 0; k < 4; ++k) r[k] = g + (j0 + k < rows ? j0 + k : rows - 1) * dim;
+    for (size_t l = 0; l < 4 * dim * sizeof(Code); l += 64)  // the stream, a few groups ahead
+      _mm_prefetch(reinterpret_cast<const char*>(g + (j0 + 16) * dim) + l, _MM_HINT_T0);
+    typename V::reg a[MQ][4];
+    for (int i = 0; i < MQ; ++i)
+      for (int k = 0; k < 4; ++k) a[i][k] = V::zero();
+    size_t d = 0;
+    for (; d + V::width <= dim; d += V::width) {
+      typename V::reg x[4];
+      for (int k = 0; k < 4; ++k) x[k] = V::from_code(r[k] + d);
+      for (int i = 0; i < MQ; ++i) {
+        const typename V::reg qv = V::load(q + i * dim + d);
+        for (int k = 0; k < 4; ++k) a[i][k] = V::fma(qv, x[k], a[i][k]);
+      }
+    }
+    float dots[MQ][4];
+    for (int i = 0; i < MQ; ++i) _mm_storeu_ps(dots[i], V::hsum4(a[i]));
+    for (size_t k = 0; k < 4 && j0 + k < rows; ++k)
+      for (int i = 0; i < MQ; ++i) {
+        float s = dots[i][k];
+        for (size_t t = d; t < dim; ++t) s = __builtin_fmaf(q[i * dim + t], code_value(r[k][t]), s);
+        out[i * rows + j0 + k] = s;
+      }
+  }
+}
+
+template <class V, class Code>
+void dots_rows(const float* q, size_t mq, size_t dim, const Code* g, size_t rows, float* out) {
+  if (mq == 1) code_dots<V, 1>(q, dim, g, rows, out);
+  else code_dots<V, kDirectRows>(q, dim, g, rows, out);
+}
+
 template <class V, int MR>
 constexpr facesdk::detail::TileKernels make_kernels(const char* name, decltype(facesdk::detail::TileKernels::mls) mls) {
   return {name,          2 * V::width,      MR, kDirectRows, pack_panel<2 * V::width>, row_norms,
-          distances<V, MR>, direct_rows<V>, mls, widen_f16<V>, widen_i8<V>};
+          distances<V, MR>, direct_rows<V>, mls, widen_f16<V>, widen_i8<V>,
+          dots_rows<V, std::uint16_t>, dots_rows<V, std::int8_t>};
 }
 
 }  // namespace

@@ -81,7 +81,8 @@ py::tuple topk(const Embeddings& Q, const Embeddings& G, std::size_t k) {
 // codes [ng, dim] (uint16 bits of fp16, or int8), with scale [ng] (int8) and error [ng].
 facesdk::CompressedGallery compressed_view(const std::string& precision, const py::array& codes,
                                            const py::array_t<float, py::array::c_style>& scale,
-                                           const py::array_t<float, py::array::c_style>& error, float max_error,
+                                           const py::array_t<float, py::array::c_style>& error,
+                                           const py::array_t<float, py::array::c_style>& norm, float max_error,
                                            float max_norm) {
   facesdk::CompressedGallery g{};
   if (precision == "fp16") {
@@ -98,11 +99,13 @@ facesdk::CompressedGallery compressed_view(const std::string& precision, const p
   g.ng = std::size_t(codes.shape(0));
   g.dim = std::size_t(codes.shape(1));
   if (error.ndim() != 1 || std::size_t(error.shape(0)) != g.ng) throw py::value_error("error must be [rows]");
+  if (norm.ndim() != 1 || std::size_t(norm.shape(0)) != g.ng) throw py::value_error("norm must be [rows]");
   if (g.precision == facesdk::Precision::int8 && (scale.ndim() != 1 || std::size_t(scale.shape(0)) != g.ng))
     throw py::value_error("scale must be [rows]");
   g.codes = codes.data();
   g.scale = scale.data();
   g.error = error.data();
+  g.norm = norm.data();
   g.max_error = max_error;
   g.max_norm = max_norm;
   return g;
@@ -110,31 +113,31 @@ facesdk::CompressedGallery compressed_view(const std::string& precision, const p
 
 py::tuple compress(const Embeddings& G, const std::string& precision) {
   const Shape g = shape_of(G, "G");
-  py::array_t<float> error(py::ssize_t(g.rows)), scale(py::ssize_t(precision == "int8" ? g.rows : 0));
+  py::array_t<float> error(py::ssize_t(g.rows)), norm(py::ssize_t(g.rows)), scale(py::ssize_t(precision == "int8" ? g.rows : 0));
   py::array codes;
   facesdk::CompressionBounds b{};
   if (precision == "fp16") {
     py::array_t<std::uint16_t> c({g.rows, g.dim});
     std::uint16_t* out = c.mutable_data();
-    float* e = error.mutable_data();
+    float *e = error.mutable_data(), *n = norm.mutable_data();
     {
       py::gil_scoped_release nogil;
-      b = facesdk::compress_fp16(G.data(), g.rows, g.dim, out, e);
+      b = facesdk::compress_fp16(G.data(), g.rows, g.dim, out, e, n);
     }
     codes = c;
   } else if (precision == "int8") {
     py::array_t<std::int8_t> c({g.rows, g.dim});
     std::int8_t* out = c.mutable_data();
-    float *e = error.mutable_data(), *s = scale.mutable_data();
+    float *e = error.mutable_data(), *s = scale.mutable_data(), *n = norm.mutable_data();
     {
       py::gil_scoped_release nogil;
-      b = facesdk::compress_int8(G.data(), g.rows, g.dim, out, s, e);
+      b = facesdk::compress_int8(G.data(), g.rows, g.dim, out, s, e, n);
     }
     codes = c;
   } else {
     throw py::value_error("precision must be 'fp16' or 'int8', got '" + precision + "'");
   }
-  return py::make_tuple(codes, scale, error, b.max_error, b.max_norm);
+  return py::make_tuple(codes, scale, error, norm, b.max_error, b.max_norm);
 }
 
 // exact_rows(rows: int64 [n]) -> float32 [n, dim], called with the GIL held
@@ -154,9 +157,10 @@ facesdk::ExactRows exact_rows_of(const py::object& exact_rows, std::size_t dim) 
 
 py::tuple compressed_topk(const Embeddings& Q, const std::string& precision, const py::array& codes,
                           const py::array_t<float, py::array::c_style>& scale,
-                          const py::array_t<float, py::array::c_style>& error, float max_error, float max_norm,
+                          const py::array_t<float, py::array::c_style>& error,
+                          const py::array_t<float, py::array::c_style>& norm, float max_error, float max_norm,
                           const py::object& exact_rows, std::size_t k) {
-  const facesdk::CompressedGallery g = compressed_view(precision, codes, scale, error, max_error, max_norm);
+  const facesdk::CompressedGallery g = compressed_view(precision, codes, scale, error, norm, max_error, max_norm);
   const Shape q = shape_of(Q, "Q");
   common_dim(q, {g.ng, g.dim});
   const facesdk::ExactRows fetch = exact_rows_of(exact_rows, g.dim);
@@ -173,9 +177,10 @@ py::tuple compressed_topk(const Embeddings& Q, const std::string& precision, con
 
 py::tuple compressed_match(const Embeddings& Q, const std::string& precision, const py::array& codes,
                            const py::array_t<float, py::array::c_style>& scale,
-                           const py::array_t<float, py::array::c_style>& error, float max_error, float max_norm,
+                           const py::array_t<float, py::array::c_style>& error,
+                           const py::array_t<float, py::array::c_style>& norm, float max_error, float max_norm,
                            const py::object& exact_rows, float threshold) {
-  const facesdk::CompressedGallery g = compressed_view(precision, codes, scale, error, max_error, max_norm);
+  const facesdk::CompressedGallery g = compressed_view(precision, codes, scale, error, norm, max_error, max_norm);
   const Shape q = shape_of(Q, "Q");
   common_dim(q, {g.ng, g.dim});
   const facesdk::ExactRows fetch = exact_rows_of(exact_rows, g.dim);
@@ -301,10 +306,11 @@ PYBIND11_MODULE(_kernels, m) {
   m.def("topk", &topk, py::arg("Q"), py::arg("G"), py::arg("k"));
   m.def("compress", &compress, py::arg("G"), py::arg("precision"));
   m.def("compressed_topk", &compressed_topk, py::arg("Q"), py::arg("precision"), py::arg("codes"), py::arg("scale"),
-        py::arg("error"), py::arg("max_error"), py::arg("max_norm"), py::arg("exact_rows"), py::arg("k"));
+        py::arg("error"), py::arg("norm"), py::arg("max_error"), py::arg("max_norm"), py::arg("exact_rows"),
+        py::arg("k"));
   m.def("compressed_match", &compressed_match, py::arg("Q"), py::arg("precision"), py::arg("codes"),
-        py::arg("scale"), py::arg("error"), py::arg("max_error"), py::arg("max_norm"), py::arg("exact_rows"),
-        py::arg("threshold"));
+        py::arg("scale"), py::arg("error"), py::arg("norm"), py::arg("max_error"), py::arg("max_norm"),
+        py::arg("exact_rows"), py::arg("threshold"));
   m.def("mls", &mls, py::arg("Q_mu"), py::arg("Q_s"), py::arg("G_mu"), py::arg("G_s"));
   m.def("mls_match", &mls_match, py::arg("Q_mu"), py::arg("Q_s"), py::arg("G_mu"), py::arg("G_s"),
         py::arg("threshold"));

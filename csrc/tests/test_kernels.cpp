@@ -346,15 +346,16 @@ void test_compressed(const std::string& isa, std::size_t nq, std::size_t ng, std
     const std::string name = what + (p == facesdk::Precision::fp16 ? " fp16" : " int8");
     std::vector<std::uint16_t> half(ng * dim);
     std::vector<std::int8_t> codes(ng * dim);
-    std::vector<float> scale(ng), error(ng);
+    std::vector<float> scale(ng), error(ng), norm(ng);
     const facesdk::CompressionBounds b =
-        p == facesdk::Precision::fp16 ? facesdk::compress_fp16(G.data(), ng, dim, half.data(), error.data())
-                                      : facesdk::compress_int8(G.data(), ng, dim, codes.data(), scale.data(), error.data());
+        p == facesdk::Precision::fp16
+            ? facesdk::compress_fp16(G.data(), ng, dim, half.data(), error.data(), norm.data())
+            : facesdk::compress_int8(G.data(), ng, dim, codes.data(), scale.data(), error.data(), norm.data());
     bool bounded = true;
     for (std::size_t j = 0; j < ng; ++j) bounded = bounded && error[j] <= b.max_error;
     check(bounded, name + ": error <= max_error");
     const facesdk::CompressedGallery C{p, p == facesdk::Precision::fp16 ? static_cast<const void*>(half.data()) : codes.data(),
-                                       scale.data(), error.data(), ng, dim, b.max_error, b.max_norm};
+                                       scale.data(), error.data(), norm.data(), ng, dim, b.max_error, b.max_norm};
     for (const std::size_t k : {std::size_t(1), std::size_t(5)}) {
       std::vector<std::int64_t> idx(nq * k), ref_idx(nq * k);
       std::vector<float> dist(nq * k), ref_dist(nq * k);
@@ -376,12 +377,13 @@ void test_compressed_errors() {
   const std::vector<float> bad{1.f, std::nanf(""), 1e5f, 0.f};
   std::vector<std::uint16_t> half(4);
   std::vector<std::int8_t> codes(4);
-  std::vector<float> scale(4), error(4);
-  check_throws([&] { facesdk::compress_int8(bad.data(), 2, 2, codes.data(), scale.data(), error.data()); }, "G row 0",
-               "int8 NaN row");
-  check_throws([&] { facesdk::compress_fp16(bad.data() + 2, 1, 2, half.data(), error.data()); }, "fp16's range",
-               "fp16 out of range");
-  const facesdk::CompressedGallery C{facesdk::Precision::int8, codes.data(), scale.data(), error.data(), 2, 2, 0.f, 1.f};
+  std::vector<float> scale(4), error(4), norm(4);
+  check_throws([&] { facesdk::compress_int8(bad.data(), 2, 2, codes.data(), scale.data(), error.data(), norm.data()); },
+               "G row 0", "int8 NaN row");
+  check_throws([&] { facesdk::compress_fp16(bad.data() + 2, 1, 2, half.data(), error.data(), norm.data()); },
+               "fp16's range", "fp16 out of range");
+  const facesdk::CompressedGallery C{facesdk::Precision::int8, codes.data(), scale.data(), error.data(), norm.data(),
+                                     2, 2, 0.f, 1.f};
   std::int64_t idx;
   float dist;
   check_throws([&] { facesdk::topk(bad.data(), 1, C, nullptr, 1, &idx, &dist); }, "exact_rows", "no exact_rows");

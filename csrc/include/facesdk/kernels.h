@@ -76,6 +76,7 @@ struct CompressedGallery {
   const void* codes;    // fp16: std::uint16_t [ng * dim]; int8: std::int8_t [ng * dim]
   const float* scale;   // int8: [ng], one per row; fp16: unused (may be null)
   const float* error;   // [ng]: >= |g_j - w_j|
+  const float* norm;    // [ng]: |w_j|^2 (to float precision), so a query or two skips it
   std::size_t ng, dim;
   float max_error;      // >= every error[j]
   float max_norm;       // >= |g_j| and |w_j| for every row
@@ -88,11 +89,12 @@ struct CompressionBounds {
 };
 
 // Compress ng float32 rows (each finite; fp16: every |value| <= 65504, the
-// largest half) into codes [ng * dim], error [ng] (and scale [ng] for int8).
+// largest half) into codes [ng * dim], error [ng], norm [ng] (and scale [ng]
+// for int8).
 CompressionBounds compress_fp16(const float* G, std::size_t ng, std::size_t dim, std::uint16_t* codes,
-                                float* error);
+                                float* error, float* norm);
 CompressionBounds compress_int8(const float* G, std::size_t ng, std::size_t dim, std::int8_t* codes,
-                                float* scale, float* error);
+                                float* scale, float* error, float* norm);
 
 // Supplies the float32 rows `rows[0..n)` (ascending, distinct) into out [n * dim].
 // Called once per topk / match call, on the calling thread, after the scan.
