@@ -202,7 +202,7 @@ def bench_kernels(args: argparse.Namespace) -> dict:
 
     compressed = compressed_bench.bench_compressed(
         gallery, [(nq, n) for nq, n in sizes if nq == 1] + [(64, sizes[1][1])], lambda g, nq: probe_queries(rng, g, nq),
-        THRESHOLD, args.repeat, args.pause, usable_cores(), timed,
+        THRESHOLD, args.repeat, args.pause, usable_cores(),
     )
     if getattr(args, "embeddings", None):
         compressed["real"] = compressed_bench.real_decisions(compressed_bench.load_embeddings(args.embeddings))
