@@ -38,6 +38,8 @@ def register(sub) -> None:
     g = verbs.add_parser("gallery", help="the gallery at scale: bulk enrolment, load, memory, match while enrolling")
     g.add_argument("--size", type=positive, default=1_000_000, help="identities (one face each)")
     g.add_argument("--seconds", type=float, default=5.0, help="search time per latency measurement")
+    g.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp32",
+                   help="in-memory rows of the gallery (Gallery(precision=)); the file keeps float32")  # fmt: skip
     g.add_argument("--dir", type=Path, help="where the temporary gallery file goes (default: the system's temp)")
     g.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     g.set_defaults(run=gallery_cmd)
@@ -149,7 +151,7 @@ def gallery_cmd(args: argparse.Namespace) -> int:
 
     if args.seconds <= 0:
         raise UsageError("--seconds must be > 0")
-    result = bench_gallery(args.size, args.seconds, args.dir)
+    result = bench_gallery(args.size, args.seconds, args.dir, args.precision)
     print_gallery(result)
     write_json(args.json, result)
     return 0

@@ -250,7 +250,6 @@ class _Snapshot(NamedTuple):
     without_sigma: int  # rows enrolled without sigma_sq (MLS search needs none)
     bad: tuple[BadRow, ...]  # rows left out, with the reason
     ids: np.ndarray | None = None  # int64 [n]: each row's id in the file (compressed precisions)
-    commits: int = 0  # this object's commits when it was taken: a compressed search re-reads rows of this state
 
 
 def _capacity(n: int) -> int:
@@ -474,7 +473,6 @@ class Gallery:
         self._generation = 0  # bumped after every change this object knows of
         self._data_version: int | None = None  # last PRAGMA data_version seen
         self._snapshot: _Snapshot | None = None
-        self._commits = 0  # this object's commits (a compressed search checks its rows are still these)
         self._conn: sqlite3.Connection | None = self._open()
 
     # ----------------------------------------------------------------- opening
@@ -622,7 +620,6 @@ class Gallery:
                     try:
                         result = sql_steps(conn)
                         conn.execute("COMMIT")
-                        self._commits += 1
                     except BaseException:
                         if conn.in_transaction:  # a failed COMMIT may have rolled back already
                             conn.execute("ROLLBACK")
@@ -639,7 +636,7 @@ class Gallery:
                 # read this change from the file already.
                 if self._generation == generation:
                     self._generation += 1
-                    self._snapshot = snapshot._replace(generation=self._generation, commits=self._commits)
+                    self._snapshot = snapshot._replace(generation=self._generation)
             return result
 
     def _read(self, sql_steps: Callable[[sqlite3.Connection], T]) -> T:
@@ -1003,7 +1000,7 @@ class Gallery:
         rows.names[:m] = [names_by_id[i] for i in present.tolist()]
         rows.counts[:m] = np.bincount(labels, minlength=m)
         most = int(rows.counts[:m].max()) if m else 0
-        return _published(self._generation, rows, kept, m, most, without_sigma, tuple(bad))._replace(commits=self._commits)
+        return _published(self._generation, rows, kept, m, most, without_sigma, tuple(bad))
 
     def check(self) -> list[BadRow]:
         """Rows that cannot be matched (NaN, Inf, huge or wrong-length vectors, bad variances),
@@ -1124,8 +1121,8 @@ class Gallery:
         return self._best_per_identity(snap, len(q), m.query, m.gallery, m.distance)
 
     def _scan(self, snap: _Snapshot, search: Callable[[_Snapshot], T]) -> tuple[_Snapshot, T]:
-        """``search(snap)``, again over a newer snapshot when a compressed one's rows changed in
-        the file before the search read them back (another process, or a write in flight here)."""
+        """``search(snap)``, again over a newer snapshot when rows a compressed search reads back
+        from the file were removed (or replaced) since the snapshot was taken."""
         for _ in range(_STALE_RETRIES):
             try:
                 return snap, search(snap)
@@ -1143,18 +1140,32 @@ class Gallery:
 
         def read(rows: np.ndarray) -> np.ndarray:
             ids = snap.ids[rows].tolist()
+            found: dict[int, bytes] = {}
             with self._lock:
                 conn = self._connection()
-                if self._commits != snap.commits or self._snapshot_if_current(conn) is not snap:
-                    raise _StaleSnapshot
-                found: dict[int, bytes] = {}
                 for at in range(0, len(ids), _IDS_PER_SELECT):
                     part = ids[at : at + _IDS_PER_SELECT]
                     sql = f"SELECT id, vector FROM embeddings WHERE id IN ({','.join('?' * len(part))})"
                     found.update(conn.execute(sql, part).fetchall())
-            if len(found) != len(set(ids)):
+            # Enrolments since the snapshot leave its rows alone; a removal deletes some, and a
+            # later row may take a deleted id. So a row must be there and compress to exactly
+            # the snapshot's codes and bounds, which keeps the answer exact (the bound holds for
+            # any row with those codes, error and norm).
+            blobs = [found.get(i) for i in ids]
+            if any(type(b) is not bytes or len(b) != 4 * self.dim for b in blobs):
                 raise _StaleSnapshot
-            return np.frombuffer(b"".join(found[i] for i in ids), "<f4").reshape(len(ids), self.dim)
+            vectors = np.frombuffer(b"".join(blobs), "<f4").reshape(len(ids), self.dim)  # type: ignore[arg-type]
+            try:
+                again = kernels.compress(vectors, snap.vectors.precision)
+            except ValueError:
+                raise _StaleSnapshot from None
+            mine = snap.vectors
+            if not all(np.array_equal(a, b) for a, b in ((again.codes, mine.codes[rows]), (again.error, mine.error[rows]),
+                                                           (again.norm, mine.norm[rows]))):  # fmt: skip
+                raise _StaleSnapshot
+            if again.precision == "int8" and not np.array_equal(again.scale, mine.scale[rows]):
+                raise _StaleSnapshot
+            return vectors
 
         return read
 

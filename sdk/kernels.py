@@ -153,7 +153,7 @@ class CompressedGallery(NamedTuple):
     error: np.ndarray  # float32 [n]: >= |row - widened row|
     norm: np.ndarray  # float32 [n]: |widened row|^2
     max_error: float  # >= every error
-    max_norm: float  # >= every row's norm, and its widened row's
+    max_norm: float  # >= |widened row| + error (so >= |row|), for every row
 
     @property
     def nbytes(self) -> int:

@@ -318,3 +318,27 @@ def test_gallery_precision_is_checked_and_mls_needs_float32(rng=np.random.defaul
         assert "precision='int8'" in repr(g)
         with pytest.raises(GalleryError, match="precision='fp32'"):
             g.search_mls(v, np.ones_like(v))
+
+
+def test_compressed_search_reads_back_only_rows_that_are_still_its_own(tmp_path: Path):
+    """A row removed (its id maybe taken by a newer row) after the snapshot was taken is never
+    read back as the snapshot's: the search starts again on a fresh snapshot."""
+    from sdk.gallery import _StaleSnapshot
+
+    rng = np.random.default_rng(11)
+    vectors = unit(rng, 50, 32)
+    path = tmp_path / "g.db"
+    with Gallery(path, **MODEL) as g:
+        g.add_many([f"p{i:02d}" for i in range(50)], vectors)
+    with Gallery(path, **MODEL, precision="int8") as a, Gallery(path, **MODEL) as b:
+        snap = a._current()
+        b.remove("p49")  # the last row: SQLite may give its id to the next one
+        b.add("x", -vectors[49:50])
+        read = a._exact_rows(snap)
+        np.testing.assert_array_equal(read(np.array([0, 7])), vectors[[0, 7]])
+        with pytest.raises(_StaleSnapshot):
+            read(np.array([49]))
+        for q in (vectors[49:50], -vectors[49:50]):
+            (n1, d1), (n2, d2) = a.search(q, k=2), b.search(q, k=2)
+            assert n1 == n2
+            np.testing.assert_array_equal(d1, d2)

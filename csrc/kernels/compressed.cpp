@@ -73,7 +73,8 @@ struct BoundsAccumulator {
     *error = round_up(std::sqrt(r.err));
     *norm = float(r.wn);
     b.max_error = std::max(b.max_error, *error);
-    b.max_norm = std::max(b.max_norm, round_up(std::sqrt(std::max(r.gn, r.wn))));
+    // |w| + error bounds |g| and any other row with these codes and this error.
+    b.max_norm = std::max(b.max_norm, round_up(std::max(std::sqrt(r.gn), std::sqrt(r.wn) + double(*error))));
   }
 };
 

@@ -79,7 +79,7 @@ struct CompressedGallery {
   const float* norm;    // [ng]: |w_j|^2 (to float precision), so a query or two skips it
   std::size_t ng, dim;
   float max_error;      // >= every error[j]
-  float max_norm;       // >= |g_j| and |w_j| for every row
+  float max_norm;       // >= |w_j| + error[j] (so >= |g_j|) for every row
 };
 
 // What compress_* returns, for CompressedGallery's two bounds. Galleries
