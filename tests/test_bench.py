@@ -27,8 +27,12 @@ def test_kernel_bench_quick_run_writes_json(tmp_path, capsys):
     for row in result["rows"]:
         assert row["top1_agreement_with_numpy"] == 1.0
         assert row["ours_ms"] > 0 and row["numpy_ms"] > 0
+    # The compressed galleries' answers equal float32's (the kernels' own check, in the bench).
+    compressed = result["compressed"]["rows"]
+    assert {(r["precision"], r["op"]) for r in compressed} == {(p, op) for p in ("fp16", "int8") for op in ("top-1", "match")}
+    assert all(r["identical_to_fp32"] and r["ours_ms"] > 0 for r in compressed)
     printed = capsys.readouterr().out
-    assert "vs best" in printed and f"isa={result['isa']}" in printed
+    assert "vs best" in printed and f"isa={result['isa']}" in printed and "compressed galleries" in printed
 
 
 # --- facesdk bench (run): the whole pipeline on real LFW faces ------------------------------------
