@@ -153,6 +153,8 @@ class Verifier:
     min_quality: PFE models only: faces of lower :func:`sdk.pfe.quality` are refused (see the
     module doc); :meth:`quality_for` reads the model's calibrated values. Default None: no gate.
     model_sha256: pin the model file: InvalidModelError unless its SHA-256 is this (hex).
+    gallery_precision: "fp32" (default), "fp16" or "int8": the gallery's rows in memory
+    (:class:`sdk.gallery.Gallery`'s ``precision``); decisions are float32's either way.
     The gallery records the network (graph) each precision enrolled with and refuses another
     network under the same model name and version (ModelMismatchError).
 
@@ -177,7 +179,10 @@ class Verifier:
         scoring: str = "l2",
         min_quality: float | None = None,
         model_sha256: str | None = None,
+        gallery_precision: str = "fp32",
     ) -> None:
+        if scoring == "mls" and gallery_precision != "fp32":
+            raise InvalidArgumentError("scoring='mls' reads float32 means: use gallery_precision='fp32'")
         self.embedder = loader.embedder(model, backend, providers=providers, threads=threads)
         if model_sha256 is not None:
             loader.check_pinned(self.embedder.path, model_sha256)
@@ -194,6 +199,7 @@ class Verifier:
             model_version=meta["model_version"],
             dim=self.embedder.embedding_dim,
             network=None if digest is None else (meta.get("precision", "fp32"), digest),
+            precision=gallery_precision,
         )
         # A PFE model also gives each face's variance sigma_sq.
         self.has_uncertainty = bool(getattr(self.embedder, "has_uncertainty", False))

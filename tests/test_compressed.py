@@ -342,3 +342,20 @@ def test_compressed_search_reads_back_only_rows_that_are_still_its_own(tmp_path:
             (n1, d1), (n2, d2) = a.search(q, k=2), b.search(q, k=2)
             assert n1 == n2
             np.testing.assert_array_equal(d1, d2)
+
+
+def test_verifier_with_an_int8_gallery_decides_as_float32(default_onnx, data, tmp_path: Path):
+    from sdk.verifier import Verifier
+
+    people = sorted((data / "att").glob("s*"))[:6]
+    answers = {}
+    for precision in ("fp32", "int8"):
+        v = Verifier(default_onnx, detector="yunet", gallery=tmp_path / f"{precision}.sqlite", gallery_precision=precision)
+        for person in people:
+            v.enroll_each(person.name, sorted(person.glob("*.pgm"))[:3])
+        probes = [p for person in people for p in sorted(person.glob("*.pgm"))[3:5]]
+        answers[precision] = [v.identify(p, k=3) for p in probes]
+    assert answers["int8"] == answers["fp32"]
+    assert all(len(a) == 3 for a in answers["fp32"])  # three enrolled identities ranked per probe
+    with pytest.raises(InvalidArgumentError, match="gallery_precision='fp32'"):
+        Verifier(default_onnx, gallery=None, scoring="mls", gallery_precision="int8")
