@@ -27,7 +27,8 @@ class ServerThread:
     """uvicorn serving ``app`` on 127.0.0.1 (a free port) in a thread: ``with ServerThread(app) as url``."""
 
     def __init__(self, app, host: str = "127.0.0.1", port: int = 0) -> None:
-        config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on")
+        config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on",
+                                timeout_graceful_shutdown=3)  # long polls would hold the shutdown
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, name="site-server", daemon=True)
         self.url = ""

@@ -32,9 +32,13 @@ import hashlib
 import hmac
 import json
 import logging
+import queue
 import secrets
+import threading
+import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -46,12 +50,8 @@ from sdk.gallery import clean_name
 
 try:
     import psycopg
-    from psycopg_pool import ConnectionPool, PoolTimeout
 except ModuleNotFoundError as e:  # the server extra
-    raise ModuleNotFoundError(
-        f"the site's central store needs psycopg 3 and psycopg-pool ({e.name} is missing): pip install -e '.[server]'",
-        name=e.name,
-    ) from e
+    raise ModuleNotFoundError("the site's central store needs psycopg 3: pip install -e '.[server]'", name=e.name) from e
 
 log = logging.getLogger("site")
 
@@ -93,18 +93,67 @@ def token_digest(secret: str) -> bytes:
     return hashlib.sha256(secret.encode()).digest()
 
 
+class _Pool:
+    """A few reusable connections. Made for a PostgreSQL that may restart under us: a connection
+    idle for a while is checked before use (a restart breaks it silently), a broken one is
+    dropped, and when the server is down a request fails at once (no reconnect backoff that
+    would keep a site offline after PostgreSQL is back)."""
+
+    CHECK_AFTER_S = 1.0
+
+    def __init__(self, dsn: str, size: int, timeout_s: float) -> None:
+        self.dsn, self.timeout_s = dsn, timeout_s
+        self._idle: queue.LifoQueue = queue.LifoQueue()
+        self._slots = threading.BoundedSemaphore(size)
+
+    def _connect(self) -> psycopg.Connection:
+        return psycopg.connect(self.dsn, connect_timeout=max(2, int(self.timeout_s)))
+
+    def _reused(self) -> psycopg.Connection | None:
+        while True:
+            try:
+                conn, since = self._idle.get_nowait()
+            except queue.Empty:
+                return None
+            if time.monotonic() - since < self.CHECK_AFTER_S:
+                return conn
+            try:
+                conn.execute("SELECT 1")
+                conn.rollback()
+                return conn
+            except psycopg.Error:
+                conn.close()
+
+    @contextmanager
+    def connection(self) -> Iterator[psycopg.Connection]:
+        if not self._slots.acquire(timeout=self.timeout_s):
+            raise CentreUnavailableError(f"the central store is busy: no connection free within {self.timeout_s:g} s")
+        conn = None
+        try:
+            conn = self._reused() or self._connect()
+            yield conn
+        finally:
+            if conn is not None:
+                if conn.broken or conn.closed or conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                    conn.close()
+                else:
+                    self._idle.put((conn, time.monotonic()))
+            self._slots.release()
+
+    def close(self) -> None:
+        while True:
+            try:
+                self._idle.get_nowait()[0].close()
+            except queue.Empty:
+                return
+
+
 class CentreStore:
     """The site's PostgreSQL, through a small connection pool (thread-safe)."""
 
     def __init__(self, dsn: str, *, pool_size: int = 8, timeout_s: float = 5.0) -> None:
         self.dsn = dsn
-        self._timeout_s = timeout_s
-        # check: a connection broken by a PostgreSQL restart is replaced, not handed out.
-        self.pool = ConnectionPool(
-            dsn, min_size=1, max_size=pool_size, open=False, timeout=timeout_s,
-            check=ConnectionPool.check_connection, kwargs={"connect_timeout": max(1, int(timeout_s))},
-        )  # fmt: skip
-        self.pool.open(wait=False)
+        self.pool = _Pool(dsn, pool_size, timeout_s)
         self._model: ModelInfo | None = None
 
     def close(self) -> None:
@@ -116,26 +165,21 @@ class CentreStore:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def connection(self):
-        """A pooled connection (context manager: commits on success, rolls back on error)."""
+    @contextmanager
+    def connection(self) -> Iterator[psycopg.Connection]:
+        """A pooled connection; CentreUnavailableError when PostgreSQL cannot be reached."""
         try:
-            return self.pool.connection(timeout=self._timeout_s)
+            with self.pool.connection() as conn:
+                yield conn
         except psycopg.OperationalError as e:
             raise CentreUnavailableError(f"the central store is unreachable: {e}") from e
 
     def _run(self, steps, *, isolation: psycopg.IsolationLevel | None = None):
-        """``steps(cursor)`` in one transaction; connection failures raise CentreUnavailableError."""
-        try:
-            with self.connection() as conn:
-                if isolation is not None:
-                    conn.isolation_level = isolation
-                try:
-                    with conn.transaction(), conn.cursor() as cur:
-                        return steps(cur)
-                finally:
-                    conn.isolation_level = None
-        except (PoolTimeout, psycopg.OperationalError) as e:
-            raise CentreUnavailableError(f"the central store is unreachable: {e}") from e
+        """``steps(cursor)`` in one transaction (committed when it returns)."""
+        with self.connection() as conn:
+            conn.isolation_level = isolation
+            with conn.transaction(), conn.cursor() as cur:
+                return steps(cur)
 
     # ------------------------------------------------------------------ schema
 
