@@ -630,8 +630,8 @@ class Gallery:
     def apply(self, changes: Sequence[tuple], meta: dict[str, str] | None = None, *,
               extra: Callable[[sqlite3.Connection], T] | None = None) -> T | None:  # fmt: skip
         """Applies a batch of changes in order, in one transaction, for a replica
-        (:mod:`sdk.replica`): ``("add", name, embeddings, sigma_sq, quality)`` and
-        ``("remove", name)``; ``meta`` keys are written in the same transaction (the replica's
+        (:mod:`sdk.replica`): ``("add", name, embeddings, sigma_sq, quality)`` (``name`` a str, or
+        one per row) and ``("remove", name)``; ``meta`` keys are written in the same transaction (the replica's
         applied version), and ``extra(conn)`` runs in it last (the replica's own bookkeeping; its
         result is returned). All or nothing: an invalid row raises before anything is written."""
         prepared = []
@@ -639,7 +639,10 @@ class Gallery:
             if change[0] == "add":
                 _, name, embeddings, sigma_sq, quality = change
                 vectors = _matrix(embeddings, "embeddings", self.dim)
-                prepared.append(self._prepared_insert([clean_name(name)] * len(vectors), vectors, sigma_sq, quality, None))
+                names = [clean_name(name)] * len(vectors) if isinstance(name, str) else [clean_name(n) for n in name]
+                if len(names) != len(vectors):
+                    raise InvalidArgumentError(f"an add of {len(vectors)} embeddings names {len(names)} identities")
+                prepared.append(self._prepared_insert(names, vectors, sigma_sq, quality, None))
             elif change[0] == "remove":
                 name = clean_name(change[1])
                 prepared.append((

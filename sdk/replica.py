@@ -225,13 +225,18 @@ class Replica:
                 vector = np.frombuffer(c["vector"], "<f4").reshape(1, dim)
                 sigma = None if c.get("sigma_sq") is None else np.frombuffer(c["sigma_sq"], "<f4").reshape(1, dim)
                 quality = None if c.get("quality") is None else [c["quality"]]
-                if ops and ops[-1][0] == "add" and ops[-1][1] == c["identity"] and (sigma is None) == (ops[-1][3] is None) \
-                        and (quality is None) == (ops[-1][4] is None):  # fmt: skip
-                    _, name, v, s, q = ops.pop()  # one enrolment's faces: one insert
-                    ops.append(("add", name, np.vstack([v, vector]), None if s is None else np.vstack([s, sigma]),
-                                None if q is None else q + quality))  # fmt: skip
+                last = ops[-1] if ops else None
+                if last is not None and last[0] == "add" and (sigma is None) == (last[3] is None) and (quality is None) == (last[4] is None):
+                    last[1].append(c["identity"])  # consecutive adds: one insert
+                    last[2].append(vector)
+                    if sigma is not None:
+                        last[3].append(sigma)
+                    if quality is not None:
+                        last[4].extend(quality)
                 else:
-                    ops.append(("add", c["identity"], vector, sigma, quality))
+                    ops.append(("add", [c["identity"]], [vector], None if sigma is None else [sigma], quality))
+        ops = [(op[0], op[1], np.concatenate(op[2]), None if op[3] is None else np.concatenate(op[3]), op[4])
+               if op[0] == "add" else op for op in ops]  # fmt: skip
 
         def bookkeeping(conn: sqlite3.Connection) -> None:
             conn.executemany("DELETE FROM replica_outbox WHERE uid = ?", [(u,) for u in ours])
