@@ -387,3 +387,34 @@ def test_a_replica_must_know_its_network(tmp_path: Path) -> None:
     with pytest.raises(InvalidArgumentError, match="network"):
         Replica(g, HttpCentre("http://127.0.0.1:9", "t"))
     g.close()
+
+
+# ------------------------------------------------------------------------------- the CLI
+
+
+def test_cli_tokens_and_a_door_sync(site: Site, faces, default_onnx: Path, tmp_path: Path, capsys, monkeypatch) -> None:
+    from cli.main import main
+
+    dsn = ["--dsn", site.pg.dsn]
+    assert main(["site", "migrate", *dsn]) == 0
+    assert "up to date" in capsys.readouterr().out
+    assert main(["site", "token", "create", "cli_door", "--scope", "device", *dsn]) == 0
+    secret = capsys.readouterr().out.strip()
+    assert secret.startswith("fsk_") and site.store.check_token(secret).scope == "device"
+    assert main(["site", "token", "list", "--json", *dsn]) == 0
+    listed = {t["name"]: t for t in json.loads(capsys.readouterr().out)}
+    assert listed["cli_door"]["scope"] == "device" and secret not in json.dumps(listed)
+    site.enrol("cli_ashcroft", faces["John_Ashcroft"][:1])
+    monkeypatch.setenv("FACESDK_SITE_TOKEN", secret)
+    door = ["site", "sync", "--url", site.url, "--gallery", str(tmp_path / "door.sqlite"), "--model", str(default_onnx), "--json"]
+    assert main(door) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["version"] == site.store.head() and result["pending"] == 0
+    with Gallery(tmp_path / "door.sqlite", model_name=site.gallery.model_name, model_version=site.gallery.model_version,
+                 dim=site.gallery.dim) as g:  # fmt: skip
+        assert nearest(g, faces["John_Ashcroft"][1]) == "cli_ashcroft"
+        assert gallery_digest(g) == site.store.digest()
+    assert main(["site", "token", "revoke", "cli_door", *dsn]) == 0
+    capsys.readouterr()
+    assert main(door) == 1  # a revoked token: refused, said on one line
+    assert "401" in capsys.readouterr().err
