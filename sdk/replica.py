@@ -310,7 +310,9 @@ class Replica:
         backoff = self.poll_s
         while not self._stop.is_set():
             try:
-                self.sync(wait_s=self.wait_s)
+                start = time.monotonic()
+                if self.sync(wait_s=self.wait_s) == 0:  # a centre that does not hold pulls open: poll
+                    self._stop.wait(self.poll_s - (time.monotonic() - start))
                 backoff = self.poll_s
             except CentreUnavailableError as e:
                 log.info("replica %s: centre unreachable (%s); matching from the local copy, retry in %.0f s",
