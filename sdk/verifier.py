@@ -468,6 +468,21 @@ class Verifier:
         assert added == sum(r.status == ADDED for r in results)
         return results
 
+    def enrolment(
+        self,
+        identity: str,
+        images: Image | Iterable[Image],
+        *,
+        color: str = "bgr",
+        face: int | Sequence[float] | None = None,
+        largest: bool = False,
+        force: bool = False,
+    ) -> tuple[list[EnrolResult], list[tuple[str | None, np.ndarray, np.ndarray | None]]]:
+        """What :meth:`enroll_each` decides, checked against this gallery, without storing it: each
+        image's result, and the rows to store (source, mu, sigma_sq or None). For a gallery that
+        is written elsewhere and replicated here (a site's central store)."""
+        return self._enrolment(identity, images, color, face, largest, force)
+
     def _store(self, identity: str, rows: list[tuple[str | None, np.ndarray, np.ndarray | None]]) -> int:
         if not rows:
             return 0

@@ -52,6 +52,7 @@ from sdk.errors import (
     NoFaceError,
     AmbiguousFaceError,
 )
+from sdk import pfe
 from sdk.images import decode_image
 from sdk.replica import LONG_POLL_S, Replica
 from site_server.store import CHANNEL, CentreStore, ModelInfo, StoreCentre, Token, push_enrolment
@@ -77,6 +78,8 @@ class EnrolRequest(_Strict):
     by the site's model (then model, precision and network_sha256 say which)."""
 
     images: list[str] | None = Field(None, max_length=MAX_IMAGES)
+    largest: bool = False  # images of several faces: enrol the largest
+    force: bool = False  # enrol faces refused as another identity's or unlike the person's others
     embeddings: list[Vector] | None = Field(None, max_length=MAX_FACES)
     sigma_sq: list[Vector] | None = Field(None, max_length=MAX_FACES)
     quality: list[float] | None = Field(None, max_length=MAX_FACES)
@@ -294,11 +297,19 @@ def create_app(store: CentreStore, verifier, *, max_body_bytes: int = MAX_BODY_B
         if (body.images is None) == (body.embeddings is None):
             raise InvalidArgumentError("give images or embeddings, not both nor neither")
         if body.images is not None:
-            faces = [verifier.embed_largest_with_uncertainty(decode_image(_b64(img, f"images[{i}]"), f"images[{i}]"),
-                                                             f"images[{i}]") for i, img in enumerate(body.images)]  # fmt: skip
-            vectors = np.stack([mu for mu, _ in faces])
-            sigma = None if faces[0][1] is None else np.stack([s for _, s in faces])
-            quality = None
+            # The Verifier's enrolment checks, against the server's copy of the whole site.
+            _sync_quietly(replica)
+            frames = [decode_image(_b64(img, f"images[{i}]"), f"images[{i}]") for i, img in enumerate(body.images)]
+            results, rows = verifier.enrolment(identity, frames, largest=body.largest, force=body.force)
+            report = [{"image": i, "status": r.status, "reason": r.reason, "other": r.other} for i, r in enumerate(results)]
+            if any(r.status == "refused" for r in results):
+                return _error(422, "; ".join(f"images[{i}]: {r.reason}" for i, r in enumerate(results) if r.status == "refused")
+                              + "; nothing was stored", images=report)  # fmt: skip
+            if not rows:
+                return {"identity": identity, "faces": 0, "version": None, "images": report}
+            vectors = np.stack([mu for _, mu, _ in rows])
+            sigma = None if rows[0][2] is None else np.stack([s for _, _, s in rows])
+            quality = None if sigma is None else np.asarray(pfe.quality(sigma))
             net = network
         else:
             if body.model is None or body.precision is None or body.network_sha256 is None:

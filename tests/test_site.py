@@ -312,10 +312,16 @@ def test_changes_for_another_model_are_refused(site: Site, faces, tmp_path: Path
 # ------------------------------------------------------------------------------- the API
 
 
-def test_identify_and_verify_real_faces_over_http(site: Site, faces, data: Path) -> None:
-    site.enrol("http_serena", faces["Serena_Williams"][:1])
-    image = data / "lfw" / "images_deepfunneled" / "Serena_Williams" / "Serena_Williams_0002.jpg"
-    b64 = base64.b64encode(image.read_bytes()).decode()
+def test_enrol_identify_and_verify_real_images_over_http(site: Site, faces, data: Path) -> None:
+    lfw = data / "lfw" / "images_deepfunneled" / "Serena_Williams"
+    first = base64.b64encode((lfw / "Serena_Williams_0001.jpg").read_bytes()).decode()
+    status, body = site.call("POST", "/v1/identities/http_serena/faces", {"images": [first], "largest": True})
+    assert status == 200 and body["faces"] == 1, body
+    # The Verifier's enrolment checks run against the whole site: the same face under another name is refused.
+    status, body = site.call("POST", "/v1/identities/http_not_serena/faces", {"images": [first], "largest": True})
+    assert status == 422 and "http_serena" in body["error"] and body["images"][0]["other"] == "http_serena", body
+    assert "http_not_serena" not in [r["identity"] for r in site.store.identities()]
+    b64 = base64.b64encode((lfw / "Serena_Williams_0002.jpg").read_bytes()).decode()
     status, body = site.call("POST", "/v1/identify", {"image": b64, "k": 3}, "device")
     assert status == 200 and body["identity"] == "http_serena" and body["accepted"], body
     status, body = site.call("POST", "/v1/verify", {"identity": "http_serena", "embedding": faces["Serena_Williams"][1].tolist()}, "device")
