@@ -38,7 +38,10 @@ class TempPostgres:
         self.data, self.socket = self.root / "data", self.root / "socket"
         self.socket.mkdir(mode=0o700)
         if self.user:
-            entry = pwd.getpwnam(self.user)
+            try:
+                entry = pwd.getpwnam(self.user)
+            except KeyError:
+                raise RuntimeError("PostgreSQL refuses to run as root, and there is no 'postgres' user to run it as") from None
             for path in (self.root, self.socket):
                 os.chown(path, entry.pw_uid, entry.pw_gid)
         self.settings = {"listen_addresses": "''", "fsync": "off", "max_connections": "100", **(settings or {})}
