@@ -357,6 +357,10 @@ def test_every_auth_failure_gets_its_status(site: Site, faces) -> None:
     chunks = iter([huge[i : i + 8192] for i in range(0, len(huge), 8192)])
     got, answer = site.call("POST", "/v1/identify", raw=chunks, token="device", headers={"Transfer-Encoding": "chunked"})
     assert got == 413, answer
+    small = json.dumps({"embedding": vector}).encode()  # a chunked body under the limit goes through
+    got, answer = site.call("POST", "/v1/identify", raw=iter([small[:100], small[100:]]), token="device",
+                            headers={"Transfer-Encoding": "chunked"})  # fmt: skip
+    assert got == 200, answer
     # 422: a body that says what is wrong
     for body, message in [
         ({"embedding": vector, "extra": 1}, "extra"),
