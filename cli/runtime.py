@@ -230,13 +230,12 @@ def gallery_list(args: argparse.Namespace) -> int:
     with make_verifier(args) as v:
         g = v.gallery
         rows = [(name, g.count(name)) for name in g.identities()]
-        payload: object = [{"identity": n, "faces": c} for n, c in rows]
+        point = None if v.fpir is None else v.operating_point()
+        payload = {"identities": [{"identity": n, "faces": c} for n, c in rows], "threshold": v.threshold, "operating_point": point}
         lines = [f"{n:<32} {c:>5}" for n, c in rows] + [f"{len(rows)} identities, {len(g)} faces"]
-        if v.fpir is None:
-            lines.append(f"threshold {v.threshold:.4f} (pairwise, the same at any gallery size; --fpir F for 1:N)")
+        if point is None:
+            lines.append(f"threshold {v.threshold:.4f} (pairwise, the same at any gallery size)")
         else:
-            point = v.operating_point()
-            payload = {"identities": payload, "operating_point": point}
             fnir = "not measured" if point["expected_fnir"] is None else f"{point['expected_fnir']:.1%}"
             lines.append(f"operating point at N = {point['gallery_size']}: threshold {point['threshold']:.4f}, "
                          f"expected FPIR {point['expected_fpir']:.2g} (target {point['target_fpir']:g}), expected FNIR {fnir}")  # fmt: skip
