@@ -123,7 +123,7 @@ class Verification:
     threshold: float  # in the units of `scoring`: squared L2 (same if <=) or MLS (same if >=)
     mls: float | None = None  # scoring "mls": the mutual likelihood score
     scoring: str = "l2"
-    reason: str | None = None  # "low_quality" when a face is below min_quality; "not_live" (verify_claim)
+    reason: str | None = None  # "low_quality" below min_quality; "not_live" (claims); "no_face" (FaceStream.claim)
 
 
 @dataclass(frozen=True)
@@ -751,6 +751,19 @@ class Verifier:
             return self.threshold_for(None)
         return self._limit(far, threshold)
 
+    def _pairwise_track_limit(self, far: float | None, threshold: float | None) -> float:
+        """1:1 against a fused track: the track table's N = 1 threshold (every search against one
+        enrolled face) for FPIR = `far` (default the model's FAR), where the model has one;
+        else the pairwise threshold of one frame."""
+        if threshold is None:
+            rate = _number(far, "far") if far is not None else float(self.embedder.metadata.get("threshold_far", "nan"))
+            meta = self.embedder.metadata
+            if TRACK_TABLES[0] in meta and math.isfinite(rate):
+                for known, row in fpir_table(meta, TRACK_TABLES[0], str(self.embedder.path)).items():
+                    if 1 in row and math.isclose(known, rate, rel_tol=1e-6):
+                        return row[1]
+        return self._pairwise_limit(far, threshold)
+
     def _track_limit(self, far: float | None, threshold: float | None) -> float:
         """The threshold for a track fusing several frames: under ``fpir`` the track table's."""
         if far is None and threshold is None and self.fpir is not None:
@@ -854,6 +867,48 @@ class FaceStream:
                       track_id=track.id, frames=track.frames, decided_at=decided_at)
             )
         return out
+
+    def claim(
+        self, frame: Image, identity: str, far: float | None = None, threshold: float | None = None, *, color: str = "bgr"
+    ) -> Verification:
+        """1:1 against a claimed identity over a track (a badge or PIN names who should be at the
+        door): the frame's largest face is followed across frames as :meth:`match` follows
+        faces, and its track's fused template is compared with `identity`'s nearest enrolled face
+        at the pairwise operating point of a fused track (the model's track table at N = 1, for
+        FPIR `far`, default the model's FAR; one frame's pairwise threshold while the track has
+        one frame). Accepted only when at least k of the track's last n frames, each alone at
+        one frame's pairwise threshold, were within it too. A frame without a face answers
+        ``same=False, reason="no_face"``; a face the liveness hook vetoes ``reason="not_live"``.
+        Squared L2 only; an identity not enrolled raises InvalidArgumentError."""
+        v = self.verifier
+        if v.scoring != "l2":
+            raise InvalidArgumentError("claim compares squared L2 (scoring='l2')")
+        frame_limit, track_limit = v._pairwise_limit(far, threshold), v._pairwise_track_limit(far, threshold)
+        try:
+            enrolled = v.gallery.embeddings(identity).vectors.astype(np.float64)
+        except KeyError:
+            raise InvalidArgumentError(f"{identity!r} is not enrolled") from None
+        image, found = v.faces(frame, color)
+        self.frame_index += 1
+        face = max(found, key=lambda d: (d.box[2] - d.box[0]) * (d.box[3] - d.box[1]), default=None)
+        if face is None or (v.liveness is not None and not v.liveness(image, face)):
+            none = np.zeros((0, v.embedder.embedding_dim), np.float32)
+            self.tracker.update(np.zeros((0, 4)), none, none, [])
+            self._forget_ended()
+            return Verification(False, math.inf, frame_limit, reason="no_face" if face is None else NOT_LIVE)
+        mu, sigma_sq = v.embed_with_uncertainty(image, [face])
+        quality = None if sigma_sq is None else float(pfe.quality(sigma_sq)[0])
+        usable = v._quality_ok(quality)
+        track = self.tracker.update(np.array([face.box]), mu, np.ones_like(mu) if sigma_sq is None else sigma_sq, [usable])[0]
+        self._forget_ended()
+        if track.mu is None:
+            return Verification(False, math.inf, frame_limit, reason=LOW_QUALITY)
+        if usable:
+            alone = float(((enrolled - mu[0]) ** 2).sum(1).min())
+            self._votes.setdefault(track.id, deque(maxlen=self.n)).append(identity if alone <= frame_limit else None)
+        distance = float(((enrolled - track.mu.astype(np.float64)) ** 2).sum(1).min())
+        limit = track_limit if track.frames > 1 else frame_limit
+        return Verification(distance <= limit and self._agree(track.id, identity), distance, limit)
 
     def _agree(self, track_id: int, name: str | None) -> bool:
         votes = self._votes.get(track_id, ())
