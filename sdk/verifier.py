@@ -3,7 +3,9 @@
 A Verifier owns a detector, the canonical aligner, an embedding backend and an enrolment
 gallery. Every face of a frame is embedded in one batch and matched against the gallery with
 the C++ kernels. Thresholds are squared-L2 distances calibrated on labelled data and stored in
-the model file (``facesdk calibrate --write``); a call may ask for another false accept rate.
+the model file. By default a search's threshold keeps the share of strangers' searches that
+return anyone (FPIR) at DEFAULT_FPIR for the gallery's size (``facesdk eval fpir --write``);
+``far=`` / ``threshold=`` fix a pairwise one instead (``facesdk calibrate --write``).
 
 Presentation-attack detection: pass ``liveness=callable(frame_bgr, detection) -> bool`` and
 faces it returns False for are reported with ``live=False``, never identified nor accepted.
