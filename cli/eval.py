@@ -60,6 +60,8 @@ def register(sub) -> None:
     p.add_argument("--probe-frames", type=positive, default=1,
                    help="fuse this many images of a person into each search, as a track fuses frames (--write then "
                         "stores the track table, fpir_track_threshold_table)")  # fmt: skip
+    p.add_argument("--flip", choices=["none", "enrolment", "both"], default="none",
+                   help="embed enrolment images (or every image) as the mean of the face and its mirror")  # fmt: skip
     p.add_argument("--pool", choices=["lfw-test", "calibration"], default="lfw-test",
                    help="lfw-test: strangers from LFW peopleDevTest, everyone else enrolled; calibration: CelebA and "
                         "LFW peopleDevTrain people only (what --write uses)")  # fmt: skip
@@ -300,13 +302,23 @@ def fpir_cmd(args: argparse.Namespace) -> int:
     tables = TRACK_TABLES if args.probe_frames > 1 else FRAME_TABLES
     persons = openset.people(args.data)
     embedder = make_embedder(args.model)
-    if args.cache and args.cache.exists():
-        embeddings = openset.load_embeddings(args.cache)
-    else:
-        embeddings = openset.embed_people(persons, make_detector(args.detector), embedder)
-        if args.cache:
-            openset.save_embeddings(args.cache, embeddings)
+    if args.write and args.flip != "none":
+        raise UsageError("--write stores the tables of plain embeddings, the runtime's: drop --flip")
+
+    def embedded(cache: Path | None, model) -> dict:
+        if cache and cache.exists():
+            return openset.load_embeddings(cache)
+        out = openset.embed_people(persons, make_detector(args.detector), model)
+        if cache:
+            openset.save_embeddings(cache, out)
+        return out
+
+    embeddings = embedded(args.cache, embedder)
     gallery, strangers = openset.split_people(persons, args.strangers, args.pool)
+    if args.flip != "none":
+        flip_cache = args.cache.with_name(args.cache.stem + ".flip.npz") if args.cache else None
+        flipped = embedded(flip_cache, openset.FlipAveraged(embedder))
+        embeddings = flipped if args.flip == "both" else {**embeddings, **{p.images[0]: flipped[p.images[0]] for p in gallery}}
     # Before: the pairwise default threshold at every N. After: the model's FPIR table, if any.
     meta = embedder.metadata
     labels = {"pairwise default": float(meta["threshold"])} if "threshold" in meta else {}

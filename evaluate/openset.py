@@ -197,6 +197,18 @@ def embed_people(persons: list[Person], detector=None, embedder=None, progress: 
     return dict(zip(paths, embedded.embeddings))
 
 
+class FlipAveraged:
+    """An embedder whose embedding of a chip is the normalised mean of the chip's and its
+    mirror's (test-time flip averaging): twice the embedding cost."""
+
+    def __init__(self, embedder) -> None:
+        self.embedder, self.metadata = embedder, embedder.metadata
+
+    def embed(self, chips: np.ndarray) -> np.ndarray:
+        both = self.embedder.embed(chips) + self.embedder.embed(np.ascontiguousarray(chips[:, :, ::-1]))
+        return (both / np.linalg.norm(both, axis=1, keepdims=True)).astype(np.float32)
+
+
 def save_embeddings(path: Path, embeddings: dict[Path, np.ndarray]) -> None:
     np.savez(path, paths=np.array([str(p) for p in embeddings]), embeddings=np.stack(list(embeddings.values())))
 

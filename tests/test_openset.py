@@ -214,3 +214,18 @@ def test_claim_and_gallery_list_on_the_command_line(fpir_model, data, tmp_path, 
     assert cli.main(["gallery", "list", "--fpir", "0.01", *common]) == 0
     out = capsys.readouterr().out
     assert "operating point at N = 1: threshold 0.1200" in out and "expected FNIR 30.0%" in out
+
+
+def test_flip_averaging_is_the_same_for_a_face_and_its_mirror(default_onnx, data):
+    import cv2
+
+    from sdk.embed import OnnxEmbedder
+
+    image = cv2.imread(str(lfw_image(data, "Tony_Blair", 1)))
+    chips = np.stack([image[50:200, 50:200], image[40:190, 60:210]])
+    flip = openset.FlipAveraged(OnnxEmbedder(default_onnx))
+    e, mirrored = flip.embed(chips), flip.embed(np.ascontiguousarray(chips[:, :, ::-1]))
+    np.testing.assert_allclose(np.linalg.norm(e, axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(e, mirrored, atol=1e-5)
+    plain = flip.embedder.embed(chips)
+    assert ((plain - e) ** 2).sum(1).max() > 1e-4  # it is not the plain embedding
