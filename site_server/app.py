@@ -334,7 +334,7 @@ def create_app(store: CentreStore, verifier, *, max_body_bytes: int = MAX_BODY_B
     def identify(body: IdentifyRequest, token: Token = scope(*MATCHING)) -> dict[str, Any]:
         v = face_vector(body)
         names, dist = gallery.search(v[None], k=body.k)
-        threshold = verifier.threshold
+        threshold = verifier.threshold  # 1:N: with an FPIR operating point, it follows the gallery's size
         candidates = [{"identity": n, "distance": float(d)} for n, d in zip(names[0], dist[0].tolist()) if n is not None]
         accepted = bool(candidates) and candidates[0]["distance"] <= threshold
         return {"identity": candidates[0]["identity"] if accepted else None, "accepted": accepted,
@@ -348,7 +348,8 @@ def create_app(store: CentreStore, verifier, *, max_body_bytes: int = MAX_BODY_B
         except KeyError:
             raise ApiError(404, f"{body.identity!r} is not enrolled") from None
         distance = float(((enrolled.astype(np.float64) - v) ** 2).sum(1).min())
-        threshold = verifier.threshold
+        # 1:1, one comparison: the model's pairwise threshold, not the 1:N one that follows the gallery's size.
+        threshold = verifier.threshold if verifier.fpir is None else verifier.threshold_for(None)
         return {"identity": body.identity, "same": distance <= threshold, "distance": distance, "threshold": threshold}
 
     @app.get("/v1/changes", summary="changes after a version (long poll: wait seconds for one)")
