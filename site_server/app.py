@@ -158,12 +158,12 @@ class ChangeFeed:
         old.set()
 
     def _changed(self) -> None:
+        if self.loop is not None:  # the doors first: the server's own sync may take long (a bulk load)
+            self.loop.call_soon_threadsafe(self._wake)
         try:
             self.on_change()
         except FaceSDKError as e:
             log.warning("site: the server's gallery could not sync: %s", e)
-        if self.loop is not None:
-            self.loop.call_soon_threadsafe(self._wake)
 
     def _run(self) -> None:
         import psycopg
