@@ -215,6 +215,29 @@ def test_concurrent_enrolments_lose_nothing_and_pulls_see_versions_in_order(site
     assert sum(len(p) > 1 for p in pages) > 1, "the puller should have seen the enrolments arrive in several pages"
 
 
+def test_concurrent_enrolments_through_the_api_reach_both_doors(site: Site, tmp_path: Path) -> None:
+    doors = [site.edge(site.device, tmp_path, "api_d1"), site.edge(site.device, tmp_path, "api_d2")]
+    vectors = np.random.default_rng(1).normal(size=(16, 128))
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    statuses: list[int] = []
+
+    def enrol(i: int) -> None:
+        statuses.append(site.call("POST", f"/v1/identities/api_{i}/faces", {
+            "embeddings": [vectors[i].tolist()], "model": site.model, "precision": site.gallery.network[0],
+            "network_sha256": site.gallery.network[1]})[0])  # fmt: skip
+
+    threads = [threading.Thread(target=enrol, args=(i,)) for i in range(len(vectors))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert statuses == [200] * len(vectors)
+    until(lambda: len({site.store.digest(), *(gallery_digest(d.gallery) for d in doors)}) == 1, what="both doors to converge")
+    for d in doors:
+        assert {f"api_{i}" for i in range(len(vectors))} <= set(d.gallery.identities())
+        assert nearest(d.gallery, vectors[5]) == "api_5"
+
+
 # ------------------------------------------------------------------------- the replicas
 
 
