@@ -79,7 +79,7 @@ class Centre(Protocol):
     reads its store directly)."""
 
     def pull(self, since: int, wait_s: float = 0.0) -> dict[str, Any]:
-        """``{"model": {...}, "changes": [...], "next": int}``; vectors as bytes."""
+        """``{"model": {...}, "changes": [...], "next": int, "head": int}``; vectors as bytes."""
 
     def push(self, enrolment: dict[str, Any]) -> int:
         """The centre's version for the enrolment, or ChangeRefusedError."""
