@@ -169,9 +169,11 @@ def lag(model: Path | None = None, *, rounds: int = 50, size: int = 1000, dsn: s
                 "enrol_request": _percentiles(requests)}  # fmt: skip
     finally:
         if door is not None:
+            door.stop(0)  # it may be in a long poll: the server's shutdown ends that
+        site.close()
+        if door is not None:
             door.stop(30)
             door.gallery.close()
-        site.close()
         for p in folder.iterdir():
             p.unlink()
         folder.rmdir()

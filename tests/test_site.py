@@ -451,3 +451,20 @@ def test_cli_tokens_and_a_door_sync(site: Site, faces, default_onnx: Path, tmp_p
     capsys.readouterr()
     assert main(door) == 1  # a revoked token: refused, said on one line
     assert "401" in capsys.readouterr().err
+
+
+def test_the_benchmark_commands_run(postgres: TempPostgres, default_onnx: Path, capsys) -> None:
+    """The benchmarks are commands (figures in README); this only keeps two of them working, at toy
+    sizes (identify's client processes would cost more than the rest of this file)."""
+    import psycopg
+
+    from cli.main import main
+
+    for kind, options in [("lag", ["--rounds", "2", "--size", "10"]), ("scale", ["--size", "300"])]:
+        with psycopg.connect(postgres.dsn, autocommit=True) as conn:
+            conn.execute(f"CREATE DATABASE bench_{kind}")
+        dsn = postgres.dsn.replace("dbname=postgres", f"dbname=bench_{kind}")
+        assert main(["site", "bench", kind, *options, "--model", str(default_onnx), "--dsn", dsn]) == 0
+        result = json.loads(capsys.readouterr().out)
+        assert result["benchmark"] == kind
+    assert result["door_faces"] == 300 and result["bulk_load_s"] > 0
