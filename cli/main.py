@@ -16,7 +16,7 @@ accepted; identify: the best candidate is within the threshold), 3 the same comm
     facesdk bench [run|kernels|pipeline] [--backend onnxruntime,torch,tensorrt] [--model PATH]...
     facesdk export onnx default|pfe|checkpoint|check  |  export int8 MODEL -o OUT  |  export trt MODEL
     facesdk train --config FILE  |  train pfe features|train|evaluate  |  train compare|crossval|bench-mining
-    facesdk serve --dsn DSN  |  site migrate|token create|token list|token revoke|sync|bench identify|lag|scale
+    facesdk serve --dsn DSN  |  site migrate|token create|token list|token revoke|sync|enroll|bench identify|lag|scale
 
 Each verb group is a module of this package with register(subparsers); its commands import
 their heavy dependencies (torch, train, export) only when they run, so the runtime verbs work

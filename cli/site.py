@@ -6,6 +6,7 @@ FastAPI, uvicorn); a door's sync needs nothing beyond the runtime.
     facesdk site migrate --dsn DSN
     facesdk site token create NAME --scope admin|device|kiosk --dsn DSN  |  token list  |  token revoke NAME
     facesdk site sync --url URL [--follow] [--gallery PATH] [--model PATH]    (token: $FACESDK_SITE_TOKEN)
+    facesdk site enroll NAME IMAGE... --url URL [--largest]                  (a kiosk token)
     facesdk site bench identify|lag|scale [...]
 
 The database is named by --dsn or $FACESDK_SITE_DSN (a libpq connection string; keep its
@@ -64,6 +65,17 @@ def register(sub) -> None:
     p.add_argument("--follow", action="store_true", help="keep syncing (long polls; retries while offline) until Ctrl-C")
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=sync_cmd)
+
+    p = actions.add_parser("enroll", help="a kiosk: enrol here (matched at once, offline too) and send it to the site")
+    p.add_argument("name")
+    p.add_argument("images", nargs="+", help="image files")
+    p.add_argument("--url", required=True, help="the site's base URL (https://...)")
+    p.add_argument("--gallery", help="gallery file (default $FACESDK_HOME/gallery.sqlite)")
+    model_option(p, "the kiosk's ONNX model (default: the cached default model)")
+    p.add_argument("--largest", action="store_true", help="an image of several faces: enrol its largest face")
+    p.add_argument("--cafile", help="CA bundle for a site certificate from a private CA")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=kiosk_enroll)
 
     bench = actions.add_parser("bench", help="the site's benchmarks (a throwaway PostgreSQL unless --dsn)")
     kinds = bench.add_subparsers(dest="kind", metavar="KIND", required=True)
@@ -152,15 +164,10 @@ def token_revoke(args) -> int:
 def sync_cmd(args) -> int:
     import time
 
-    from sdk import Verifier
-    from sdk.replica import LONG_POLL_S, HttpCentre, Replica
+    from sdk.replica import LONG_POLL_S
 
-    token = os.environ.get("FACESDK_SITE_TOKEN")
-    if not token:
-        raise UsageError("set $FACESDK_SITE_TOKEN to this door's token (never on the command line: ps would show it)")
-    gallery = args.gallery or "default"
-    with Verifier(args.model, gallery=gallery) as v:
-        replica = Replica(v.gallery, HttpCentre(args.url, token, cafile=args.cafile), device="cli")
+    v, replica = _door(args)
+    with v:
         if args.follow:
             replica.start()
             print(f"syncing {v.info()['gallery']} with {args.url} until Ctrl-C", file=sys.stderr)
@@ -175,6 +182,48 @@ def sync_cmd(args) -> int:
                       "identities": v.gallery.identity_count()}  # fmt: skip
             emit(args, result, [f"applied {applied} change(s); at version {result['version']}; "
                                 f"{result['identities']} identities; {result['pending']} enrolment(s) waiting to be sent"])  # fmt: skip
+    return 0
+
+
+def _door(args):
+    from sdk import Verifier
+    from sdk.replica import HttpCentre, Replica
+
+    token = os.environ.get("FACESDK_SITE_TOKEN")
+    if not token:
+        raise UsageError("set $FACESDK_SITE_TOKEN to this door's token (never on the command line: ps would show it)")
+    v = Verifier(args.model, gallery=args.gallery or "default")
+    return v, Replica(v.gallery, HttpCentre(args.url, token, cafile=args.cafile), device="cli")
+
+
+def kiosk_enroll(args) -> int:
+    """The Verifier's enrolment checks against this door's copy of the site, then the faces are
+    stored here and queued for the centre; sent now when it answers, else by a later sync."""
+    import numpy as np
+
+    from sdk.errors import CentreUnavailableError
+
+    v, replica = _door(args)
+    with v:
+        try:  # the checks see the site as fresh as it can be
+            replica.sync()
+        except CentreUnavailableError:
+            pass
+        results, rows = v.enrolment(args.name, args.images, largest=args.largest)
+        refused = [r for r in results if r.status == "refused"]
+        if refused:
+            raise refused[0].error
+        if rows:
+            sigma = None if rows[0][2] is None else np.stack([s for _, _, s in rows])
+            replica.enrol(args.name, np.stack([mu for _, mu, _ in rows]), sigma_sq=sigma)
+        try:
+            replica.sync()
+            sent = True
+        except CentreUnavailableError:
+            sent = False
+        result = {"identity": args.name, "faces": len(rows), "sent": sent, "pending": replica.pending()}
+        emit(args, result, [f"enrolled {len(rows)} face(s) of {args.name!r} here; "
+                            + ("sent to the site" if sent else f"the site is unreachable: {result['pending']} waiting for the next sync")])  # fmt: skip
     return 0
 
 

@@ -240,7 +240,7 @@ def test_every_verb_is_registered():
         "export onnx default", "export onnx pfe", "export onnx checkpoint", "export onnx check", "export int8",
         "export trt", "train", "train pfe features", "train pfe train", "train pfe evaluate", "train compare",
         "train crossval", "train bench-mining",
-        "serve", "site migrate", "site token create", "site token list", "site token revoke", "site sync",
+        "serve", "site migrate", "site token create", "site token list", "site token revoke", "site sync", "site enroll",
         "site bench identify", "site bench lag", "site bench scale",
     }  # fmt: skip
     assert expected <= {" ".join(v) for v in VERBS}

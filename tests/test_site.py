@@ -425,7 +425,8 @@ def test_a_replica_must_know_its_network(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------- the CLI
 
 
-def test_cli_tokens_and_a_door_sync(site: Site, faces, default_onnx: Path, tmp_path: Path, capsys, monkeypatch) -> None:
+def test_cli_tokens_a_door_sync_and_a_kiosk(site: Site, faces, default_onnx: Path, data: Path, tmp_path: Path, capsys,
+                                            monkeypatch) -> None:  # fmt: skip
     from cli.main import main
 
     dsn = ["--dsn", site.pg.dsn]
@@ -447,6 +448,20 @@ def test_cli_tokens_and_a_door_sync(site: Site, faces, default_onnx: Path, tmp_p
                  dim=site.gallery.dim) as g:  # fmt: skip
         assert nearest(g, faces["John_Ashcroft"][1]) == "cli_ashcroft"
         assert gallery_digest(g) == site.store.digest()
+    # A kiosk at the entrance enrols from an image: stored there, sent to the centre, pulled by the door.
+    lfw = data / "lfw" / "images_deepfunneled" / "Jacques_Chirac"
+    kiosk_gallery = str(tmp_path / "kiosk.sqlite")
+    monkeypatch.setenv("FACESDK_SITE_TOKEN", site.kiosk)
+    kiosk = ["site", "enroll", "cli_chirac", str(lfw / "Jacques_Chirac_0001.jpg"), "--largest", "--url", site.url,
+             "--gallery", kiosk_gallery, "--model", str(default_onnx), "--json"]  # fmt: skip
+    assert main(kiosk) == 0
+    assert json.loads(capsys.readouterr().out) == {"identity": "cli_chirac", "faces": 1, "sent": True, "pending": 0}
+    monkeypatch.setenv("FACESDK_SITE_TOKEN", secret)
+    assert main(door) == 0
+    capsys.readouterr()
+    with Gallery(tmp_path / "door.sqlite", model_name=site.gallery.model_name, model_version=site.gallery.model_version,
+                 dim=site.gallery.dim) as g:  # fmt: skip
+        assert nearest(g, faces["Jacques_Chirac"][1]) == "cli_chirac"
     assert main(["site", "token", "revoke", "cli_door", *dsn]) == 0
     capsys.readouterr()
     assert main(door) == 1  # a revoked token: refused, said on one line
