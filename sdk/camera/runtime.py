@@ -57,7 +57,7 @@ class _Track:
     identity: str | None = None  # the latest identity announced
     accepted: set[str] = field(default_factory=set)  # identities announced
     decision: str = "undecided"
-    stranger_votes: int = 0  # consecutive fused answers of nobody, with enough frames
+    stranger_votes: int = 0  # consecutive answers that named nobody
     live_scores: deque = field(default_factory=deque)  # the last n liveness probabilities
     not_live_sent: bool = False
     last: dict[str, Any] = field(default_factory=dict)  # fields of the latest answer, for track_ended
@@ -69,9 +69,9 @@ class Camera:
     detect_every: run the detector (and the whole pipeline) on every n-th frame; the boxes of
     the frames between are the last detected ones. far / threshold: the operating point (default:
     the Verifier's, which follows the gallery's size under ``fpir``). k, n, window, max_missed,
-    appearance_gate: the track decision (:meth:`sdk.Verifier.stream`). stranger_after: a track is
-    confirmed a stranger when this many consecutive answers (each fusing at least this many
-    frames) named nobody (default n). liveness: an optional scorer (:class:`LivenessScorer`); a
+    appearance_gate: the track decision (:meth:`sdk.Verifier.stream`). stranger_after: a track
+    never accepted is confirmed a stranger when this many consecutive answers (each of its fused
+    frames so far) named nobody (default n). liveness: an optional scorer (:class:`LivenessScorer`); a
     track is accepted only once at least k of its last n scored frames are live (probability >=
     the scorer's threshold), and ``not_live`` is announced once k of them are not. sinks: event
     sinks (or plain callables, wrapped in :class:`CallbackSink`). write: a video file the
@@ -323,7 +323,7 @@ class Camera:
                 track.decision, track.identity = ACCEPTED, m.identity
                 out.append(self._event(ACCEPTED, track, frame, identity=m.identity, operating_point=self._operating_point(), **common))
             return out
-        if m.reason == "no_match" and m.frames >= self.stranger_after:
+        if m.reason == "no_match":
             track.stranger_votes += 1
         else:
             track.stranger_votes = 0
