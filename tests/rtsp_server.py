@@ -3,6 +3,7 @@ gir1.2-gst-rtsp-server-1.0, run with Debian's /usr/bin/python3, which has the bi
 a video file at rtsp://127.0.0.1:PORT/live, in real time, to each client from its start.
 
     /usr/bin/python3 tests/rtsp_server.py CLIP.mp4 PORT
+    /usr/bin/python3 tests/rtsp_server.py --check      # exit 0 when every element is installed
 
 Prints "ready" once it listens; runs until killed.
 """
@@ -15,8 +16,13 @@ gi.require_version("Gst", "1.0")
 gi.require_version("GstRtspServer", "1.0")
 from gi.repository import GLib, Gst, GstRtspServer  # noqa: E402
 
-clip, port = sys.argv[1], sys.argv[2]
 Gst.init(None)
+# The elements the launch line needs (avdec_mpeg4: gstreamer1.0-libav, for OpenCV's mp4v clips).
+NEEDED = ("filesrc", "qtdemux", "decodebin", "avdec_mpeg4", "videoconvert", "identity", "x264enc", "rtph264pay")
+missing = [name for name in NEEDED if Gst.ElementFactory.find(name) is None]
+if sys.argv[1:] == ["--check"]:  # exit 0 when everything is installed
+    sys.exit(f"missing GStreamer elements: {', '.join(missing)}" if missing else 0)
+clip, port = sys.argv[1], sys.argv[2]
 server = GstRtspServer.RTSPServer()
 server.set_address("127.0.0.1")
 server.set_service(port)

@@ -277,9 +277,10 @@ def rtsp_available() -> str | None:
     """Why GStreamer's RTSP server cannot run here, or None."""
     if not Path(DEBIAN_PYTHON).is_file():
         return f"{DEBIAN_PYTHON} not found"
-    probe = "import gi; gi.require_version('GstRtspServer', '1.0'); from gi.repository import GstRtspServer"
-    if subprocess.run([DEBIAN_PYTHON, "-c", probe], capture_output=True).returncode != 0:
-        return "GStreamer's RTSP server is not installed (apt-get install python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-{base,good,ugly,bad} gstreamer1.0-libav; .ci/run does)"
+    check = subprocess.run([DEBIAN_PYTHON, str(SERVER), "--check"], capture_output=True, text=True)
+    if check.returncode != 0:
+        return (f"GStreamer's RTSP server cannot run ({check.stderr.strip().splitlines()[-1:]}): apt-get install python3-gi "
+                "gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-{base,good,ugly,bad} gstreamer1.0-libav (.ci/run does)")
     return None
 
 
