@@ -40,6 +40,8 @@ def register(sub) -> None:
     g.set_defaults(run=gallery_cmd)
     c = verbs.add_parser("camera", help="the camera runtime on a 720p clip of 1-3 real faces: fps, first frame to accept")
     c.add_argument("--every", default="1,2,3", help="detection on every N-th frame, comma-separated values of N")
+    c.add_argument("--detect-max-side", default="full,640",
+                   help="YuNet's input: 'full' size or downscaled to this longer side, comma-separated")  # fmt: skip
     c.add_argument("--rounds", type=positive, default=2, help="times three people cross the clip (more latencies)")
     c.add_argument("--data", type=Path, default=None, help="data folder holding lfw/ (default $FACESDK_DATA)")
     c.add_argument("--json", type=Path, help="also write the figures to this JSON file")
@@ -171,8 +173,12 @@ def camera_cmd(args: argparse.Namespace) -> int:
         raise UsageError(f"--every takes integers, e.g. 1,2,3; got {args.every!r}") from None
     if any(n < 1 for n in every):
         raise UsageError("--every values must be >= 1")
+    try:
+        sides = [None if side == "full" else int(side) for side in args.detect_max_side.split(",")]
+    except ValueError:
+        raise UsageError(f"--detect-max-side takes 'full' or integers, got {args.detect_max_side!r}") from None
     with tempfile.TemporaryDirectory() as work, Verifier(detector="yunet", gallery=None) as v:
-        result = camera_bench.run(v, args.data or data_dir(), Path(work), every, rounds=args.rounds)
+        result = camera_bench.run(v, args.data or data_dir(), Path(work), every, sides, rounds=args.rounds)
     print("\n".join(camera_bench.lines(result)))
     write_json(args.json, result)
     return 0

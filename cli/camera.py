@@ -22,6 +22,8 @@ def register(sub) -> None:
     p.add_argument("source", help='a video file, rtsp://... or http://..., a V4L2 device index ("0"), or a GStreamer pipeline')
     p.add_argument("--camera-id", default=None, help="the camera's name in events and the audit log (default: the source)")
     p.add_argument("--detect-every", type=positive, default=1, help="run the detector on every N-th frame, follow faces between")
+    p.add_argument("--detect-max-side", type=positive,
+                   help="YuNet: detect on a copy downscaled to this longer side (e.g. 640 for 720p; faces under ~20 px are lost)")  # fmt: skip
     p.add_argument("-k", type=positive, default=2, help="a track is accepted when k of its last n frames agree")
     p.add_argument("-n", type=positive, default=3)
     p.add_argument("--events", default="-", help='JSON lines of events: a file, "-" for stdout (default), "none" for no lines')
@@ -51,6 +53,18 @@ def read_token(path: Path | None, env: str) -> str | None:
     return text or None
 
 
+def set_detect_max_side(v, side: int) -> None:
+    """YuNet's max_side on this command's own Verifier (its detector is not shared)."""
+    from sdk.detect import YuNetDetector
+
+    yunet = getattr(v.detector, "yunet", v.detector)
+    if not isinstance(yunet, YuNetDetector):
+        raise ValueError(f"--detect-max-side applies to YuNet detectors, not {v.detector.name}")
+    if side < 32:
+        raise ValueError(f"--detect-max-side must be at least 32, got {side}")
+    yunet.max_side = side
+
+
 def liveness_scorer():
     """The MiniFASNet scorer of sdk.liveness (its default models)."""
     try:
@@ -76,6 +90,8 @@ def run_cmd(args: argparse.Namespace) -> int:
         sinks.append(AuditLog(args.audit, retention_days=args.retention_days, thumbnails=args.audit_thumbnails))
     metrics = None
     with make_verifier(args) as v:
+        if args.detect_max_side is not None:
+            set_detect_max_side(v, args.detect_max_side)
         source = FrameSource(args.source, realtime=True if args.realtime else None)  # fails here on a bad source
         camera = Camera(v, args.camera_id or describe(args.source), detect_every=args.detect_every, k=args.k, n=args.n,
                         far=args.far, threshold=args.threshold, liveness=liveness_scorer() if args.liveness else None,
