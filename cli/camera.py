@@ -100,14 +100,16 @@ def run_cmd(args: argparse.Namespace) -> int:
             metrics = MetricsServer(camera.health, args.metrics_port, args.metrics_host,
                                     read_token(args.metrics_token_file, "FACESDK_METRICS_TOKEN"))  # fmt: skip
             print(f"metrics: http://{metrics.host}:{metrics.port}/metrics", file=sys.stderr)
-        for sig in (signal.SIGTERM, signal.SIGINT):  # finish cleanly: tracks end, the webhook drains
-            signal.signal(sig, lambda *_: camera.stop())
+        # Finish cleanly on a signal: tracks end, the webhook drains (handlers restored after).
+        previous = {sig: signal.signal(sig, lambda *_: camera.stop()) for sig in (signal.SIGTERM, signal.SIGINT)}
         print(f"running on {describe(args.source)} ({source.kind}); events to "
               f"{', '.join(type(s).__name__ for s in sinks) or 'nowhere'}", file=sys.stderr)  # fmt: skip
         try:
             summary = camera.run(source, max_frames=args.max_frames, duration=args.duration,
                                  report_every=args.report_every or None, status_file=args.status_file)  # fmt: skip
         finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
             source.stop()
             camera.close()
             if metrics is not None:

@@ -196,8 +196,9 @@ class Camera:
 
     def process(self, frame: Frame | np.ndarray) -> list[Event]:
         """One frame (a :class:`Frame`, or a BGR array captured now); returns the events it caused."""
-        if not isinstance(frame, Frame):
+        if not isinstance(frame, Frame):  # firmware's own capture: count it in
             frame = Frame(self._frames, time.monotonic(), np.asarray(frame))
+            self.health.frames_in += 1
         start = time.monotonic()
         self.health.time("wait", (start - frame.time) * 1000)
         events: list[Event] = []
