@@ -77,7 +77,7 @@ def liveness_scorer():
 
 
 def run_cmd(args: argparse.Namespace) -> int:
-    from sdk.camera import AuditLog, Camera, FrameSource, JsonLinesSink, MetricsServer, WebhookSink
+    from sdk.camera import AuditLog, Camera, FrameSource, JsonLinesSink, WebhookSink
     from sdk.camera.source import describe
 
     sinks: list = []
@@ -88,14 +88,26 @@ def run_cmd(args: argparse.Namespace) -> int:
                                  queue_size=args.webhook_queue))  # fmt: skip
     if args.audit:
         sinks.append(AuditLog(args.audit, retention_days=args.retention_days, thumbnails=args.audit_thumbnails))
-    metrics = None
     with make_verifier(args) as v:
         if args.detect_max_side is not None:
             set_detect_max_side(v, args.detect_max_side)
-        source = FrameSource(args.source, realtime=True if args.realtime else None)  # fails here on a bad source
         camera = Camera(v, args.camera_id or describe(args.source), detect_every=args.detect_every, k=args.k, n=args.n,
                         far=args.far, threshold=args.threshold, liveness=liveness_scorer() if args.liveness else None,
                         sinks=sinks, write=args.write, preview=args.preview)  # fmt: skip
+        source = FrameSource(args.source, realtime=True if args.realtime else None)  # fails here on a bad source
+        try:
+            return serve(args, camera, source, sinks)
+        finally:
+            source.stop()  # before exit: a reader thread killed inside FFmpeg aborts the interpreter
+
+
+def serve(args: argparse.Namespace, camera, source, sinks: list) -> int:
+    """Run the camera until its source ends or a signal; print the health; close everything."""
+    from sdk.camera import MetricsServer
+    from sdk.camera.source import describe
+
+    metrics = None
+    try:
         if args.metrics_port is not None:
             metrics = MetricsServer(camera.health, args.metrics_port, args.metrics_host,
                                     read_token(args.metrics_token_file, "FACESDK_METRICS_TOKEN"))  # fmt: skip
@@ -110,10 +122,10 @@ def run_cmd(args: argparse.Namespace) -> int:
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-            source.stop()
-            camera.close()
-            if metrics is not None:
-                metrics.close()
+    finally:
+        camera.close()
+        if metrics is not None:
+            metrics.close()
     summary["webhook_dropped"] = sum(getattr(s, "dropped", 0) for s in sinks)
     if args.json:
         print(json.dumps(summary, indent=2), file=sys.stderr)
