@@ -151,6 +151,20 @@ def test_detection_every_third_frame_follows_faces_between(verifier, clip):
     assert len(by_type(events, "stranger")) == 1 and len(by_type(events, "track_ended")) == 2
 
 
+def test_firmware_feeds_its_own_frames(verifier, clip):
+    """Camera.process for firmware with its own capture: frames in, events out, health counted."""
+    from sdk.images import video_frames
+
+    relay = []
+    camera = Camera(verifier, "door", sinks=[lambda e: relay.append(e.identity) if e.type == "accepted" else None])
+    for index, image in video_frames(clip):
+        camera.process(image)
+        if index == 45:
+            break
+    assert relay == [ENROLLED] and camera.health.frames_in == camera.health.frames_out == 46
+    assert [e.type for e in camera.finish()] == []  # the person's track had already ended (frames 40-45 empty)
+
+
 def test_audit_thumbnails_are_opt_in_and_retention_deletes_old_rows(verifier, clip, tmp_path):
     audit = AuditLog(tmp_path / "a.sqlite", retention_days=1, thumbnails=True)
     Camera(verifier, "door", sinks=[audit]).run(clip)

@@ -34,6 +34,7 @@ from typing import IO, Any
 
 import numpy as np
 
+from sdk.camera.source import describe
 from sdk.errors import InvalidArgumentError
 
 log = logging.getLogger(__name__)
@@ -165,6 +166,7 @@ class WebhookSink:
         if token is not None and (not token or any(c in token for c in "\r\n")):
             raise InvalidArgumentError("a webhook token must be one non-empty line")
         self.url, self.token, self.timeout, self.backoff = url, token, float(timeout), backoff
+        self.name = describe(url)  # for logs: without credentials
         self.queue_size = queue_size
         self.sent = 0
         self.dropped = 0
@@ -186,7 +188,7 @@ class WebhookSink:
             if len(self._queue) >= self.queue_size:
                 self._queue.popleft()
                 self.dropped += 1
-                log.warning("webhook %s: queue full (%d), dropped the oldest event", self.url, self.queue_size)
+                log.warning("webhook %s: queue full (%d), dropped the oldest event", self.name, self.queue_size)
             self._queue.append(event)
             self._cond.notify_all()
 
@@ -199,7 +201,7 @@ class WebhookSink:
         with self._cond:
             if self._queue:
                 self.dropped += len(self._queue)
-                log.warning("webhook %s: %d event(s) not delivered at close", self.url, len(self._queue))
+                log.warning("webhook %s: %d event(s) not delivered at close", self.name, len(self._queue))
                 self._queue.clear()
 
     def _run(self) -> None:
@@ -232,5 +234,5 @@ class WebhookSink:
             with urllib.request.urlopen(request, timeout=self.timeout) as answer:  # noqa: S310 (scheme checked)
                 return 200 <= answer.status < 300
         except (urllib.error.URLError, OSError, ValueError) as e:
-            log.info("webhook %s: %s event %d not delivered yet: %s", self.url, event.type, event.seq, e)
+            log.info("webhook %s: %s event %d not delivered yet: %s", self.name, event.type, event.seq, e)
             return False

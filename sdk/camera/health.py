@@ -48,6 +48,10 @@ class Health:
         self._rate: deque[tuple[float, int, int]] = deque(maxlen=64)  # (time, frames_in, frames_out)
         self._lock = threading.Lock()
 
+    def count_event(self, kind: str) -> None:
+        with self._lock:
+            self.events[kind] = self.events.get(kind, 0) + 1
+
     def time(self, stage: str, ms: float) -> None:
         with self._lock:
             self._latency[stage].append(ms)

@@ -357,7 +357,7 @@ class Camera:
         return event
 
     def _emit(self, event: Event) -> None:
-        self.health.events[event.type] = self.health.events.get(event.type, 0) + 1
+        self.health.count_event(event.type)
         for sink in self.sinks:
             sink.emit(event)
             if hasattr(sink, "dropped") and hasattr(sink, "pending"):  # a webhook
