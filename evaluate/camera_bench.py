@@ -40,6 +40,7 @@ class Appearance:
     frames: int
     x: int
     y: int
+    speed: int = 0  # pixels per frame to the right
 
 
 def write_clip(path: Path, appearances: Sequence[Appearance], total: int, size=(640, 480), fps: float = 25.0) -> Path:
@@ -60,7 +61,7 @@ def write_clip(path: Path, appearances: Sequence[Appearance], total: int, size=(
                 if a.start <= i < a.start + a.frames:
                     photo = photos[a.image]
                     ph, pw = photo.shape[:2]
-                    x = min(max(0, a.x + (i % 3)), w - pw)
+                    x = min(max(0, a.x + (i - a.start) * a.speed + (i % 3)), w - pw)
                     y = min(max(0, a.y), h - ph)
                     canvas[y : y + ph, x : x + pw] = photo
             writer.write(canvas)

@@ -29,7 +29,7 @@ import pytest
 
 from evaluate.camera_bench import door_clip
 from evaluate.tracking import lfw_path
-from sdk.camera import AuditLog, Camera, Event, FrameSource, JsonLinesSink, MetricsServer, WebhookSink, source_kind
+from sdk.camera import AuditLog, Camera, CallbackSink, Event, FrameSource, JsonLinesSink, MetricsServer, WebhookSink, source_kind
 from sdk.camera.source import describe, has_gstreamer
 from sdk.errors import BackendUnavailableError, InvalidArgumentError, InvalidImageError
 from sdk.verifier import Verifier
@@ -149,6 +149,26 @@ def test_detection_every_third_frame_follows_faces_between(verifier, clip):
     assert summary["frames_out"] == 100 and summary["frames_detected"] == 34
     assert [e.identity for e in by_type(events, "accepted")] == [ENROLLED]
     assert len(by_type(events, "stranger")) == 1 and len(by_type(events, "track_ended")) == 2
+
+
+def test_between_detections_a_moving_face_is_followed(verifier, data, tmp_path, monkeypatch):
+    """A face crossing the picture at 12 px per frame, detected every 5th frame (60 px apart,
+    too far for the tracker's box overlap alone): optical flow keeps it one track."""
+    from evaluate.camera_bench import Appearance, write_clip
+
+    walk = write_clip(tmp_path / "walk.mp4", [Appearance(ENROLLED, lfw_path(data, ENROLLED, 4), 0, 30, 20, 100, speed=12)],
+                      32, (1000, 480))  # fmt: skip
+
+    def tracks(camera):
+        events = []
+        camera.sinks.append(CallbackSink(events.append))
+        camera.run(walk)
+        return {e.track for e in events}, by_type(events, "accepted")
+
+    followed, accepted = tracks(Camera(verifier, "door", detect_every=5))
+    assert len(followed) == 1 and [e.identity for e in accepted] == [ENROLLED]
+    monkeypatch.setattr(Camera, "_follow", lambda self, image, detected: None)  # boxes held: the face is lost
+    assert len(tracks(Camera(verifier, "door", detect_every=5))[0]) > 1
 
 
 def test_firmware_feeds_its_own_frames(verifier, clip):

@@ -66,8 +66,8 @@ class _Track:
 class Camera:
     """One camera's runtime over a shared :class:`sdk.Verifier`.
 
-    detect_every: run the detector (and the whole pipeline) on every n-th frame; the boxes of
-    the frames between are the last detected ones. far / threshold: the operating point (default:
+    detect_every: run the detector (and the whole pipeline) on every n-th frame; between, each
+    face's box follows the optical flow of its pixels (and the tracker's box with it). far / threshold: the operating point (default:
     the Verifier's, which follows the gallery's size under ``fpir``). k, n, window, max_missed,
     appearance_gate: the track decision (:meth:`sdk.Verifier.stream`). stranger_after: a track
     never accepted is confirmed a stranger when this many consecutive answers (each of its fused
@@ -127,6 +127,7 @@ class Camera:
         self._seq = 0
         self._frames = 0  # frames given to process()
         self._stop = threading.Event()
+        self._gray: np.ndarray | None = None  # the previous frame, for _follow
         self._write_path = None if write is None else Path(write)
         self._writer = None
         self._fps = 25.0
@@ -207,6 +208,8 @@ class Camera:
         if detected:
             events = self._detect(frame)
             self.health.detected += 1
+        if self.detect_every > 1:
+            self._follow(frame.image, detected)
         done_pipeline = time.monotonic()
         if self._write_path is not None or self.preview:
             self._draw_out(frame.image)
@@ -286,6 +289,32 @@ class Camera:
         if self.liveness is not None:
             self.health.time("liveness", liveness_ms)
         return events
+
+    def _follow(self, image: np.ndarray, detected: bool) -> None:
+        """Between detections, move each track's box with the optical flow of points on the face
+        (pyramidal Lucas-Kanade, median shift), in the tracker too, so a face that moves keeps
+        its track at the next detection."""
+        import cv2
+
+        gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+        previous, self._gray = self._gray, gray
+        if detected or previous is None or previous.shape != gray.shape or not self._tracks:
+            return
+        boxes = {t.id: t for t in self.stream.tracker.tracks}
+        for track in self._tracks.values():
+            if track.id not in boxes or boxes[track.id].missed:  # not seen at the last detection
+                continue
+            x1, y1, x2, y2 = track.box
+            # A 5x5 grid over the middle of the box: the face, not the background at its edges.
+            xs, ys = np.linspace(x1 + 0.25 * (x2 - x1), x2 - 0.25 * (x2 - x1), 5), np.linspace(y1 + 0.2 * (y2 - y1), y2 - 0.2 * (y2 - y1), 5)
+            points = np.stack(np.meshgrid(xs, ys), -1).reshape(-1, 1, 2).astype(np.float32)
+            moved, found, _ = cv2.calcOpticalFlowPyrLK(previous, gray, points, None, winSize=(21, 21), maxLevel=3)
+            good = found.ravel() == 1
+            if good.sum() < 5:
+                continue
+            dx, dy = np.median((moved - points).reshape(-1, 2)[good], axis=0)
+            track.box = track.box + np.array([dx, dy, dx, dy], np.float32)
+            boxes[track.id].box = track.box.astype(np.float64)
 
     def _live_vote(self, track: _Track) -> dict[str, Any] | None:
         """None without a scorer; else {"live": True/False/None (undecided), "score", "votes", "of"}."""
