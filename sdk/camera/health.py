@@ -24,8 +24,9 @@ from sdk.errors import InvalidArgumentError
 
 # Stages timed per processed frame (milliseconds): "wait" the frame's age when processing
 # starts (capture to start), "pipeline" detect + align + embed + match (FaceStream.match),
-# "liveness" the scorer, "output" drawing, writing and the sinks, "total" capture to done.
-STAGES = ("wait", "pipeline", "liveness", "output", "total")
+# "liveness" the scorer, "follow" the optical flow of the frames between detections, "output"
+# drawing, writing and the sinks, "total" capture to done (frames with detection).
+STAGES = ("wait", "pipeline", "liveness", "follow", "output", "total")
 WINDOW = 1000  # latencies kept per stage: the percentiles are of the last WINDOW frames
 
 

@@ -209,7 +209,10 @@ class Camera:
             events = self._detect(frame)
             self.health.detected += 1
         if self.detect_every > 1:
+            followed = time.monotonic()
             self._follow(frame.image, detected)
+            if not detected:
+                self.health.time("follow", (time.monotonic() - followed) * 1000)
         done_pipeline = time.monotonic()
         if self._write_path is not None or self.preview:
             self._draw_out(frame.image)
