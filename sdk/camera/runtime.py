@@ -73,7 +73,8 @@ class Camera:
     never accepted is confirmed a stranger when this many consecutive answers (each of its fused
     frames so far) named nobody (default n). liveness: an optional scorer (:class:`LivenessScorer`); a
     track is accepted only once at least k of its last n scored frames are live (probability >=
-    the scorer's threshold), and ``not_live`` is announced once k of them are not. sinks: event
+    the scorer's threshold), and ``not_live`` is announced once k of them are not (give the
+    scorer here, not to the Verifier: its hook vetoes frame by frame, before any vote). sinks: event
     sinks (or plain callables, wrapped in :class:`CallbackSink`). write: a video file the
     annotated frames go to (mp4v); preview: show them in a window (needs a display and an OpenCV
     with a GUI, else BackendUnavailableError).
