@@ -53,9 +53,15 @@ def register(sub) -> None:
     model_option(p)
     detector_option(p)
     p.add_argument("--sizes", type=positive, nargs="+", default=None,
-                   help="gallery sizes N (default 100 1000 5000; 100 300 1000 3000 with --pool calibration)")  # fmt: skip
+                   help="gallery sizes N; N = 1 is every (search, enrolled face) pair "
+                        "(default 1 100 1000 5000; 1 100 300 1000 3000 with --pool calibration)")  # fmt: skip
     p.add_argument("--fpir", type=float, nargs="+", default=[1e-1, 1e-2, 1e-3], help="target FPIRs")
     p.add_argument("--strangers", type=positive, default=300, help="never-enrolled people searched")
+    p.add_argument("--probe-frames", type=positive, default=1,
+                   help="fuse this many images of a person into each search, as a track fuses frames (--write then "
+                        "stores the track table, fpir_track_threshold_table)")  # fmt: skip
+    p.add_argument("--flip", choices=["none", "enrolment", "both"], default="none",
+                   help="embed enrolment images (or every image) as the mean of the face and its mirror")  # fmt: skip
     p.add_argument("--pool", choices=["lfw-test", "calibration"], default="lfw-test",
                    help="lfw-test: strangers from LFW peopleDevTest, everyone else enrolled; calibration: CelebA and "
                         "LFW peopleDevTrain people only (what --write uses)")  # fmt: skip
@@ -288,25 +294,36 @@ def openset_cmd(args: argparse.Namespace) -> int:
 
 def fpir_cmd(args: argparse.Namespace) -> int:
     from evaluate import openset
-    from sdk.embed import fpir_table, set_metadata
+    from sdk.embed import FRAME_TABLES, TRACK_TABLES, fpir_table, set_metadata
 
     if args.write and args.pool != "calibration":
         raise UsageError("--write calibrates on CelebA and LFW DevTrain people only: add --pool calibration")
-    sizes = tuple(args.sizes or ((100, 300, 1000, 3000) if args.pool == "calibration" else openset.GALLERY_SIZES))
+    sizes = tuple(args.sizes or ((1, 100, 300, 1000, 3000) if args.pool == "calibration" else openset.GALLERY_SIZES))
+    tables = TRACK_TABLES if args.probe_frames > 1 else FRAME_TABLES
     persons = openset.people(args.data)
     embedder = make_embedder(args.model)
-    if args.cache and args.cache.exists():
-        embeddings = openset.load_embeddings(args.cache)
-    else:
-        embeddings = openset.embed_people(persons, make_detector(args.detector), embedder)
-        if args.cache:
-            openset.save_embeddings(args.cache, embeddings)
+    if args.write and args.flip != "none":
+        raise UsageError("--write stores the tables of plain embeddings, the runtime's: drop --flip")
+
+    def embedded(cache: Path | None, model) -> dict:
+        if cache and cache.exists():
+            return openset.load_embeddings(cache)
+        out = openset.embed_people(persons, make_detector(args.detector), model)
+        if cache:
+            openset.save_embeddings(cache, out)
+        return out
+
+    embeddings = embedded(args.cache, embedder)
     gallery, strangers = openset.split_people(persons, args.strangers, args.pool)
+    if args.flip != "none":
+        flip_cache = args.cache.with_name(args.cache.stem + ".flip.npz") if args.cache else None
+        flipped = embedded(flip_cache, openset.FlipAveraged(embedder))
+        embeddings = flipped if args.flip == "both" else {**embeddings, **{p.images[0]: flipped[p.images[0]] for p in gallery}}
     # Before: the pairwise default threshold at every N. After: the model's FPIR table, if any.
     meta = embedder.metadata
     labels = {"pairwise default": float(meta["threshold"])} if "threshold" in meta else {}
-    table = fpir_table(meta, "fpir_threshold_table", str(embedder.path)) if "fpir_threshold_table" in meta else {}
-    result = openset.one_to_n(embeddings, gallery, strangers, sizes, tuple(args.fpir), labels)
+    table = fpir_table(meta, tables[0], str(embedder.path)) if tables[0] in meta else {}
+    result = openset.one_to_n(embeddings, gallery, strangers, sizes, tuple(args.fpir), labels, args.probe_frames)
     for fpir, row in table.items():
         known = sorted(row)
         for n, r in result["sizes"].items():
@@ -331,8 +348,8 @@ def fpir_cmd(args: argparse.Namespace) -> int:
         key = lambda f: f"{f:g}"  # noqa: E731
         thresholds = {key(f): {str(n): round(r["targets"][key(f)]["threshold"], 6) for n, r in result["sizes"].items()} for f in args.fpir}
         fnir = {key(f): {str(n): round(r["targets"][key(f)]["fnir"], 4) for n, r in result["sizes"].items()} for f in args.fpir}
-        set_metadata(embedder.path, fpir_threshold_table=json.dumps(thresholds), fpir_fnir_table=json.dumps(fnir))
-        print(f"stored in {embedder.path}: fpir_threshold_table and fpir_fnir_table for N = {', '.join(map(str, result['sizes']))}")
+        set_metadata(embedder.path, **{tables[0]: json.dumps(thresholds), tables[1]: json.dumps(fnir)})
+        print(f"stored in {embedder.path}: {tables[0]} and {tables[1]} for N = {', '.join(map(str, result['sizes']))}")
     return 0
 
 

@@ -740,6 +740,10 @@ class Gallery:
         from the in-memory snapshot every search uses (no query on the hot path)."""
         return len(self._current().names)
 
+    def face_count(self) -> int:
+        """How many faces a search compares with, from the in-memory snapshot (no query)."""
+        return len(self._current().labels)
+
     def count(self, identity: str | None = None) -> int:
         """Embeddings in the gallery, or of one identity (0 when it is not enrolled)."""
         if identity is None:
