@@ -177,7 +177,7 @@ def camera_cmd(args: argparse.Namespace) -> int:
         sides = [None if side == "full" else int(side) for side in args.detect_max_side.split(",")]
     except ValueError:
         raise UsageError(f"--detect-max-side takes 'full' or integers, got {args.detect_max_side!r}") from None
-    with tempfile.TemporaryDirectory() as work, Verifier(detector="yunet", gallery=None) as v:
+    with tempfile.TemporaryDirectory() as work, Verifier(gallery=None) as v:  # the default pipeline
         result = camera_bench.run(v, args.data or data_dir(), Path(work), every, sides, rounds=args.rounds)
     print("\n".join(camera_bench.lines(result)))
     write_json(args.json, result)

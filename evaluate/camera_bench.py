@@ -107,15 +107,16 @@ def run(
     fps: float = 25.0,
     rounds: int = 2,
 ) -> dict:
-    """The benchmark (see the module doc). ``verifier``: a Verifier with YuNet and an empty
-    gallery to enrol the cast into. ``sides``: YuNet's ``max_side`` (None: detect at full size).
-    ``rounds``: repeat the clip's people this many times (more latencies)."""
+    """The benchmark (see the module doc). ``verifier``: a Verifier with a YuNet detector (alone
+    or with dlib's landmarks) and an empty gallery to enrol the cast into. ``sides``: YuNet's
+    ``max_side`` (None: detect at full size). ``rounds``: repeat the clip's people this many
+    times (more latencies)."""
     from sdk.camera import Camera, FrameSource
     from sdk.detect import YuNetDetector
 
-    yunet = verifier.detector
+    yunet = getattr(verifier.detector, "yunet", verifier.detector)
     if not isinstance(yunet, YuNetDetector):
-        raise ValueError(f"the camera benchmark needs the YuNet detector, not {yunet.name}")
+        raise ValueError(f"the camera benchmark needs a YuNet detector, not {verifier.detector.name}")
 
     enrol, cast = bench_cast(data, count=3 * rounds)
     for name, photos in enrol:
@@ -138,6 +139,7 @@ def run(
     reference_fps = frames / (time.perf_counter() - t0)
 
     out: dict = {"clip": {"frames": total, "size": "1280x720", "fps": fps, "people": len(cast)},
+                 "detector": verifier.detector.name, "threshold": verifier.info()["threshold"],
                  "reference_match_fps": round(reference_fps, 1), "throughput": [], "latency": []}  # fmt: skip
     cases = [(side, n) for side in sides for n in every]
     for side, n in cases:
@@ -187,7 +189,8 @@ def _percentiles(values: list[float]) -> dict:
 def lines(result: dict) -> list[str]:
     c = result["clip"]
     nan = float("nan")
-    out = [f"clip: {c['size']}, {c['frames']} frames at {c['fps']:g} fps, {c['people']} people (1-3 faces at a time)",
+    out = [f"clip: {c['size']}, {c['frames']} frames at {c['fps']:g} fps, {c['people']} people (1-3 faces at a time); "
+           f"detector {result['detector']}",
            f"reference: Verifier.match on every frame (detection at full size): {result['reference_match_fps']:.1f} fps", "",
            f"{'detect every':>12} {'at':>5} {'fps':>7} {'vs reference':>12} {'accepted':>8}   pipeline p50/p95 ms"]  # fmt: skip
     for row in result["throughput"]:

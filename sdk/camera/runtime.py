@@ -67,17 +67,18 @@ class Camera:
     """One camera's runtime over a shared :class:`sdk.Verifier`.
 
     detect_every: run the detector (and the whole pipeline) on every n-th frame; between, each
-    face's box follows the optical flow of its pixels (and the tracker's box with it). far / threshold: the operating point (default:
-    the Verifier's, which follows the gallery's size under ``fpir``). k, n, window, max_missed,
-    appearance_gate: the track decision (:meth:`sdk.Verifier.stream`). stranger_after: a track
-    never accepted is confirmed a stranger when this many consecutive answers (each of its fused
-    frames so far) named nobody (default n). liveness: an optional scorer (:class:`LivenessScorer`); a
-    track is accepted only once at least k of its last n scored frames are live (probability >=
-    the scorer's threshold), and ``not_live`` is announced once k of them are not (give the
-    scorer here, not to the Verifier: its hook vetoes frame by frame, before any vote). sinks: event
-    sinks (or plain callables, wrapped in :class:`CallbackSink`). write: a video file the
-    annotated frames go to (mp4v); preview: show them in a window (needs a display and an OpenCV
-    with a GUI, else BackendUnavailableError).
+    face's box follows the optical flow of its pixels (and the tracker's box with it).
+    far / threshold: the operating point (default: the Verifier's; under its FPIR a fused track
+    is decided at the model's track threshold, a one-frame track at the frame threshold, both
+    following the gallery's size). k, n, window, max_missed, appearance_gate: the track decision
+    (:meth:`sdk.Verifier.stream`). stranger_after: a track never accepted is confirmed a stranger
+    when this many consecutive answers named nobody (default n). liveness: an optional scorer
+    (:class:`LivenessScorer`); a track is accepted only once at least k of its last n scored
+    frames are live (probability >= the scorer's threshold), and ``not_live`` is announced once
+    k of them are not (give the scorer here, not to the Verifier: its hook vetoes frame by
+    frame, before any vote). sinks: event sinks (or plain callables, wrapped in
+    :class:`CallbackSink`). write: a video file the annotated frames go to (mp4v); preview: show
+    them in a window (needs a display and an OpenCV with a GUI, else BackendUnavailableError).
 
     ``run(source)`` reads a source to its end (or ``stop()``); ``process(frame)`` takes one frame
     for firmware that has its own capture. Not thread-safe: one Camera per camera.
@@ -258,17 +259,15 @@ class Camera:
 
     # --- decisions ------------------------------------------------------------------------------
 
-    def limit(self) -> float:
-        """The squared-L2 threshold decisions use now."""
+    def limit(self, fused: bool = True) -> float:
+        """The squared-L2 threshold a decision uses now: of a fused track (several frames), or of
+        one frame. Under the Verifier's FPIR they differ (the model's track and frame tables)."""
         v = self.verifier
-        if self.threshold is not None:
-            return float(self.threshold)
-        return v.threshold_for(self.far) if self.far is not None else v.threshold
+        return v._track_limit(self.far, self.threshold) if fused else v._limit(self.far, self.threshold)
 
     def _detect(self, frame: Frame) -> list[Event]:
-        limit = self.limit()
         t0 = time.monotonic()
-        matches = self.stream.match(frame.image, threshold=limit)
+        matches = self.stream.match(frame.image, far=self.far, threshold=self.threshold)
         t1 = time.monotonic()
         self.health.time("pipeline", (t1 - t0) * 1000)
         events: list[Event] = []
@@ -289,7 +288,7 @@ class Camera:
                 d = detect.make_detection(m.box, m.score, m.landmarks, getattr(self.verifier.detector, "scheme", "yunet"))
                 track.live_scores.append(float(self.liveness.score(frame.image, d)))
                 liveness_ms += (time.monotonic() - ts) * 1000
-            events += self._decide(track, m, frame, limit)
+            events += self._decide(track, m, frame)
         if self.liveness is not None:
             self.health.time("liveness", liveness_ms)
         return events
@@ -330,11 +329,12 @@ class Camera:
         mean = round(float(np.mean(scores)), 4) if scores else None
         return {"live": verdict, "score": mean, "votes": live, "of": len(scores), "threshold": self.liveness.threshold}
 
-    def _decide(self, track: _Track, m: Any, frame: Frame, limit: float) -> list[Event]:
+    def _decide(self, track: _Track, m: Any, frame: Frame) -> list[Event]:
         vote = self._live_vote(track)
+        fused = m.frames > 1  # FaceStream decides a track of one frame as that frame
         common = dict(
             distance=None if math.isinf(m.distance) else round(float(m.distance), 5),
-            threshold=round(limit, 5), frames=m.frames, quality=m.quality, liveness=vote,
+            threshold=round(self.limit(fused), 5), frames=m.frames, quality=m.quality, liveness=vote,
             box=[round(float(x), 1) for x in m.box],
         )  # fmt: skip
         track.last = dict(common)
@@ -355,7 +355,8 @@ class Camera:
             if m.identity not in track.accepted:
                 track.accepted.add(m.identity)
                 track.decision, track.identity = ACCEPTED, m.identity
-                out.append(self._event(ACCEPTED, track, frame, identity=m.identity, operating_point=self._operating_point(), **common))
+                point = self._operating_point(fused)
+                out.append(self._event(ACCEPTED, track, frame, identity=m.identity, operating_point=point, **common))
             return out
         if m.reason == "no_match":
             track.stranger_votes += 1
@@ -367,13 +368,14 @@ class Camera:
             out.append(self._event(STRANGER, track, frame, **common))
         return out
 
-    def _operating_point(self) -> dict[str, Any] | None:
+    def _operating_point(self, fused: bool) -> dict[str, Any] | None:
         v = self.verifier
         if self.far is not None:
             return {"far": self.far}
         if self.threshold is None and getattr(v, "fpir", None) is not None:
-            point = v.operating_point()
-            return {k: point[k] for k in ("target_fpir", "gallery_size", "expected_fnir", "warning")}
+            point = v.operating_point(track=fused)
+            return {"table": "track" if fused else "frame",
+                    **{k: point[k] for k in ("target_fpir", "gallery_size", "expected_fnir", "warning")}}  # fmt: skip
         return None
 
     def _ended(self, track: _Track) -> Event:
