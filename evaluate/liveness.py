@@ -56,6 +56,7 @@ class SetResult:
     model_live: np.ndarray  # [faces, models] each model's live probability
     shrink: np.ndarray  # [faces, models] effective crop scale / requested scale (1 = no shrink)
     ms: np.ndarray  # [faces] time of one score() call: crops + both models
+    detect_ms: np.ndarray  # [faces] YuNet on the same image: the reference measured in the same run
 
     def bpcer(self, threshold: float) -> float:
         return float((self.scores < threshold).mean()) if len(self.scores) else float("nan")
@@ -70,14 +71,16 @@ def effective_scale(box: np.ndarray, height: int, width: int, scale: float) -> f
 def measure_set(
     name: str, paths: list[Path], detector, liveness: MiniFASNet, progress: bool = True
 ) -> SetResult:
-    scores, model_live, shrink, ms, no_face = [], [], [], [], 0
+    scores, model_live, shrink, ms, detect_ms, no_face = [], [], [], [], [], 0
     for path in tqdm(paths, desc=f"liveness {name}", unit="img", disable=not progress):
         try:
             image = load_image(path)
         except InvalidImageError:
             no_face += 1
             continue
+        start = time.perf_counter()
         faces = detector.detect(image)
+        elapsed = (time.perf_counter() - start) * 1e3
         if not faces:
             no_face += 1
             continue
@@ -85,6 +88,7 @@ def measure_set(
         start = time.perf_counter()
         p = liveness.probabilities(image, face)
         ms.append((time.perf_counter() - start) * 1e3)
+        detect_ms.append(elapsed)
         live = p[:, LIVE_CLASS]
         scores.append(live.mean())  # = MiniFASNet.score
         model_live.append(live)
@@ -99,6 +103,7 @@ def measure_set(
         np.asarray(model_live, np.float64).reshape(-1, k),
         np.asarray(shrink, np.float64).reshape(-1, k),
         np.asarray(ms, np.float64),
+        np.asarray(detect_ms, np.float64),
     )
 
 
@@ -155,10 +160,12 @@ def report(liveness: MiniFASNet, results: list[SetResult], thresholds: list[floa
         lines.append(f"{r.name:8} " + "; ".join(parts))
     all_ms = np.concatenate([r.ms for r in results]) if results else np.zeros(0)
     if len(all_ms):
+        detect = np.concatenate([r.detect_ms for r in results])
         lines += [
             "",
             f"ms per face (crop + {len(names)} models, batch 1): median {np.median(all_ms):.2f}, "
-            f"mean {all_ms.mean():.2f} over {len(all_ms)} faces",
+            f"mean {all_ms.mean():.2f} over {len(all_ms)} faces; YuNet on the same images in this run: "
+            f"median {np.median(detect):.2f} ms ({np.median(all_ms) / np.median(detect):.2f}x)",
         ]
     return lines
 
@@ -179,6 +186,7 @@ def summary(liveness: MiniFASNet, results: list[SetResult], thresholds: list[flo
                 "shrunk_share": {m.name: float((r.shrink[:, i] < 1 - 1e-9).mean()) for i, m in enumerate(liveness.models)},
                 "median_score": float(np.median(r.scores)) if len(r.scores) else None,
                 "ms_per_face_median": float(np.median(r.ms)) if len(r.ms) else None,
+                "detect_ms_median": float(np.median(r.detect_ms)) if len(r.detect_ms) else None,
             }
             for r in results
         },
