@@ -73,15 +73,16 @@ def test_the_shipped_onnx_files_are_our_export_of_the_original_weights(source, s
     written = export_minifasnet(source, tmp_path)
     ours, shipped = MiniFASNet(written), MiniFASNet()
     rng = np.random.default_rng(0)
-    frames = [*samples.values(), rng.integers(0, 256, (120, 90, 3), np.uint8)]
-    for frame in frames:
-        box = (10, 12, 60, 80) if frame.shape[0] == 120 else xyxy(NOTE["T1"][0])
+    noise = rng.integers(0, 256, (120, 90, 3), np.uint8)
+    cases = [*((image, xyxy(NOTE[name][0])) for name, image in samples.items()), (noise, (10, 12, 60, 80))]
+    for frame, box in cases:
         np.testing.assert_allclose(ours.probabilities(frame, box), shipped.probabilities(frame, box), atol=1e-6)
-        # and the torch module itself, on the same crops
-        crops = np.stack(shipped.crops(frame, box)).transpose(0, 3, 1, 2).astype(np.float32)
-        for i, pth in enumerate(SOURCES):
-            reference = torch_probabilities(source / pth, crops[i : i + 1])[0]
-            np.testing.assert_allclose(shipped.probabilities(frame, box)[i], reference, atol=1e-5)
+    # and the torch module itself (PReLU as torch has it), on the same crops
+    crops = np.stack([shipped.crops(frame, box) for frame, box in cases])  # [case, model, S, S, 3]
+    shipped_p = np.stack([shipped.probabilities(frame, box) for frame, box in cases])
+    for i, pth in enumerate(SOURCES):
+        reference = torch_probabilities(source / pth, crops[:, i].transpose(0, 3, 1, 2).astype(np.float32))
+        np.testing.assert_allclose(shipped_p[:, i], reference, atol=1e-5)
     for path in written:
         assert onnx.load_model(path).opset_import[0].version == 17
         assert path.name in DEFAULT_MODELS.values() and package_file(path.name).is_file()
@@ -170,3 +171,19 @@ def test_verifier_by_name_vetoes_the_spoofs_and_passes_the_live_face(default_onn
         for name, image in samples.items():
             (m,) = v.match(image)
             assert m.live is LIVE[name] and (m.reason == "not_live") is (not LIVE[name]), name
+
+
+def test_the_commands(data, tmp_path, capsys):
+    import json
+
+    import cli.main
+
+    out = tmp_path / "liveness.json"
+    assert cli.main.main(["eval", "liveness", "--sets", "att", "--count", "12", "--data", str(data), "--json", str(out)]) == 0
+    figures = json.loads(out.read_text())
+    assert figures["sets"]["att"]["faces"] + figures["sets"]["att"]["no_face"] == 12
+    assert "APCER not measured" in capsys.readouterr().out
+    for argv in (["eval", "liveness", "--data", str(tmp_path)], ["export", "minifasnet", "--from", str(tmp_path), "-o", str(tmp_path)]):
+        assert cli.main.main(argv) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("facesdk: error:") and err.count("\n") == 1 and str(tmp_path) in err
