@@ -158,6 +158,16 @@ def report(liveness: MiniFASNet, results: list[SetResult], thresholds: list[floa
             for i, (n, m) in enumerate(zip(names, liveness.models))
         ]
         lines.append(f"{r.name:8} " + "; ".join(parts))
+    bins = [0.0, 1.5, 2.0, 2.5, np.inf]
+    lines += ["", "BPCER by the crop scale the models got (the smaller of the two; faces in the bin):"]
+    lines.append(f"{'set':8} " + " ".join(f"{f'{lo:g}-{hi:g}x' if hi < np.inf else f'>= {lo:g}x':>16}" for lo, hi in zip(bins, bins[1:])))
+    for r in results:
+        got = (r.shrink * [m.scale for m in liveness.models]).min(axis=1)
+        cells = []
+        for lo, hi in zip(bins, bins[1:]):
+            inside = (got >= lo) & (got < hi)
+            cells.append(f"{(r.scores[inside] < t).mean() * 100:6.1f}% ({inside.sum():5d})" if inside.any() else f"{'-':>16}")
+        lines.append(f"{r.name:8} " + " ".join(f"{c:>16}" for c in cells))
     all_ms = np.concatenate([r.ms for r in results]) if results else np.zeros(0)
     if len(all_ms):
         detect = np.concatenate([r.detect_ms for r in results])
