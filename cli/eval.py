@@ -142,7 +142,8 @@ def register(sub) -> None:
 
     p = verbs.add_parser("liveness", help="liveness (MiniFASNet) on live faces: BPCER per set, ms per face")
     data_option(p, "lfw/, celeba_subset/ and att/")
-    p.add_argument("--sets", nargs="+", choices=["lfw", "celeba", "att"], default=["lfw", "celeba", "att"])
+    p.add_argument("--sets", nargs="+", choices=["lfw", "celeba", "att", "lfw-gray"], default=["lfw", "celeba", "att"],
+                   help="lfw-gray: LFW's images in grayscale (default: lfw celeba att)")  # fmt: skip
     p.add_argument("--count", type=positive, default=1000, help="images drawn per set (AT&T has 400: all)")
     p.add_argument("--all", action="store_true", help="every image of each set instead of --count")
     p.add_argument("--seed", type=int, default=0)

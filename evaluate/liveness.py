@@ -10,7 +10,8 @@ Each image's largest face is scored (LFW and CelebA crops often hold a second fa
 subject). The crop scale each model asked for is shrunk when the image cannot hold it
 (:func:`sdk.liveness.crop_rect`): on 250x250 crops with a face filling much of them, V1SE's 4.0
 and often V2's 2.7 shrink, so the models see less context than they were trained on; the
-figures below report how often and by how much.
+figures below report how often and by how much. ``lfw-gray`` scores the same LFW images in
+grayscale: it separates the colour cue from the small crop that AT&T's images also have.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 from tqdm import tqdm
 
@@ -27,12 +29,13 @@ from sdk.errors import InvalidImageError
 from sdk.images import load_image
 from sdk.liveness import LIVE_CLASS, MiniFASNet
 
-SETS = ("lfw", "celeba", "att")
+# lfw-gray: the LFW images in grayscale (as BGR with equal channels): what a gray or IR camera gives.
+SETS = ("lfw", "celeba", "att", "lfw-gray")
 
 
 def set_images(data: Path, name: str) -> list[Path]:
     """Every image of a set, in a fixed order."""
-    if name == "lfw":
+    if name in ("lfw", "lfw-gray"):
         paths = sorted((data / "lfw" / "images_deepfunneled").glob("*/*.jpg"))
     elif name == "celeba":
         root = data / "celeba_subset"
@@ -79,6 +82,8 @@ def measure_set(
             no_face += 1
             continue
         start = time.perf_counter()
+        if name.endswith("-gray"):
+            image = cv2.cvtColor(cv2.cvtColor(image, cv2.COLOR_BGR2GRAY), cv2.COLOR_GRAY2BGR)
         faces = detector.detect(image)
         elapsed = (time.perf_counter() - start) * 1e3
         if not faces:
