@@ -31,7 +31,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from sdk.errors import InvalidArgumentError, InvalidImageError, InvalidModelError
+from sdk.detect import as_bgr
+from sdk.errors import BackendUnavailableError, InvalidArgumentError, InvalidImageError, InvalidModelError
 from sdk.paths import package_file
 
 INPUT_NAME, OUTPUT_NAME = "crop", "probabilities"
@@ -109,8 +110,6 @@ def check_box(detection: Any, height: int, width: int) -> np.ndarray:
 
 
 def _frame(frame: Any) -> np.ndarray:
-    from sdk.detect import as_bgr
-
     try:
         return as_bgr(frame)  # gray and BGRA frames become BGR, as for the detector
     except (TypeError, ValueError) as e:
@@ -126,14 +125,16 @@ class LivenessModel:
         self.path = Path(path)
         if not self.path.is_file():
             raise FileNotFoundError(f"liveness model {self.path} not found")
+        requested = list(providers or ["CPUExecutionProvider"])
+        absent = [p for p in requested if (p if isinstance(p, str) else p[0]) not in ort.get_available_providers()]
+        if absent:
+            raise BackendUnavailableError(f"{absent} not available in this onnxruntime {ort.__version__}")
         options = ort.SessionOptions()
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # leave the cores to the rest
         if threads is not None:
             options.intra_op_num_threads = threads
         try:
-            self._session = ort.InferenceSession(
-                str(self.path), options, providers=list(providers or ["CPUExecutionProvider"])
-            )
+            self._session = ort.InferenceSession(str(self.path), options, providers=requested)
         except Exception as e:  # onnxruntime's errors for a corrupt or foreign file
             raise InvalidModelError(f"{self.path}: not a loadable ONNX model ({type(e).__name__}: {e})") from e
         self.metadata = dict(self._session.get_modelmeta().custom_metadata_map)

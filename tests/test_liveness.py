@@ -12,7 +12,7 @@ import onnx
 import pytest
 
 from sdk.detect import YuNetDetector
-from sdk.errors import InvalidArgumentError, InvalidImageError, InvalidModelError
+from sdk.errors import BackendUnavailableError, InvalidArgumentError, InvalidImageError, InvalidModelError
 from sdk.liveness import DEFAULT_MODELS, DEFAULT_THRESHOLD, MiniFASNet, crop_rect
 from sdk.paths import models_dir, package_file
 
@@ -159,6 +159,8 @@ def test_foreign_or_tampered_model_files_are_refused(tmp_path):
         MiniFASNet([shipped], sha256=["0" * 64])
     with pytest.raises(FileNotFoundError):
         MiniFASNet([tmp_path / "absent.onnx"])
+    with pytest.raises(BackendUnavailableError, match="NoSuchExecutionProvider"):
+        MiniFASNet(providers=["NoSuchExecutionProvider"])
 
 
 def test_verifier_by_name_vetoes_the_spoofs_and_passes_the_live_face(default_onnx, samples):
