@@ -42,8 +42,8 @@ DEFAULT_MODELS = {
     "minifasnet_v2": "minifasnet_v2_2.7_80x80.onnx",
     "minifasnet_v1se": "minifasnet_v1se_4.0_80x80.onnx",
 }
-# Live when the two models together give live at least half their probability: the authors'
-# argmax rule wherever it is unambiguous (the two spoof classes cannot both beat 0.5).
+# Live when live holds at least half the models' probability: the authors' argmax rule, except
+# that a spoof probability split between the two spoof classes no longer lets live win below half.
 DEFAULT_THRESHOLD = 0.5
 _MAX_SCALE = 10.0  # a larger context than this is not a face crop: refuse such a file
 
