@@ -10,7 +10,7 @@ Each image's largest face is scored (LFW and CelebA crops often hold a second fa
 subject). The crop scale each model asked for is shrunk when the image cannot hold it
 (:func:`sdk.liveness.crop_rect`): on 250x250 crops with a face filling much of them, V1SE's 4.0
 and often V2's 2.7 shrink, so the models see less context than they were trained on; the
-figures below report how often and by how much. ``lfw-gray`` scores the same LFW images in
+report shows how often and by how much. ``lfw-gray`` scores the same LFW images in
 grayscale: it separates the colour cue from the small crop that AT&T's images also have.
 """
 
