@@ -229,6 +229,31 @@ def test_liveness_is_voted_across_frames(verifier, clip):
     assert {e.decision for e in by_type(events, "track_ended")} == {"not_live"}
 
 
+def test_minifasnet_stops_a_photo_attack_and_lets_the_live_face_in(default_onnx):
+    """The real liveness model in the camera: MiniFASNet's own samples (a spoof, then a live face),
+    both enrolled, so only liveness can stop the spoof."""
+    from sdk.liveness import MiniFASNet
+    from sdk.paths import models_dir
+
+    samples = models_dir() / "minifasnet" / "samples"
+    if not samples.is_dir():
+        pytest.skip(f"MiniFASNet's samples not found at {samples} (set FACESDK_MODELS)")
+    spoof, live = (cv2.imread(str(samples / f"image_{name}.jpg")) for name in ("F2", "T1"))
+    with Verifier(default_onnx, gallery=None) as v:
+        v.enroll("spoofed", spoof, largest=True, force=True)
+        v.enroll("live", live, largest=True, force=True)
+        events: list[Event] = []
+        camera = Camera(v, "door", liveness=MiniFASNet(), sinks=[events.append])
+        blank = np.full_like(spoof, 128)
+        for image in [spoof] * 6 + [blank] * 12 + [live] * 6:
+            camera.process(image)
+        camera.finish()
+    assert [e.identity for e in by_type(events, "accepted")] == ["live"]
+    assert by_type(events, "accepted")[0].liveness["live"] is True
+    not_live = by_type(events, "not_live")
+    assert len(not_live) == 1 and not_live[0].identity == "spoofed" and not_live[0].liveness["live"] is False
+
+
 def test_bad_camera_arguments_are_refused(verifier):
     with pytest.raises(InvalidArgumentError):
         Camera(verifier, "door", detect_every=0)
