@@ -1,4 +1,4 @@
-"""``facesdk eval ...``: benchmarks on labelled data. lfw and openset run on the runtime alone;
+"""``facesdk eval ...``: benchmarks on labelled data. lfw, openset and liveness run on the runtime alone;
 int8, pfe, clustering, trt-parity, yunet-template and dlib-port load more inside their commands."""
 
 from __future__ import annotations
@@ -141,6 +141,18 @@ def register(sub) -> None:
     p.add_argument("--threshold", type=float, help="strangers: squared-L2 threshold (default: the model's)")
     data_option(p, "lfw/")
     p.set_defaults(run=tracking_cmd)
+
+    p = verbs.add_parser("liveness", help="liveness (MiniFASNet) on live faces: BPCER per set, ms per face")
+    data_option(p, "lfw/, celeba_subset/ and att/")
+    p.add_argument("--sets", nargs="+", choices=["lfw", "celeba", "att", "lfw-gray"], default=["lfw", "celeba", "att"],
+                   help="lfw-gray: LFW's images in grayscale (default: lfw celeba att)")  # fmt: skip
+    p.add_argument("--count", type=positive, default=1000, help="images drawn per set (AT&T has 400: all)")
+    p.add_argument("--all", action="store_true", help="every image of each set instead of --count")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threshold", type=float, default=None, help="live score threshold (default: the SDK's)")
+    p.add_argument("--threads", type=positive, default=1, help="ONNX Runtime intra-op threads per model")
+    p.add_argument("--json", type=Path, help="write the figures as JSON")
+    p.set_defaults(run=liveness_cmd)
 
     p = verbs.add_parser("dlib-port", help="dlib's ResNet in PyTorch vs dlib-bin on LFW faces (needs torch, dlib)")
     p.add_argument("--faces", type=positive, default=100, help="LFW faces to compare")
@@ -535,4 +547,24 @@ def dlib_port_cmd(args: argparse.Namespace) -> int:
     from train.backbones.dlib_resnet import check
 
     check(args.faces, args.data, args.batch)
+    return 0
+
+
+# --- liveness -------------------------------------------------------------------------------------
+
+LIVENESS_THRESHOLDS = [0.1, 0.3, 0.5, 0.7, 0.9]
+
+
+def liveness_cmd(args: argparse.Namespace) -> int:
+    from evaluate import liveness
+    from sdk.liveness import DEFAULT_THRESHOLD
+
+    threshold = DEFAULT_THRESHOLD if args.threshold is None else args.threshold
+    if not 0.0 <= threshold <= 1.0:
+        raise UsageError(f"--threshold must be in [0, 1], got {threshold}")
+    model, results = liveness.run(
+        args.data, args.sets, None if args.all else args.count, args.seed, threshold, args.threads
+    )
+    print("\n".join(liveness.report(model, results, LIVENESS_THRESHOLDS)))
+    write_json(args.json, liveness.summary(model, results, LIVENESS_THRESHOLDS))
     return 0

@@ -5,6 +5,7 @@ accepted; identify: the best candidate is within the threshold), 3 the same comm
 
     facesdk enroll NAME IMAGE... [--gallery PATH]
     facesdk match IMAGE|DIR|VIDEO [--far F | --threshold T] [--every N] [--track]
+    facesdk run FILE|URL|DEVICE|PIPELINE [--detect-every N] [--webhook URL] [--audit DB] [--metrics-port P]
     facesdk verify A B
     facesdk identify IMAGE [-k K]
     facesdk cluster DIR [--threshold T]
@@ -31,11 +32,11 @@ import os
 import sys
 from importlib.metadata import version
 
-from cli import bench, calibrate, export, models, runtime, site, train
+from cli import bench, calibrate, camera, export, models, runtime, site, train
 from cli import eval as eval_verbs  # not `eval`: the builtin
 from cli.common import UsageError
 
-GROUPS = (runtime, models, calibrate, eval_verbs, bench, export, train, site)
+GROUPS = (runtime, camera, models, calibrate, eval_verbs, bench, export, train, site)
 
 # What to install when a command's optional dependency is missing.
 EXTRAS = {

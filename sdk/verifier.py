@@ -9,8 +9,8 @@ return anyone (FPIR) at DEFAULT_FPIR for the gallery's size (``facesdk eval fpir
 
 Presentation-attack detection: pass ``liveness=callable(frame_bgr, detection) -> bool`` and
 faces it returns False for are reported with ``live=False``, never identified nor accepted.
-Off by default (the SDK ships no liveness model); the hook runs before embedding, so a vetoed
-face costs nothing else.
+``liveness="minifasnet"`` uses the packaged MiniFASNet models (:mod:`sdk.liveness`). Off by
+default; the hook runs before embedding, so a vetoed face costs nothing else.
 
 Probabilistic Face Embeddings (a model with a ``sigma_sq`` output, see :mod:`sdk.pfe`):
 
@@ -162,6 +162,8 @@ class Verifier:
     min_quality: PFE models only: faces of lower :func:`sdk.pfe.quality` are refused (see the
     module doc); :meth:`quality_for` reads the model's calibrated values. Default None: no gate.
     model_sha256: pin the model file: InvalidModelError unless its SHA-256 is this (hex).
+    liveness: a callable(frame_bgr, detection) -> bool, or a name of ``sdk.liveness.LIVENESS``
+    ("minifasnet"); see the module doc.
     The gallery records the network (graph) each precision enrolled with and refuses another
     network under the same model name and version (ModelMismatchError).
 
@@ -182,11 +184,15 @@ class Verifier:
         fpir: float | None = None,
         providers: Sequence[str] | None = None,
         threads: int | None = None,
-        liveness: Liveness | None = None,
+        liveness: Liveness | str | None = None,
         scoring: str = "l2",
         min_quality: float | None = None,
         model_sha256: str | None = None,
     ) -> None:
+        if liveness is not None:  # first: a bad name fails before any file is opened
+            from sdk.liveness import liveness_from  # its models load only when asked for
+
+            liveness = liveness_from(liveness)
         self.embedder = loader.embedder(model, backend, providers=providers, threads=threads)
         if model_sha256 is not None:
             loader.check_pinned(self.embedder.path, model_sha256)
