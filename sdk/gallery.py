@@ -631,9 +631,10 @@ class Gallery:
               extra: Callable[[sqlite3.Connection], T] | None = None) -> T | None:  # fmt: skip
         """Applies a batch of changes in order, in one transaction, for a replica
         (:mod:`sdk.replica`): ``("add", name, embeddings, sigma_sq, quality)`` (``name`` a str, or
-        one per row) and ``("remove", name)``; ``meta`` keys are written in the same transaction (the replica's
-        applied version), and ``extra(conn)`` runs in it last (the replica's own bookkeeping; its
-        result is returned). All or nothing: an invalid row raises before anything is written."""
+        one per row) and ``("remove", name)``; ``meta`` keys are written in the same transaction
+        (the replica's applied version), and ``extra(conn)`` runs in it last (the replica's own
+        bookkeeping; its result is returned). All or nothing: an invalid row raises before
+        anything is written."""
         prepared = []
         for change in changes:
             if change[0] == "add":
