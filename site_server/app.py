@@ -224,12 +224,12 @@ def create_app(store: CentreStore, verifier, *, max_body_bytes: int = MAX_BODY_B
         if length is not None and (not length.isdigit() or int(length) > max_body_bytes):
             return _error(413, f"the request body is over the {max_body_bytes} bytes allowed")
         if length is None and request.method in ("POST", "PUT", "PATCH"):
-            body = b""
+            body = bytearray()
             async for chunk in request.stream():  # chunked: counted as it arrives
                 body += chunk
                 if len(body) > max_body_bytes:
                     return _error(413, f"the request body is over the {max_body_bytes} bytes allowed")
-            request._body = body
+            request._body = bytes(body)  # Starlette replays it to the route
         return await call_next(request)
 
     @app.exception_handler(HTTPException)
