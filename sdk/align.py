@@ -33,6 +33,8 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
+from sdk._kernels import sample_chip as _sample_chip
+
 # dlib's 5-point template (get_face_chip_details), in the unit face square, in the order of
 # shape_predictor_5_face_landmarks: image-right eye outer and inner corner, image-left eye
 # outer and inner corner, base of the nose.
@@ -496,6 +498,18 @@ def _pyramid_down(image: Image) -> Image:
     return (sums[2 : 2 * rows + 2 : 2, 2 : 2 * cols + 2 : 2] / 256).astype(np.uint8)
 
 
+def _chip_map(
+    tl: tuple[float, float], tr: tuple[float, float], bl: tuple[float, float], n: int
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """dlib's find_affine_transform: chip corners -> (tl, tr, bl) is Q * pinv(P); rows x and y."""
+    p = _chip_corner_inverse(n)
+    mx, my = (
+        tuple((q[0] * p[0][j] + q[1] * p[1][j]) + q[2] * p[2][j] for j in range(3))
+        for q in ((tl[0], tr[0], bl[0]), (tl[1], tr[1], bl[1]))
+    )
+    return mx, my
+
+
 def _sample(
     source: Image,
     tl: tuple[float, float],
@@ -503,14 +517,15 @@ def _sample(
     bl: tuple[float, float],
     n: int,
 ) -> Image:
-    """dlib's transform_image with interpolate_bilinear over the n x n chip."""
+    """dlib's transform_image with interpolate_bilinear over the n x n chip (the C++ kernel)."""
+    mx, my = _chip_map(tl, tr, bl, n)
+    return _sample_chip(np.ascontiguousarray(source), mx, my, n)
+
+
+def _sample_numpy(source: Image, mx: tuple[float, ...], my: tuple[float, ...], n: int) -> Image:
+    """The kernel's reference in numpy (the same double arithmetic in the same order; the tests
+    compare the two; 20 to 40 times slower)."""
     height, width, channels = source.shape
-    # dlib's find_affine_transform: chip corners -> (tl, tr, bl) is Q * pinv(P).
-    p = _chip_corner_inverse(n)
-    mx, my = (
-        tuple((q[0] * p[0][j] + q[1] * p[1][j]) + q[2] * p[2][j] for j in range(3))
-        for q in ((tl[0], tr[0], bl[0]), (tl[1], tr[1], bl[1]))
-    )
     c = np.arange(n, dtype=np.float64)
     r = np.arange(n, dtype=np.float64)[:, None]
     x = ((mx[0] * c + mx[1] * r) + mx[2]).ravel()

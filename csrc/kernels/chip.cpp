@@ -1,0 +1,60 @@
+// dlib's bilinear chip sampling (transform_image with interpolate_bilinear, as
+// extract_image_chip runs it): sdk/align.py finds the affine map and crops the
+// source, this fills the chip. Double arithmetic in dlib's order, term by term
+// (the build has -ffp-contract=off), so every pixel is dlib's, bit for bit.
+#include <cstdint>
+
+#include "facesdk/kernels.h"
+
+namespace facesdk {
+
+namespace {
+
+// One chip pixel from its 4 neighbours (top-left at `top`), as dlib's interpolate_bilinear.
+template <std::size_t Channels>
+inline void blend(const std::uint8_t* top, std::size_t stride, std::size_t channels, double lr, double tb,
+                  std::uint8_t* pixel) {
+  const std::size_t ch = Channels ? Channels : channels;  // a constant for RGB: unrolled
+  const std::uint8_t* bottom = top + stride;
+  const double ilr = 1 - lr, itb = 1 - tb;
+  for (std::size_t k = 0; k < ch; ++k) {
+    const double upper = (double(top[k]) * ilr + double(top[k + ch]) * lr) * itb;
+    const double lower = (double(bottom[k]) * ilr + double(bottom[k + ch]) * lr) * tb;
+    pixel[k] = std::uint8_t(upper + lower);  // truncated, as dlib's assign_pixel
+  }
+}
+
+template <std::size_t Channels>
+void sample(const std::uint8_t* image, std::size_t rows, std::size_t cols, std::size_t channels,
+            const double mx[3], const double my[3], std::size_t n, std::uint8_t* out) {
+  const std::size_t ch = Channels ? Channels : channels;
+  const double last_col = double(cols) - 1, last_row = double(rows) - 1;
+  for (std::size_t r = 0; r < n; ++r) {
+    for (std::size_t c = 0; c < n; ++c) {
+      std::uint8_t* pixel = out + (r * n + c) * ch;
+      const double x = (mx[0] * double(c) + mx[1] * double(r)) + mx[2];
+      const double y = (my[0] * double(c) + my[1] * double(r)) + my[2];
+      // dlib: black unless all 4 neighbours lie inside. For an integer k, floor(x) >= 0 and
+      // floor(x) < k hold exactly when x >= 0 and x < k (NaN fails both), and inside that
+      // range truncation is floor: no libm call per pixel.
+      if (!(x >= 0 && y >= 0 && x < last_col && y < last_row)) {
+        for (std::size_t k = 0; k < ch; ++k) pixel[k] = 0;
+        continue;
+      }
+      const auto left = std::size_t(x), top = std::size_t(y);
+      blend<Channels>(image + (top * cols + left) * ch, cols * ch, ch, x - double(left), y - double(top), pixel);
+    }
+  }
+}
+
+}  // namespace
+
+void sample_chip(const std::uint8_t* image, std::size_t rows, std::size_t cols, std::size_t channels,
+                 const double mx[3], const double my[3], std::size_t n, std::uint8_t* out) {
+  if (channels == 3)
+    sample<3>(image, rows, cols, channels, mx, my, n, out);
+  else
+    sample<0>(image, rows, cols, channels, mx, my, n, out);
+}
+
+}  // namespace facesdk
