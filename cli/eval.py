@@ -27,6 +27,8 @@ def register(sub) -> None:
     data_option(p, "lfw/")
     model_option(p)
     detector_option(p)
+    p.add_argument("--detect-max-side", type=positive, metavar="N",
+                   help="YuNet runs on images downscaled to this longer side (faster when faces are large)")  # fmt: skip
     p.add_argument("--pairs", type=Path, default=Path("pairs.txt"), help="pairs file, e.g. pairsDevTest.txt")
     p.add_argument("--far", type=float, default=1e-3, help="FAR for the TAR@FAR figure")
     p.add_argument("--batch", type=positive, default=32, help="faces per embedding batch")
@@ -155,7 +157,7 @@ def lfw_cmd(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"no LFW pairs file {pairs_file} (set FACESDK_DATA or --data, or give --pairs PATH)")
     pairs = lfw.read_pairs(pairs_file, root / "images_deepfunneled")
     images = pairs.images()
-    detector, embedder = make_detector(args.detector), make_embedder(args.model)
+    detector, embedder = make_detector(args.detector, args.detect_max_side), make_embedder(args.model)
     print(
         f"LFW {pairs_file.name}: {len(pairs)} pairs, {len(images)} images, 10 folds; "
         f"model {embedder.name} ({embedder.backend}: {', '.join(embedder.providers)}); detector {detector.name}",

@@ -135,12 +135,21 @@ def _align(
     template: NDArray[np.float64],
     size: int,
     padding: float,
+    reference: bool = False,
 ) -> Image:
     _check_image(image)
     details = _chip_details(_check_landmarks(landmarks), template, size, padding)
     gray = image.ndim == 2
-    chip = _extract(image[:, :, None] if gray else image, details)
+    chip = _extract(image[:, :, None] if gray else image, details, reference)
     return chip[:, :, 0] if gray else chip
+
+
+def _align_reference(
+    image: Image, landmarks: NDArray[np.floating], scheme: str, size: int = 150, padding: float = 0.25
+) -> Image:
+    """:func:`align` with the numpy sampler instead of the C++ kernel: the same chip, for the
+    tests and for ``facesdk bench frame``'s before/after."""
+    return _align(image, landmarks, _template(scheme), size, padding, reference=True)
 
 
 def _template(scheme: str) -> NDArray[np.float64]:
@@ -433,8 +442,8 @@ def _round(v: float) -> int:
     return int(math.copysign(r + 1 if a - r >= 0.5 else r, v))
 
 
-def _extract(image: Image, d: _ChipDetails) -> Image:
-    """dlib's extract_image_chip for one chip (image is HxWxC)."""
+def _extract(image: Image, d: _ChipDetails, reference: bool = False) -> Image:
+    """dlib's extract_image_chip for one chip (image is HxWxC); ``reference``: numpy sampler."""
     n = d.size
     rect = (d.left, d.top, d.right, d.bottom)
     height, width = image.shape[:2]
@@ -464,7 +473,10 @@ def _extract(image: Image, d: _ChipDetails) -> Image:
     tl = _rotate(cx, cy, left, top, cos, sin)
     tr = _rotate(cx, cy, right, top, cos, sin)
     bl = _rotate(cx, cy, left, bottom, cos, sin)
-    return _sample(source, tl, tr, bl, n)
+    mx, my = _chip_map(tl, tr, bl, n)
+    if reference:
+        return _sample_numpy(source, mx, my, n)
+    return _sample_chip(np.ascontiguousarray(source), mx, my, n)
 
 
 def _copy(image: Image, left: float, top: float, n: int) -> Image:
@@ -510,21 +522,10 @@ def _chip_map(
     return mx, my
 
 
-def _sample(
-    source: Image,
-    tl: tuple[float, float],
-    tr: tuple[float, float],
-    bl: tuple[float, float],
-    n: int,
-) -> Image:
-    """dlib's transform_image with interpolate_bilinear over the n x n chip (the C++ kernel)."""
-    mx, my = _chip_map(tl, tr, bl, n)
-    return _sample_chip(np.ascontiguousarray(source), mx, my, n)
-
-
 def _sample_numpy(source: Image, mx: tuple[float, ...], my: tuple[float, ...], n: int) -> Image:
-    """The kernel's reference in numpy (the same double arithmetic in the same order; the tests
-    compare the two; 20 to 40 times slower)."""
+    """dlib's transform_image with interpolate_bilinear over the n x n chip, in numpy: the
+    reference of the C++ kernel ``sdk._kernels.sample_chip`` (the same double arithmetic in the
+    same order; the tests compare the two pixel for pixel)."""
     height, width, channels = source.shape
     c = np.arange(n, dtype=np.float64)
     r = np.arange(n, dtype=np.float64)[:, None]
