@@ -406,8 +406,14 @@ def lfw_jpegs(count: int) -> tuple[list[Path], list[np.ndarray]]:
 
 
 def measure_stages(jpegs: list[np.ndarray], detector, passes: int) -> tuple[dict, np.ndarray, list[int]]:
-    """p50/p95 of decode, detect and align per image; the aligned chips and which images had a face."""
+    """p50/p95 of decode, detect and align per image; the aligned chips and which images had a face.
+
+    align_reference: the same chip by the numpy sampler from the frame converted to RGB (the
+    SDK's cut before the C++ sampler), the reference the C++ cut is compared with; the chips
+    must be identical byte for byte."""
     import cv2
+
+    from sdk.align import _align_reference
 
     def one(jpeg: np.ndarray) -> tuple[list[float], np.ndarray | None]:
         t0 = time.perf_counter()
@@ -418,10 +424,15 @@ def measure_stages(jpegs: list[np.ndarray], detector, passes: int) -> tuple[dict
         if face is None:
             return [t1 - t0, t2 - t1], None
         chip = cut(image, face.landmarks, face.scheme)
-        return [t1 - t0, t2 - t1, time.perf_counter() - t2], chip
+        t3 = time.perf_counter()
+        reference = _align_reference(cv2.cvtColor(image, cv2.COLOR_BGR2RGB), face.landmarks, face.scheme)
+        t4 = time.perf_counter()
+        if not np.array_equal(chip, reference):
+            raise BenchError("the C++ cut differs from the numpy reference: a bug, the figures would mean nothing")
+        return [t1 - t0, t2 - t1, t3 - t2, t4 - t3], chip
 
     one(jpegs[0])  # warm-up: first calls allocate
-    times: dict[str, list[float]] = {"decode": [], "detect": [], "align": []}
+    times: dict[str, list[float]] = {"decode": [], "detect": [], "align": [], "align_reference": []}
     chips: dict[int, np.ndarray] = {}
     for _ in range(passes):
         for i, jpeg in enumerate(jpegs):
@@ -798,10 +809,15 @@ def print_run(result: dict) -> None:
     print(f"{'stage':<40} {'p50 ms':>9} {'p95 ms':>9} {'samples':>8}")
     rows = [(f"decode (cv2.imdecode)", result["stages"]["decode"]),
             (f"detect ({cfg['detector']})", result["stages"]["detect"]),
-            ("align (sdk.align)", result["stages"]["align"])]  # fmt: skip
+            ("align (sdk.align, C++ sampler)", result["stages"]["align"])]  # fmt: skip
+    if "align_reference" in result["stages"]:
+        rows.append(("align, numpy reference (RGB frame)", result["stages"]["align_reference"]))
     rows += [(f"match top-1, 1 query x {int(n):,}", m) for n, m in result["match"].items()]
     for label, s in rows:
         print(f"{label:<40} {s['p50_ms']:9.3f} {s['p95_ms']:9.3f} {s['samples']:8d}")
+    if "align_reference" in result["stages"]:
+        speedup = result["stages"]["align_reference"]["p50_ms"] / result["stages"]["align"]["p50_ms"]
+        print(f"align: numpy reference / C++ sampler = {speedup:.1f}x (p50, same run; the chips are identical)")
     print()
     width = max(len(e["label"]) for e in result["embed"])
     header = f"{'embed':<{width}} {'batch':>5} {'ms/batch p50':>13} {'p95':>9} {'ms/face p50':>12} {'p95':>8}"
