@@ -10,6 +10,16 @@ namespace facesdk {
 
 namespace {
 
+// Pixel values as doubles: a table load instead of an int-to-double conversion per neighbour
+// (measured: the conversions were most of the kernel's time).
+struct ByteToDouble {
+  double v[256];
+  ByteToDouble() {
+    for (int i = 0; i < 256; ++i) v[i] = double(i);
+  }
+};
+const ByteToDouble kByte;
+
 // One chip pixel from its 4 neighbours (top-left at `top`), as dlib's interpolate_bilinear.
 template <std::size_t Channels>
 inline void blend(const std::uint8_t* top, std::size_t stride, std::size_t channels, double lr, double tb,
@@ -18,8 +28,8 @@ inline void blend(const std::uint8_t* top, std::size_t stride, std::size_t chann
   const std::uint8_t* bottom = top + stride;
   const double ilr = 1 - lr, itb = 1 - tb;
   for (std::size_t k = 0; k < ch; ++k) {
-    const double upper = (double(top[k]) * ilr + double(top[k + ch]) * lr) * itb;
-    const double lower = (double(bottom[k]) * ilr + double(bottom[k + ch]) * lr) * tb;
+    const double upper = (kByte.v[top[k]] * ilr + kByte.v[top[k + ch]] * lr) * itb;
+    const double lower = (kByte.v[bottom[k]] * ilr + kByte.v[bottom[k + ch]] * lr) * tb;
     pixel[k] = std::uint8_t(upper + lower);  // truncated, as dlib's assign_pixel
   }
 }
