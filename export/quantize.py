@@ -1,7 +1,7 @@
 """INT8 post-training quantisation of facesdk embedding models (QDQ ONNX), and its LFW comparison.
 
     facesdk export int8 MODEL -o OUT [--method percentile|minmax|entropy] [--count N]
-                                          [--keep-fp32 first,last|none|NODE,...] [--per-tensor]
+                                          [--keep-fp32 first,last|none|NODE,...] [--per-tensor] [--cpu]
     facesdk eval int8 FP32 INT8 [--pairs FILE] [--json PATH]
 
 The result is an ordinary facesdk model file (same ``chip`` uint8 input, same unit ``embedding``
@@ -27,6 +27,12 @@ builder on these machines). The choices, and why:
   Add) into the conv, so the per-channel weight scales absorb it, and folds the constant pad
   subgraphs. Without it (measured on LFW DevTest): mean |distance change| 0.0058 instead of 0.0041
   and 1.13x the FP32 speed instead of about 2x (the affines run in float between Q/DQ).
+* ``--cpu`` (``target="cpu"``) writes the variant for ONNX Runtime on CPUs instead, beside the
+  TensorRT one (``TARGETS``): uint8 activations with asymmetric ranges, so each ReLU's range
+  starts at the uint8 zero point and the ReLU folds into the Q before it (ONNX Runtime's
+  QLinearConv/QLinearAdd then apply it for free), one Q per tensor (what lets every residual Add
+  fuse once the ReLUs are gone), the first conv quantised too (normalised uint8 pixels fit
+  uint8's levels), ``precision=int8-cpu``. TensorRT refuses it (``export.tensorrt`` checks).
 * Only Conv, the residual Add, the pools, Pad and the fc (MatMul, unless kept in FP32) are
   quantised. The uint8 cast and normalisation (Cast, Transpose, Sub, Mul), the global pooling and
   the L2-normalisation tail (ReduceL2, Clip, Div) never are, nor the fc's output.
