@@ -42,6 +42,7 @@ def register(sub) -> None:
     f.add_argument("--passes", type=positive, default=5, help="timed passes over the frames")
     f.add_argument("--gallery", type=positive, default=10_000, help="identities matched against (random unit vectors)")
     f.add_argument("--threads", type=positive, help="onnxruntime intra-op threads of detector and embedder (default: its own)")
+    f.add_argument("--cv2-threads", type=positive, help="cv2.setNumThreads for the run (default: OpenCV's, one per core)")
     f.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     f.set_defaults(run=frame_cmd)
     g = verbs.add_parser("gallery", help="the gallery at scale: bulk enrolment, load, memory, match while enrolling")

@@ -1,7 +1,8 @@
 """``facesdk bench frame``: one single-face frame end to end, per stage, before and after.
 
     facesdk bench frame [--int8 M.int8-cpu.onnx] [--detector yunet,yunet+dlib5] [--max-side 160]
-                        [--images 32] [--passes 5] [--gallery 10000] [--threads N] [--json PATH]
+                        [--images 32] [--passes 5] [--gallery 10000] [--threads N] [--cv2-threads N]
+                        [--json PATH]
 
 Each frame is a JPEG of a real LFW face (250x250), run as a door runs it: decode
 (``cv2.imdecode``), detect (YuNet), landmarks (dlib's 5-point predictor, for ``yunet+dlib5``),
@@ -101,8 +102,13 @@ def pipelines(detectors: list[str], max_side: int | None, models: list[str]) -> 
 
 
 def bench_frame(args: argparse.Namespace) -> dict:
+    import cv2
+
     from evaluate.bench import device_info, lfw_jpegs, unit_rows, versions
     from sdk.embed import OnnxEmbedder, default_model_path
+
+    if args.cv2_threads:
+        cv2.setNumThreads(args.cv2_threads)
 
     embedders: dict[str, Any] = {}  # by precision: fp32, int8, int8-cpu
     model_paths: dict[str, Path] = {}
@@ -161,6 +167,7 @@ def bench_frame(args: argparse.Namespace) -> dict:
         "passes": args.passes,
         "gallery": args.gallery,
         "threads": args.threads,
+        "cv2_threads": cv2.getNumThreads(),
         "models": {k: str(v) for k, v in model_paths.items()},
         "rows": rows,
         "ratios": ratios(rows),
@@ -183,7 +190,7 @@ def ratios(rows: list[dict]) -> list[dict]:
 def print_frame(result: dict) -> None:
     d = result["device"]
     print(f"device: {d['cpu']}, {d['cores']} cores [{' '.join(d['isa'])}]; onnxruntime {result['versions']['onnxruntime']}, "
-          f"threads {result['threads'] or 'onnxruntime default'}")  # fmt: skip
+          f"threads {result['threads'] or 'onnxruntime default'}, cv2 threads {result['cv2_threads']}")  # fmt: skip
     print(f"{result['frames']} single-face LFW frames (250x250 JPEG) x {result['passes']} passes, pipelines interleaved; "
           f"match: top-1 of {result['gallery']:,}; p50 ms per stage")  # fmt: skip
     width = max(len(r["label"]) for r in result["rows"])
