@@ -34,6 +34,7 @@ Detectors are registered by name in ``DETECTORS`` (``detector_from`` reads it).
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Callable
@@ -196,7 +197,10 @@ class YuNetDetector:
         if self.max_side is not None and max(h, w) > self.max_side:
             scale = self.max_side / max(h, w)
             size = (max(1, round(w * scale)), max(1, round(h * scale)))
-            image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+            # Shrinking by less than 2, bilinear already reads every source pixel (6x cheaper than
+            # INTER_AREA here: 0.05 vs 0.31 ms for 250 -> 160 px); beyond, AREA averages.
+            interpolation = cv2.INTER_LINEAR if scale > 0.5 else cv2.INTER_AREA
+            image = cv2.resize(image, size, interpolation=interpolation)
             h, w = image.shape[:2]
         pad_h, pad_w = -(-h // _DIVISOR) * _DIVISOR, -(-w // _DIVISOR) * _DIVISOR
         blob = np.zeros((1, 3, pad_h, pad_w), np.float32)
@@ -212,21 +216,35 @@ class YuNetDetector:
         return [make_detection(boxes[i] / scale, scores[i], kps[i] / scale, self.scheme) for i in keep]
 
     def _decode(self, outs: list[np.ndarray], pad_h: int, pad_w: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Boxes [n, 4] x1y1x2y2, scores [n], landmarks [n, 5, 2] of cells above the threshold."""
+        """Boxes [n, 4] x1y1x2y2, scores [n], landmarks [n, 5, 2] of cells above the threshold.
+
+        The three strides' cells are scored as one array (in stride order, as OpenCV visits
+        them), so that a frame costs a few numpy calls rather than a few per stride."""
         n = len(_STRIDES)
-        boxes, scores, kps = [], [], []
-        for i, stride in enumerate(_STRIDES):
-            cls, obj, bbox, kp = (outs[i + n * k][0] for k in range(4))
-            score = np.sqrt(np.clip(cls[:, 0], 0, 1) * np.clip(obj[:, 0], 0, 1))
-            idx = np.flatnonzero(score >= self.score_threshold)
-            cols = pad_w // stride
-            cell = np.stack([idx % cols, idx // cols], axis=1).astype(np.float32)  # (c, r)
-            centre = (cell + bbox[idx, :2]) * stride
-            half = np.exp(bbox[idx, 2:]) * stride / 2
-            boxes.append(np.concatenate([centre - half, centre + half], axis=1))
-            scores.append(score[idx])
-            kps.append((kp[idx].reshape(-1, 5, 2) + cell[:, None, :]) * stride)
-        return np.concatenate(boxes), np.concatenate(scores), np.concatenate(kps)
+        cls, obj = (np.concatenate([outs[i + n * k][0][:, 0] for i in range(n)]) for k in (0, 1))
+        score = np.sqrt(np.clip(cls, 0, 1) * np.clip(obj, 0, 1))
+        idx = np.flatnonzero(score >= self.score_threshold)
+        cells, strides = _grid(pad_h, pad_w)
+        bbox = np.concatenate([outs[i + 2 * n][0] for i in range(n)])[idx]
+        kp = np.concatenate([outs[i + 3 * n][0] for i in range(n)])[idx]
+        cell, stride = cells[idx], strides[idx, None]
+        centre = (cell + bbox[:, :2]) * stride
+        half = np.exp(bbox[:, 2:]) * stride / 2
+        boxes = np.concatenate([centre - half, centre + half], axis=1)
+        return boxes, score[idx], (kp.reshape(-1, 5, 2) + cell[:, None, :]) * stride[:, :, None]
+
+
+@functools.lru_cache(maxsize=16)
+def _grid(pad_h: int, pad_w: int) -> tuple[np.ndarray, np.ndarray]:
+    """YuNet's anchor-free cells of a padded input, strides 8, 16, 32 in turn, row by row:
+    (c, r) float32 [cells, 2] and each cell's stride float32 [cells]."""
+    cells, strides = [], []
+    for stride in _STRIDES:
+        rows, cols = pad_h // stride, pad_w // stride
+        r, c = np.divmod(np.arange(rows * cols), cols)
+        cells.append(np.stack([c, r], axis=1).astype(np.float32))
+        strides.append(np.full(rows * cols, stride, np.float32))
+    return np.concatenate(cells), np.concatenate(strides)
 
 
 def _import_dlib() -> Any:
