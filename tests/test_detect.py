@@ -239,3 +239,17 @@ def test_gray_and_bgra_become_bgr() -> None:
         assert out.shape == (6, 5, 3) and (out == gray[:, :, None]).all()
     flipped = as_bgr(bgr[:, :, ::-1])  # negative strides, e.g. an RGB view
     assert flipped.flags.c_contiguous
+
+
+def test_detect_rate_command(data: Path, capsys: pytest.CaptureFixture) -> None:
+    """`facesdk eval detect-rate`: faces found at each YuNet input size, on 20 CelebA images."""
+    import json
+
+    from cli.main import main as facesdk
+
+    if not (data / "celeba_subset" / "identities.txt").is_file():
+        pytest.skip("CelebA subset not found")
+    assert facesdk(["eval", "detect-rate", "--data", str(data), "--limit", "20", "--max-side", "160", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["max_side"] for r in rows] == [None, 160] and all(r["images"] == 20 for r in rows)
+    assert rows[0]["found"] >= 19 and rows[1]["found"] >= 18 and all(r["cpu_ms_per_image"] > 0 for r in rows)
