@@ -18,7 +18,7 @@ def register(sub) -> None:
     b = sub.add_parser("bench", help="benchmarks: the pipeline per backend (default), kernels, pipeline stages")
     add_run_options(b)  # `facesdk bench [options]` runs `run`
     b.set_defaults(run=run_cmd)
-    verbs = b.add_subparsers(dest="bench_verb", metavar="{run,kernels,pipeline,frame,gallery}")
+    verbs = b.add_subparsers(dest="bench_verb", metavar="{run,kernels,pipeline,frame,gallery,camera}")
     add_run_options(verbs.add_parser("run", help="the whole pipeline on LFW faces, per stage and per backend (default)"))
     k = verbs.add_parser("kernels", help="matching kernels vs numpy and faiss")
     k.add_argument("--json", type=Path, help="also write the figures to this JSON file")
@@ -51,6 +51,14 @@ def register(sub) -> None:
     g.add_argument("--dir", type=Path, help="where the temporary gallery file goes (default: the system's temp)")
     g.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     g.set_defaults(run=gallery_cmd)
+    c = verbs.add_parser("camera", help="the camera runtime on a 720p clip of 1-3 real faces: fps, first frame to accept")
+    c.add_argument("--every", default="1,2,3", help="detection on every N-th frame, comma-separated values of N")
+    c.add_argument("--detect-max-side", default="full,640",
+                   help="YuNet's input: 'full' size or downscaled to this longer side, comma-separated")  # fmt: skip
+    c.add_argument("--rounds", type=positive, default=2, help="times three people cross the clip (more latencies)")
+    c.add_argument("--data", type=Path, default=None, help="data folder holding lfw/ (default $FACESDK_DATA)")
+    c.add_argument("--json", type=Path, help="also write the figures to this JSON file")
+    c.set_defaults(run=camera_cmd)
 
 
 def add_run_options(r: argparse.ArgumentParser) -> None:
@@ -181,6 +189,30 @@ def gallery_cmd(args: argparse.Namespace) -> int:
         raise UsageError("--seconds must be > 0")
     result = bench_gallery(args.size, args.seconds, args.dir)
     print_gallery(result)
+    write_json(args.json, result)
+    return 0
+
+
+def camera_cmd(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from evaluate import camera_bench
+    from sdk.paths import data_dir
+    from sdk.verifier import Verifier
+
+    try:
+        every = [int(n) for n in args.every.split(",")]
+    except ValueError:
+        raise UsageError(f"--every takes integers, e.g. 1,2,3; got {args.every!r}") from None
+    if any(n < 1 for n in every):
+        raise UsageError("--every values must be >= 1")
+    try:
+        sides = [None if side == "full" else int(side) for side in args.detect_max_side.split(",")]
+    except ValueError:
+        raise UsageError(f"--detect-max-side takes 'full' or integers, got {args.detect_max_side!r}") from None
+    with tempfile.TemporaryDirectory() as work, Verifier(gallery=None) as v:  # the default pipeline
+        result = camera_bench.run(v, args.data or data_dir(), Path(work), every, sides, rounds=args.rounds)
+    print("\n".join(camera_bench.lines(result)))
     write_json(args.json, result)
     return 0
 

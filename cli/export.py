@@ -1,5 +1,6 @@
-"""``facesdk export onnx|int8|trt``: model files for the runtime. onnx needs torch (the train
-extra), int8 onnxruntime's quantiser, trt TensorRT on the device; each loads them when it runs."""
+"""``facesdk export onnx|int8|trt|minifasnet``: model files for the runtime. onnx and minifasnet need
+torch (the train extra), int8 onnxruntime's quantiser, trt TensorRT on the device; each loads
+them when it runs."""
 
 from __future__ import annotations
 
@@ -15,8 +16,8 @@ def register(sub) -> None:
     from sdk.embed import default_model_path, default_pfe_model_path
     from sdk.tensorrt import PRECISIONS
 
-    ex = sub.add_parser("export", help="model export: onnx (needs torch), int8, trt (needs TensorRT)")
-    verbs = ex.add_subparsers(dest="export_verb", metavar="{onnx,int8,trt}", required=True)
+    ex = sub.add_parser("export", help="model export: onnx (needs torch), int8, trt (needs TensorRT), minifasnet")
+    verbs = ex.add_subparsers(dest="export_verb", metavar="{onnx,int8,trt,minifasnet}", required=True)
 
     onnx = verbs.add_parser("onnx", help="dlib's model, a PFE model or a trained checkpoint -> facesdk ONNX (needs torch)")
     kinds = onnx.add_subparsers(dest="onnx_kind", metavar="{default,pfe,checkpoint,check}", required=True)
@@ -68,6 +69,12 @@ def register(sub) -> None:
     t.add_argument("--strongly-typed", action="store_true", help="precisions from the graph (int8 QDQ, fp32)")
     t.add_argument("--device", type=int, default=0, help="CUDA device to build on (and for)")
     t.set_defaults(run=trt_cmd)
+
+    m = verbs.add_parser("minifasnet", help="the liveness models (MiniFASNet V2, V1SE) from their .pth files (needs torch)")
+    m.add_argument("--from", dest="source", type=Path, default=None,
+                   help="folder of the original .pth files (default $FACESDK_MODELS/minifasnet)")  # fmt: skip
+    m.add_argument("-o", "--output", type=Path, default=None, help="folder to write to (default: the package's sdk/models)")
+    m.set_defaults(run=minifasnet_cmd)
 
 
 def keep_fp32(text: str) -> tuple[str, ...]:
@@ -156,4 +163,14 @@ def trt_cmd(args: argparse.Namespace) -> int:
         f"built in {info['build_seconds']:.1f} s"
     )
     print(f"check it: facesdk eval trt-parity {path}")
+    return 0
+
+
+def minifasnet_cmd(args: argparse.Namespace) -> int:
+    from export.minifasnet import export_minifasnet
+    from sdk.paths import models_dir, package_file
+
+    source = args.source or models_dir() / "minifasnet"
+    for path in export_minifasnet(source, args.output or package_file("")):
+        print(f"wrote {path}")
     return 0

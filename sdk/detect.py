@@ -1,4 +1,5 @@
-"""Face detection with five landmarks: YuNet through ONNX Runtime, dlib's HOG detector as fallback.
+"""Face detection with five landmarks: YuNet through ONNX Runtime (by default with dlib's 5-point
+landmarks from its box, ``YuNetDlib5Detector``), dlib's HOG detector as fallback.
 
 Every detector takes a BGR uint8 HxWx3 image (OpenCV convention) and returns ``Detection``s sorted
 by score, best first. Grayscale (HxW or HxWx1) and BGRA (HxWx4, alpha dropped) images are converted
@@ -369,9 +370,12 @@ def yunet_dlib5_detector() -> Detector:
 
 
 def default_detector() -> tuple[Detector, str]:
-    """YuNet when its model file is found and ONNX Runtime imports, else dlib's HOG detector.
+    """YuNet's faces with dlib's 5 landmarks (``YuNetDlib5Detector``) when YuNet's model file is
+    found and ONNX Runtime imports, YuNet's own landmarks when dlib's predictor file is missing,
+    else dlib's HOG detector. dlib's landmarks make sharper chips for dlib's network (README,
+    "Sharper chips").
 
-    Logs (logger "sdk") which one is used and why; raises ImportError when neither is available.
+    Logs (logger "sdk") which one is used and why; raises ImportError when none is available.
     """
     try:
         yunet = YuNetDetector()
@@ -382,8 +386,13 @@ def default_detector() -> tuple[Detector, str]:
         except (FileNotFoundError, ImportError) as dlib_error:
             raise ImportError(f"no face detector available: YuNet: {yunet_error}; dlib: {dlib_error}") from dlib_error
         return dlib_hog, dlib_hog.name
-    log.info("face detector: %s (%s, ONNX Runtime)", yunet.name, yunet.model_path)
-    return yunet, yunet.name
+    try:
+        detector: Detector = YuNetDlib5Detector(yunet)
+    except FileNotFoundError as e:
+        log.warning("dlib's 5-point predictor unavailable (%s); using YuNet's own landmarks", e)
+        detector = yunet
+    log.info("face detector: %s (%s, ONNX Runtime)", detector.name, yunet.model_path)
+    return detector, detector.name
 
 
 # Detector names -> factories; the CLI's choices and every error message read this one table.

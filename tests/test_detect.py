@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from sdk import detect
-from sdk.detect import Detection, DlibHogDetector, YuNetDetector, as_bgr, default_detector
+from sdk.detect import Detection, DlibHogDetector, YuNetDetector, YuNetDlib5Detector, as_bgr, default_detector
 from sdk.paths import models_dir, package_file
 
 MODELS = ["yunet_n_dynamic", "yunet_n_640_640", "yunet_s_640_640"]
@@ -177,7 +177,7 @@ def test_dlib_missing_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> N
 def test_default_detector_prefers_yunet(yunet_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.INFO, logger="sdk"):
         detector, name = default_detector()
-    assert isinstance(detector, YuNetDetector) and name == detector.name == "yunet_n_dynamic"
+    assert isinstance(detector, YuNetDlib5Detector) and name == detector.name == "yunet_n_dynamic+dlib5"
     assert "yunet_n_dynamic" in caplog.text
 
 
