@@ -1,4 +1,4 @@
-"""``facesdk bench [run|kernels|pipeline|frame|gallery]``: the benchmarks of ``evaluate.bench``, with the torch
+"""``facesdk bench [run|kernels|pipeline|frame|gallery|camera]``: the benchmarks of ``evaluate.bench``, with the torch
 reference they compare against (it needs ``train``, which sits above ``evaluate``)."""
 
 from __future__ import annotations
