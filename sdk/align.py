@@ -33,7 +33,13 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
-from sdk._kernels import sample_chip as _sample_chip
+try:
+    from sdk._kernels import sample_chip as _sample_chip
+except ImportError as e:  # not built, or built before the chip kernel
+    raise ImportError(
+        f"the C++ extension sdk._kernels is missing or older than {__file__} (no sample_chip): "
+        "rebuild it with `python setup.py build_ext --inplace` or `pip install .`"
+    ) from e
 
 # dlib's 5-point template (get_face_chip_details), in the unit face square, in the order of
 # shape_predictor_5_face_landmarks: image-right eye outer and inner corner, image-left eye
