@@ -27,6 +27,8 @@ def register(sub) -> None:
     data_option(p, "lfw/")
     model_option(p)
     detector_option(p)
+    p.add_argument("--detect-max-side", type=positive, metavar="N",
+                   help="YuNet runs on images downscaled to this longer side (faster when faces are large)")  # fmt: skip
     p.add_argument("--pairs", type=Path, default=Path("pairs.txt"), help="pairs file, e.g. pairsDevTest.txt")
     p.add_argument("--far", type=float, default=1e-3, help="FAR for the TAR@FAR figure")
     p.add_argument("--batch", type=positive, default=32, help="faces per embedding batch")
@@ -130,6 +132,14 @@ def register(sub) -> None:
     data_option(p, "lfw/")
     p.set_defaults(run=detectors_cmd)
 
+    p = verbs.add_parser("detect-rate", help="faces found by YuNet at smaller input sizes (CelebA: one face per image)")
+    p.add_argument("--max-side", type=positive, nargs="+", default=[192, 160, 128], help="input sizes besides full size")
+    p.add_argument("--set", default="celeba", choices=["celeba", "lfw-devtrain"])
+    p.add_argument("--limit", type=positive, help="only the first N images")
+    data_option(p, "celeba_subset/")
+    p.add_argument("--json", action="store_true", help="print the figures as JSON")
+    p.set_defaults(run=detect_rate_cmd)
+
     p = verbs.add_parser("landmark-box", help="fit the YuNet-to-dlib box map of the yunet+dlib5 detector (sdk.detect)")
     data_option(p, "lfw/")
     p.set_defaults(run=landmark_box_cmd)
@@ -173,7 +183,7 @@ def lfw_cmd(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"no LFW pairs file {pairs_file} (set FACESDK_DATA or --data, or give --pairs PATH)")
     pairs = lfw.read_pairs(pairs_file, root / "images_deepfunneled")
     images = pairs.images()
-    detector, embedder = make_detector(args.detector), make_embedder(args.model)
+    detector, embedder = make_detector(args.detector, args.detect_max_side), make_embedder(args.model)
     print(
         f"LFW {pairs_file.name}: {len(pairs)} pairs, {len(images)} images, 10 folds; "
         f"model {embedder.name} ({embedder.backend}: {', '.join(embedder.providers)}); detector {detector.name}",
@@ -511,6 +521,20 @@ def yunet_template_cmd(args: argparse.Namespace) -> int:
     print("    ]\n)")
     print("std in a 150-pixel chip (x, y):", np.round(spread, 2).tolist())
     print(f"mean |yunet5 chip - dlib5 chip|: {diff:.2f} grey levels")
+    return 0
+
+
+def detect_rate_cmd(args: argparse.Namespace) -> int:
+    from evaluate.detectors import detection_rate
+
+    rows = detection_rate(args.data, [None, *args.max_side], args.set, args.limit)
+    lines = [f"{'detector':<28} {'found':>12} {'rate %':>8} {'cpu ms/img':>10} {'vs full size':>12}"]
+    for r in rows:
+        speed = rows[0]["cpu_ms_per_image"] / r["cpu_ms_per_image"]
+        lines.append(f"{r['detector']:<28} {r['found']:>5} / {r['images']:<5} {100 * r['rate']:8.2f} "
+                     f"{r['cpu_ms_per_image']:10.2f} {speed:11.2f}x")  # fmt: skip
+    lines.append("cpu ms: detection CPU time of one thread per image, sizes interleaved image by image.")
+    emit(args, rows, lines)
     return 0
 
 

@@ -49,8 +49,12 @@ def register(sub) -> None:
     q.add_argument("--percentile", type=float, help="of |x|, for --method percentile (default 99.999)")
     q.add_argument("--count", type=positive, help="calibration faces (default 512)")
     q.add_argument("--calibration", default="celeba", help="labelled calibration set (not LFW)")
-    q.add_argument("--keep-fp32", type=keep_fp32, help="layers left in FP32: first,last (default), none, or node names")
+    q.add_argument("--keep-fp32", type=keep_fp32,
+                   help="layers left in FP32: first, last, none, or node names (default first,last; --cpu: last)")  # fmt: skip
     q.add_argument("--per-tensor", action="store_true", help="one weight scale per layer instead of per channel")
+    q.add_argument("--cpu", action="store_true",
+                   help="for ONNX Runtime on CPUs: uint8 asymmetric activations, ReLUs fused (precision int8-cpu; "
+                        "TensorRT refuses it). Default: symmetric int8 for TensorRT")  # fmt: skip
     q.add_argument("--data", type=Path, default=None, help="data folder (default $FACESDK_DATA)")
     q.set_defaults(run=int8_cmd)
 
@@ -127,10 +131,11 @@ def int8_cmd(args: argparse.Namespace) -> int:
     given = {"count": args.count, "method": args.method, "percentile": args.percentile, "keep_fp32": args.keep_fp32}
     options = {name: value for name, value in given.items() if value is not None}  # else the library's defaults
     path = quantize_int8(
-        args.model, args.output, calibration=args.calibration, per_channel=not args.per_tensor, data=args.data, **options
-    )
+        args.model, args.output, calibration=args.calibration, per_channel=not args.per_tensor,
+        target="cpu" if args.cpu else "tensorrt", data=args.data, **options,
+    )  # fmt: skip
     info = quantization_info(path)
-    print(f"{path}: {_method_text(info)}, {info['calibration']}, FP32 kept: {_kept_text(info)}")
+    print(f"{path}: {info['activations']} activations, {_method_text(info)}, {info['calibration']}, FP32 kept: {_kept_text(info)}")
     return 0
 
 
