@@ -1,4 +1,4 @@
-"""``facesdk bench [run|kernels|pipeline]``: the benchmarks of ``evaluate.bench``, with the torch
+"""``facesdk bench [run|kernels|pipeline|frame|gallery|camera]``: the benchmarks of ``evaluate.bench``, with the torch
 reference they compare against (it needs ``train``, which sits above ``evaluate``)."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ def register(sub) -> None:
     b = sub.add_parser("bench", help="benchmarks: the pipeline per backend (default), kernels, pipeline stages")
     add_run_options(b)  # `facesdk bench [options]` runs `run`
     b.set_defaults(run=run_cmd)
-    verbs = b.add_subparsers(dest="bench_verb", metavar="{run,kernels,pipeline,gallery}")
+    verbs = b.add_subparsers(dest="bench_verb", metavar="{run,kernels,pipeline,frame,gallery,camera}")
     add_run_options(verbs.add_parser("run", help="the whole pipeline on LFW faces, per stage and per backend (default)"))
     k = verbs.add_parser("kernels", help="matching kernels vs numpy and faiss")
     k.add_argument("--json", type=Path, help="also write the figures to this JSON file")
@@ -35,6 +35,19 @@ def register(sub) -> None:
     pl.add_argument("--repeat", type=int, default=30, help="timed runs per frame")
     pl.add_argument("--gallery-size", type=int, default=10_000, help="random identities in the gallery")
     pl.set_defaults(run=pipeline_cmd)
+    f = verbs.add_parser("frame", help="a single-face frame end to end per stage, before and after (detector size, cut, INT8)")
+    f.add_argument("--model", type=Path, help="FP32 model (default: the default model)")
+    f.add_argument("--int8", type=Path, help="an INT8 model (e.g. `facesdk export int8 --cpu`'s) for the after rows")
+    f.add_argument("--detector", type=detector_list, default=["yunet", "yunet+dlib5"],
+                   help="comma-separated: yunet, yunet+dlib5 (default both)")  # fmt: skip
+    f.add_argument("--max-side", type=positive, default=160, help="YuNet's input side in the after rows (default 160)")
+    f.add_argument("--images", type=positive, default=32, help="LFW frames (one face each)")
+    f.add_argument("--passes", type=positive, default=5, help="timed passes over the frames")
+    f.add_argument("--gallery", type=positive, default=10_000, help="identities matched against (random unit vectors)")
+    f.add_argument("--threads", type=positive, help="onnxruntime intra-op threads of detector and embedder (default: its own)")
+    f.add_argument("--cv2-threads", type=positive, help="cv2.setNumThreads for the run (default: OpenCV's, one per core)")
+    f.add_argument("--json", type=Path, help="also write the figures to this JSON file")
+    f.set_defaults(run=frame_cmd)
     g = verbs.add_parser("gallery", help="the gallery at scale: bulk enrolment, load, memory, match while enrolling")
     g.add_argument("--size", type=positive, default=1_000_000, help="identities (one face each)")
     g.add_argument("--seconds", type=float, default=5.0, help="search time per latency measurement")
@@ -43,6 +56,14 @@ def register(sub) -> None:
     g.add_argument("--dir", type=Path, help="where the temporary gallery file goes (default: the system's temp)")
     g.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     g.set_defaults(run=gallery_cmd)
+    c = verbs.add_parser("camera", help="the camera runtime on a 720p clip of 1-3 real faces: fps, first frame to accept")
+    c.add_argument("--every", default="1,2,3", help="detection on every N-th frame, comma-separated values of N")
+    c.add_argument("--detect-max-side", default="full,640",
+                   help="YuNet's input: 'full' size or downscaled to this longer side, comma-separated")  # fmt: skip
+    c.add_argument("--rounds", type=positive, default=2, help="times three people cross the clip (more latencies)")
+    c.add_argument("--data", type=Path, default=None, help="data folder holding lfw/ (default $FACESDK_DATA)")
+    c.add_argument("--json", type=Path, help="also write the figures to this JSON file")
+    c.set_defaults(run=camera_cmd)
 
 
 def add_run_options(r: argparse.ArgumentParser) -> None:
@@ -146,6 +167,26 @@ def pipeline_cmd(args: argparse.Namespace) -> int:
     return 0
 
 
+def detector_list(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    bad = [n for n in names if n not in ("yunet", "yunet+dlib5")]
+    if bad or not names:
+        raise argparse.ArgumentTypeError(f"choose from yunet, yunet+dlib5, got {text!r}")
+    return list(dict.fromkeys(names))
+
+
+def frame_cmd(args: argparse.Namespace) -> int:
+    from evaluate.frame_bench import bench_frame, print_frame
+
+    for path in (args.model, args.int8):
+        if path is not None and not path.is_file():
+            raise UsageError(f"no model file {path}")
+    result = bench_frame(args)
+    print_frame(result)
+    write_json(args.json, result)
+    return 0
+
+
 def gallery_cmd(args: argparse.Namespace) -> int:
     from evaluate.gallery_bench import bench_gallery, print_gallery
 
@@ -153,6 +194,30 @@ def gallery_cmd(args: argparse.Namespace) -> int:
         raise UsageError("--seconds must be > 0")
     result = bench_gallery(args.size, args.seconds, args.dir, args.precision)
     print_gallery(result)
+    write_json(args.json, result)
+    return 0
+
+
+def camera_cmd(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from evaluate import camera_bench
+    from sdk.paths import data_dir
+    from sdk.verifier import Verifier
+
+    try:
+        every = [int(n) for n in args.every.split(",")]
+    except ValueError:
+        raise UsageError(f"--every takes integers, e.g. 1,2,3; got {args.every!r}") from None
+    if any(n < 1 for n in every):
+        raise UsageError("--every values must be >= 1")
+    try:
+        sides = [None if side == "full" else int(side) for side in args.detect_max_side.split(",")]
+    except ValueError:
+        raise UsageError(f"--detect-max-side takes 'full' or integers, got {args.detect_max_side!r}") from None
+    with tempfile.TemporaryDirectory() as work, Verifier(gallery=None) as v:  # the default pipeline
+        result = camera_bench.run(v, args.data or data_dir(), Path(work), every, sides, rounds=args.rounds)
+    print("\n".join(camera_bench.lines(result)))
     write_json(args.json, result)
     return 0
 

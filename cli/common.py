@@ -37,10 +37,10 @@ def positive(text: str) -> int:
     return value
 
 
-def make_detector(name: str):
+def make_detector(name: str, max_side: int | None = None):
     from sdk.detect import detector_from
 
-    return detector_from(name)
+    return detector_from(name, max_side)
 
 
 def make_embedder(model: Path | None):

@@ -1,4 +1,4 @@
-"""``facesdk eval ...``: benchmarks on labelled data. lfw and openset run on the runtime alone;
+"""``facesdk eval ...``: benchmarks on labelled data. lfw, openset and liveness run on the runtime alone;
 int8, pfe, clustering, trt-parity, yunet-template and dlib-port load more inside their commands."""
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ def register(sub) -> None:
     data_option(p, "lfw/")
     model_option(p)
     detector_option(p)
+    p.add_argument("--detect-max-side", type=positive, metavar="N",
+                   help="YuNet runs on images downscaled to this longer side (faster when faces are large)")  # fmt: skip
     p.add_argument("--pairs", type=Path, default=Path("pairs.txt"), help="pairs file, e.g. pairsDevTest.txt")
     p.add_argument("--far", type=float, default=1e-3, help="FAR for the TAR@FAR figure")
     p.add_argument("--batch", type=positive, default=32, help="faces per embedding batch")
@@ -53,9 +55,15 @@ def register(sub) -> None:
     model_option(p)
     detector_option(p)
     p.add_argument("--sizes", type=positive, nargs="+", default=None,
-                   help="gallery sizes N (default 100 1000 5000; 100 300 1000 3000 with --pool calibration)")  # fmt: skip
+                   help="gallery sizes N; N = 1 is every (search, enrolled face) pair "
+                        "(default 1 100 1000 5000; 1 100 300 1000 3000 with --pool calibration)")  # fmt: skip
     p.add_argument("--fpir", type=float, nargs="+", default=[1e-1, 1e-2, 1e-3], help="target FPIRs")
     p.add_argument("--strangers", type=positive, default=300, help="never-enrolled people searched")
+    p.add_argument("--probe-frames", type=positive, default=1,
+                   help="fuse this many images of a person into each search, as a track fuses frames (--write then "
+                        "stores the track table, fpir_track_threshold_table)")  # fmt: skip
+    p.add_argument("--flip", choices=["none", "enrolment", "both"], default="none",
+                   help="embed enrolment images (or every image) as the mean of the face and its mirror")  # fmt: skip
     p.add_argument("--pool", choices=["lfw-test", "calibration"], default="lfw-test",
                    help="lfw-test: strangers from LFW peopleDevTest, everyone else enrolled; calibration: CelebA and "
                         "LFW peopleDevTrain people only (what --write uses)")  # fmt: skip
@@ -124,6 +132,14 @@ def register(sub) -> None:
     data_option(p, "lfw/")
     p.set_defaults(run=detectors_cmd)
 
+    p = verbs.add_parser("detect-rate", help="faces found by YuNet at smaller input sizes (CelebA: one face per image)")
+    p.add_argument("--max-side", type=positive, nargs="+", default=[192, 160, 128], help="input sizes besides full size")
+    p.add_argument("--set", default="celeba", choices=["celeba", "lfw-devtrain"])
+    p.add_argument("--limit", type=positive, help="only the first N images")
+    data_option(p, "celeba_subset/")
+    p.add_argument("--json", action="store_true", help="print the figures as JSON")
+    p.set_defaults(run=detect_rate_cmd)
+
     p = verbs.add_parser("landmark-box", help="fit the YuNet-to-dlib box map of the yunet+dlib5 detector (sdk.detect)")
     data_option(p, "lfw/")
     p.set_defaults(run=landmark_box_cmd)
@@ -135,6 +151,18 @@ def register(sub) -> None:
     p.add_argument("--threshold", type=float, help="strangers: squared-L2 threshold (default: the model's)")
     data_option(p, "lfw/")
     p.set_defaults(run=tracking_cmd)
+
+    p = verbs.add_parser("liveness", help="liveness (MiniFASNet) on live faces: BPCER per set, ms per face")
+    data_option(p, "lfw/, celeba_subset/ and att/")
+    p.add_argument("--sets", nargs="+", choices=["lfw", "celeba", "att", "lfw-gray"], default=["lfw", "celeba", "att"],
+                   help="lfw-gray: LFW's images in grayscale (default: lfw celeba att)")  # fmt: skip
+    p.add_argument("--count", type=positive, default=1000, help="images drawn per set (AT&T has 400: all)")
+    p.add_argument("--all", action="store_true", help="every image of each set instead of --count")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threshold", type=float, default=None, help="live score threshold (default: the SDK's)")
+    p.add_argument("--threads", type=positive, default=1, help="ONNX Runtime intra-op threads per model")
+    p.add_argument("--json", type=Path, help="write the figures as JSON")
+    p.set_defaults(run=liveness_cmd)
 
     p = verbs.add_parser("dlib-port", help="dlib's ResNet in PyTorch vs dlib-bin on LFW faces (needs torch, dlib)")
     p.add_argument("--faces", type=positive, default=100, help="LFW faces to compare")
@@ -155,7 +183,7 @@ def lfw_cmd(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"no LFW pairs file {pairs_file} (set FACESDK_DATA or --data, or give --pairs PATH)")
     pairs = lfw.read_pairs(pairs_file, root / "images_deepfunneled")
     images = pairs.images()
-    detector, embedder = make_detector(args.detector), make_embedder(args.model)
+    detector, embedder = make_detector(args.detector, args.detect_max_side), make_embedder(args.model)
     print(
         f"LFW {pairs_file.name}: {len(pairs)} pairs, {len(images)} images, 10 folds; "
         f"model {embedder.name} ({embedder.backend}: {', '.join(embedder.providers)}); detector {detector.name}",
@@ -288,25 +316,36 @@ def openset_cmd(args: argparse.Namespace) -> int:
 
 def fpir_cmd(args: argparse.Namespace) -> int:
     from evaluate import openset
-    from sdk.embed import fpir_table, set_metadata
+    from sdk.embed import FRAME_TABLES, TRACK_TABLES, fpir_table, set_metadata
 
     if args.write and args.pool != "calibration":
         raise UsageError("--write calibrates on CelebA and LFW DevTrain people only: add --pool calibration")
-    sizes = tuple(args.sizes or ((100, 300, 1000, 3000) if args.pool == "calibration" else openset.GALLERY_SIZES))
+    sizes = tuple(args.sizes or ((1, 100, 300, 1000, 3000) if args.pool == "calibration" else openset.GALLERY_SIZES))
+    tables = TRACK_TABLES if args.probe_frames > 1 else FRAME_TABLES
     persons = openset.people(args.data)
     embedder = make_embedder(args.model)
-    if args.cache and args.cache.exists():
-        embeddings = openset.load_embeddings(args.cache)
-    else:
-        embeddings = openset.embed_people(persons, make_detector(args.detector), embedder)
-        if args.cache:
-            openset.save_embeddings(args.cache, embeddings)
+    if args.write and args.flip != "none":
+        raise UsageError("--write stores the tables of plain embeddings, the runtime's: drop --flip")
+
+    def embedded(cache: Path | None, model) -> dict:
+        if cache and cache.exists():
+            return openset.load_embeddings(cache)
+        out = openset.embed_people(persons, make_detector(args.detector), model)
+        if cache:
+            openset.save_embeddings(cache, out)
+        return out
+
+    embeddings = embedded(args.cache, embedder)
     gallery, strangers = openset.split_people(persons, args.strangers, args.pool)
+    if args.flip != "none":
+        flip_cache = args.cache.with_name(args.cache.stem + ".flip.npz") if args.cache else None
+        flipped = embedded(flip_cache, openset.FlipAveraged(embedder))
+        embeddings = flipped if args.flip == "both" else {**embeddings, **{p.images[0]: flipped[p.images[0]] for p in gallery}}
     # Before: the pairwise default threshold at every N. After: the model's FPIR table, if any.
     meta = embedder.metadata
     labels = {"pairwise default": float(meta["threshold"])} if "threshold" in meta else {}
-    table = fpir_table(meta, "fpir_threshold_table", str(embedder.path)) if "fpir_threshold_table" in meta else {}
-    result = openset.one_to_n(embeddings, gallery, strangers, sizes, tuple(args.fpir), labels)
+    table = fpir_table(meta, tables[0], str(embedder.path)) if tables[0] in meta else {}
+    result = openset.one_to_n(embeddings, gallery, strangers, sizes, tuple(args.fpir), labels, args.probe_frames)
     for fpir, row in table.items():
         known = sorted(row)
         for n, r in result["sizes"].items():
@@ -331,8 +370,8 @@ def fpir_cmd(args: argparse.Namespace) -> int:
         key = lambda f: f"{f:g}"  # noqa: E731
         thresholds = {key(f): {str(n): round(r["targets"][key(f)]["threshold"], 6) for n, r in result["sizes"].items()} for f in args.fpir}
         fnir = {key(f): {str(n): round(r["targets"][key(f)]["fnir"], 4) for n, r in result["sizes"].items()} for f in args.fpir}
-        set_metadata(embedder.path, fpir_threshold_table=json.dumps(thresholds), fpir_fnir_table=json.dumps(fnir))
-        print(f"stored in {embedder.path}: fpir_threshold_table and fpir_fnir_table for N = {', '.join(map(str, result['sizes']))}")
+        set_metadata(embedder.path, **{tables[0]: json.dumps(thresholds), tables[1]: json.dumps(fnir)})
+        print(f"stored in {embedder.path}: {tables[0]} and {tables[1]} for N = {', '.join(map(str, result['sizes']))}")
     return 0
 
 
@@ -485,6 +524,20 @@ def yunet_template_cmd(args: argparse.Namespace) -> int:
     return 0
 
 
+def detect_rate_cmd(args: argparse.Namespace) -> int:
+    from evaluate.detectors import detection_rate
+
+    rows = detection_rate(args.data, [None, *args.max_side], args.set, args.limit)
+    lines = [f"{'detector':<28} {'found':>12} {'rate %':>8} {'cpu ms/img':>10} {'vs full size':>12}"]
+    for r in rows:
+        speed = rows[0]["cpu_ms_per_image"] / r["cpu_ms_per_image"]
+        lines.append(f"{r['detector']:<28} {r['found']:>5} / {r['images']:<5} {100 * r['rate']:8.2f} "
+                     f"{r['cpu_ms_per_image']:10.2f} {speed:11.2f}x")  # fmt: skip
+    lines.append("cpu ms: detection CPU time of one thread per image, sizes interleaved image by image.")
+    emit(args, rows, lines)
+    return 0
+
+
 def detectors_cmd(args: argparse.Namespace) -> int:
     from evaluate.detectors import compare
 
@@ -518,4 +571,24 @@ def dlib_port_cmd(args: argparse.Namespace) -> int:
     from train.backbones.dlib_resnet import check
 
     check(args.faces, args.data, args.batch)
+    return 0
+
+
+# --- liveness -------------------------------------------------------------------------------------
+
+LIVENESS_THRESHOLDS = [0.1, 0.3, 0.5, 0.7, 0.9]
+
+
+def liveness_cmd(args: argparse.Namespace) -> int:
+    from evaluate import liveness
+    from sdk.liveness import DEFAULT_THRESHOLD
+
+    threshold = DEFAULT_THRESHOLD if args.threshold is None else args.threshold
+    if not 0.0 <= threshold <= 1.0:
+        raise UsageError(f"--threshold must be in [0, 1], got {threshold}")
+    model, results = liveness.run(
+        args.data, args.sets, None if args.all else args.count, args.seed, threshold, args.threads
+    )
+    print("\n".join(liveness.report(model, results, LIVENESS_THRESHOLDS)))
+    write_json(args.json, liveness.summary(model, results, LIVENESS_THRESHOLDS))
     return 0

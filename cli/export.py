@@ -1,5 +1,6 @@
-"""``facesdk export onnx|int8|trt``: model files for the runtime. onnx needs torch (the train
-extra), int8 onnxruntime's quantiser, trt TensorRT on the device; each loads them when it runs."""
+"""``facesdk export onnx|int8|trt|minifasnet``: model files for the runtime. onnx and minifasnet need
+torch (the train extra), int8 onnxruntime's quantiser, trt TensorRT on the device; each loads
+them when it runs."""
 
 from __future__ import annotations
 
@@ -15,8 +16,8 @@ def register(sub) -> None:
     from sdk.embed import default_model_path, default_pfe_model_path
     from sdk.tensorrt import PRECISIONS
 
-    ex = sub.add_parser("export", help="model export: onnx (needs torch), int8, trt (needs TensorRT)")
-    verbs = ex.add_subparsers(dest="export_verb", metavar="{onnx,int8,trt}", required=True)
+    ex = sub.add_parser("export", help="model export: onnx (needs torch), int8, trt (needs TensorRT), minifasnet")
+    verbs = ex.add_subparsers(dest="export_verb", metavar="{onnx,int8,trt,minifasnet}", required=True)
 
     onnx = verbs.add_parser("onnx", help="dlib's model, a PFE model or a trained checkpoint -> facesdk ONNX (needs torch)")
     kinds = onnx.add_subparsers(dest="onnx_kind", metavar="{default,pfe,checkpoint,check}", required=True)
@@ -48,8 +49,12 @@ def register(sub) -> None:
     q.add_argument("--percentile", type=float, help="of |x|, for --method percentile (default 99.999)")
     q.add_argument("--count", type=positive, help="calibration faces (default 512)")
     q.add_argument("--calibration", default="celeba", help="labelled calibration set (not LFW)")
-    q.add_argument("--keep-fp32", type=keep_fp32, help="layers left in FP32: first,last (default), none, or node names")
+    q.add_argument("--keep-fp32", type=keep_fp32,
+                   help="layers left in FP32: first, last, none, or node names (default first,last; --cpu: last)")  # fmt: skip
     q.add_argument("--per-tensor", action="store_true", help="one weight scale per layer instead of per channel")
+    q.add_argument("--cpu", action="store_true",
+                   help="for ONNX Runtime on CPUs: uint8 asymmetric activations, ReLUs fused (precision int8-cpu; "
+                        "TensorRT refuses it). Default: symmetric int8 for TensorRT")  # fmt: skip
     q.add_argument("--data", type=Path, default=None, help="data folder (default $FACESDK_DATA)")
     q.set_defaults(run=int8_cmd)
 
@@ -64,6 +69,12 @@ def register(sub) -> None:
     t.add_argument("--strongly-typed", action="store_true", help="precisions from the graph (int8 QDQ, fp32)")
     t.add_argument("--device", type=int, default=0, help="CUDA device to build on (and for)")
     t.set_defaults(run=trt_cmd)
+
+    m = verbs.add_parser("minifasnet", help="the liveness models (MiniFASNet V2, V1SE) from their .pth files (needs torch)")
+    m.add_argument("--from", dest="source", type=Path, default=None,
+                   help="folder of the original .pth files (default $FACESDK_MODELS/minifasnet)")  # fmt: skip
+    m.add_argument("-o", "--output", type=Path, default=None, help="folder to write to (default: the package's sdk/models)")
+    m.set_defaults(run=minifasnet_cmd)
 
 
 def keep_fp32(text: str) -> tuple[str, ...]:
@@ -120,10 +131,11 @@ def int8_cmd(args: argparse.Namespace) -> int:
     given = {"count": args.count, "method": args.method, "percentile": args.percentile, "keep_fp32": args.keep_fp32}
     options = {name: value for name, value in given.items() if value is not None}  # else the library's defaults
     path = quantize_int8(
-        args.model, args.output, calibration=args.calibration, per_channel=not args.per_tensor, data=args.data, **options
-    )
+        args.model, args.output, calibration=args.calibration, per_channel=not args.per_tensor,
+        target="cpu" if args.cpu else "tensorrt", data=args.data, **options,
+    )  # fmt: skip
     info = quantization_info(path)
-    print(f"{path}: {_method_text(info)}, {info['calibration']}, FP32 kept: {_kept_text(info)}")
+    print(f"{path}: {info['activations']} activations, {_method_text(info)}, {info['calibration']}, FP32 kept: {_kept_text(info)}")
     return 0
 
 
@@ -151,4 +163,14 @@ def trt_cmd(args: argparse.Namespace) -> int:
         f"built in {info['build_seconds']:.1f} s"
     )
     print(f"check it: facesdk eval trt-parity {path}")
+    return 0
+
+
+def minifasnet_cmd(args: argparse.Namespace) -> int:
+    from export.minifasnet import export_minifasnet
+    from sdk.paths import models_dir, package_file
+
+    source = args.source or models_dir() / "minifasnet"
+    for path in export_minifasnet(source, args.output or package_file("")):
+        print(f"wrote {path}")
     return 0

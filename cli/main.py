@@ -5,6 +5,7 @@ accepted; identify: the best candidate is within the threshold), 3 the same comm
 
     facesdk enroll NAME IMAGE... [--gallery PATH]
     facesdk match IMAGE|DIR|VIDEO [--far F | --threshold T] [--every N] [--track]
+    facesdk run FILE|URL|DEVICE|PIPELINE [--detect-every N] [--webhook URL] [--audit DB] [--metrics-port P]
     facesdk verify A B
     facesdk identify IMAGE [-k K]
     facesdk cluster DIR [--threshold T]
@@ -16,6 +17,7 @@ accepted; identify: the best candidate is within the threshold), 3 the same comm
     facesdk bench [run|kernels|pipeline] [--backend onnxruntime,torch,tensorrt] [--model PATH]...
     facesdk export onnx default|pfe|checkpoint|check  |  export int8 MODEL -o OUT  |  export trt MODEL
     facesdk train --config FILE  |  train pfe features|train|evaluate  |  train compare|crossval|bench-mining
+    facesdk serve --dsn DSN  |  site migrate|token create|token list|token revoke|sync|enroll|bench identify|lag|scale
 
 Each verb group is a module of this package with register(subparsers); its commands import
 their heavy dependencies (torch, train, export) only when they run, so the runtime verbs work
@@ -30,11 +32,11 @@ import os
 import sys
 from importlib.metadata import version
 
-from cli import bench, calibrate, export, models, runtime, train
+from cli import bench, calibrate, camera, export, models, runtime, site, train
 from cli import eval as eval_verbs  # not `eval`: the builtin
 from cli.common import UsageError
 
-GROUPS = (runtime, models, calibrate, eval_verbs, bench, export, train)
+GROUPS = (runtime, camera, models, calibrate, eval_verbs, bench, export, train, site)
 
 # What to install when a command's optional dependency is missing.
 EXTRAS = {
@@ -45,6 +47,9 @@ EXTRAS = {
     "faiss": 'pip install -e ".[bench]"',
     "pytorch_metric_learning": 'pip install -e ".[test]"',
     "tensorrt": "TensorRT from NVIDIA, see docs/tensorrt.md",
+    "psycopg": 'pip install -e ".[server]"',
+    "fastapi": 'pip install -e ".[server]"',
+    "uvicorn": 'pip install -e ".[server]"',
 }
 
 

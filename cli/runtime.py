@@ -39,7 +39,8 @@ def register(sub) -> None:
     p.set_defaults(run=identify_cmd)
     p = runtime(sub.add_parser("claim", help="1:1: is the face in an image the person it claims to be (badge, PIN)?"))
     p.add_argument("name", help="the claimed identity, enrolled in the gallery")
-    p.add_argument("image")
+    p.add_argument("image", help="an image; with --track a video or a folder of frames")
+    p.add_argument("--track", action="store_true", help="follow the largest face across the frames, decide on its fused track")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--far", type=float, help="use the model's pairwise threshold calibrated for this FAR")
     group.add_argument("--threshold", type=float, help="squared-L2 threshold")
@@ -210,11 +211,22 @@ def verify_cmd(args: argparse.Namespace) -> int:
 
 def claim_cmd(args: argparse.Namespace) -> int:
     with make_verifier(args) as v:
-        r = v.verify_claim(args.image, args.name, far=args.far, threshold=args.threshold)
-    verdict = f"{args.name}: {'accepted' if r.same else 'refused'}"
-    emit(args, {"identity": args.name, "accepted": r.same, "distance": r.distance, "threshold": r.threshold, "reason": r.reason},
-         [f"{verdict}: distance {r.distance:.4f}, threshold {r.threshold:.4f}" + (f" ({r.reason})" if r.reason else "")])  # fmt: skip
-    return 0 if r.same else NO
+        if not args.track:
+            r = v.verify_claim(args.image, args.name, far=args.far, threshold=args.threshold)
+            verdict = f"{args.name}: {'accepted' if r.same else 'refused'}"
+            emit(args, {"identity": args.name, "accepted": r.same, "distance": r.distance, "threshold": r.threshold, "reason": r.reason},
+                 [f"{verdict}: distance {r.distance:.4f}, threshold {r.threshold:.4f}" + (f" ({r.reason})" if r.reason else "")])  # fmt: skip
+            return 0 if r.same else NO
+        stream, results, lines = v.stream(), [], []
+        for label, frame in frames(Path(args.image), 1):
+            r = stream.claim(frame, args.name, far=args.far, threshold=args.threshold)
+            results.append({"source": label, "accepted": r.same, "distance": r.distance, "threshold": r.threshold, "reason": r.reason})
+            lines.append(f"{label[-40:]:<40} {'accepted' if r.same else 'refused':<8} distance {r.distance:8.4f} "
+                         f"threshold {r.threshold:.4f}" + (f" ({r.reason})" if r.reason else ""))  # fmt: skip
+        first = next((r["source"] for r in results if r["accepted"]), None)
+        lines.append(f"{args.name}: " + (f"accepted at {first}" if first else f"refused in all {len(results)} frames"))
+        emit(args, {"identity": args.name, "accepted": first is not None, "first_accepted": first, "frames": results}, lines)
+    return 0 if first else NO
 
 
 def identify_cmd(args: argparse.Namespace) -> int:
@@ -230,13 +242,12 @@ def gallery_list(args: argparse.Namespace) -> int:
     with make_verifier(args) as v:
         g = v.gallery
         rows = [(name, g.count(name)) for name in g.identities()]
-        payload: object = [{"identity": n, "faces": c} for n, c in rows]
+        point = None if v.fpir is None else v.operating_point()
+        payload = {"identities": [{"identity": n, "faces": c} for n, c in rows], "threshold": v.threshold, "operating_point": point}
         lines = [f"{n:<32} {c:>5}" for n, c in rows] + [f"{len(rows)} identities, {len(g)} faces"]
-        if v.fpir is None:
-            lines.append(f"threshold {v.threshold:.4f} (pairwise, the same at any gallery size; --fpir F for 1:N)")
+        if point is None:
+            lines.append(f"threshold {v.threshold:.4f} (pairwise, the same at any gallery size)")
         else:
-            point = v.operating_point()
-            payload = {"identities": payload, "operating_point": point}
             fnir = "not measured" if point["expected_fnir"] is None else f"{point['expected_fnir']:.1%}"
             lines.append(f"operating point at N = {point['gallery_size']}: threshold {point['threshold']:.4f}, "
                          f"expected FPIR {point['expected_fpir']:.2g} (target {point['target_fpir']:g}), expected FNIR {fnir}")  # fmt: skip

@@ -27,7 +27,8 @@ precision from the engine's metadata file, which ``--precision`` must match), an
 adds dlib-bin's own descriptor. A backend that cannot run here prints a ``skipped`` line with
 the reason and the others are measured. ONNX Runtime and torch use ``--threads`` (default: all
 cores). Ratios (INT8 over FP32, ONNX Runtime over torch and dlib-bin, TensorRT over ONNX
-Runtime) compare p50 ms per face measured in the same run; every engine's embeddings of the same
+Runtime) compare p50 ms per face measured in the same run, the engines timed side by side
+(call after call in turn, so that a load spike falls on all of them); every engine's embeddings of the same
 chips are compared with the reference's (the first ONNX Runtime FP32 model).
 """
 
@@ -420,8 +421,14 @@ def lfw_jpegs(count: int) -> tuple[list[Path], list[np.ndarray]]:
 
 
 def measure_stages(jpegs: list[np.ndarray], detector, passes: int) -> tuple[dict, np.ndarray, list[int]]:
-    """p50/p95 of decode, detect and align per image; the aligned chips and which images had a face."""
+    """p50/p95 of decode, detect and align per image; the aligned chips and which images had a face.
+
+    align_reference: the same chip by the numpy sampler from the frame converted to RGB (the
+    SDK's cut before the C++ sampler), the reference the C++ cut is compared with; the chips
+    must be identical byte for byte."""
     import cv2
+
+    from sdk.align import _align_reference
 
     def one(jpeg: np.ndarray) -> tuple[list[float], np.ndarray | None]:
         t0 = time.perf_counter()
@@ -432,10 +439,15 @@ def measure_stages(jpegs: list[np.ndarray], detector, passes: int) -> tuple[dict
         if face is None:
             return [t1 - t0, t2 - t1], None
         chip = cut(image, face.landmarks, face.scheme)
-        return [t1 - t0, t2 - t1, time.perf_counter() - t2], chip
+        t3 = time.perf_counter()
+        reference = _align_reference(cv2.cvtColor(image, cv2.COLOR_BGR2RGB), face.landmarks, face.scheme)
+        t4 = time.perf_counter()
+        if not np.array_equal(chip, reference):
+            raise BenchError("the C++ cut differs from the numpy reference: a bug, the figures would mean nothing")
+        return [t1 - t0, t2 - t1, t3 - t2, t4 - t3], chip
 
     one(jpegs[0])  # warm-up: first calls allocate
-    times: dict[str, list[float]] = {"decode": [], "detect": [], "align": []}
+    times: dict[str, list[float]] = {"decode": [], "detect": [], "align": [], "align_reference": []}
     chips: dict[int, np.ndarray] = {}
     for _ in range(passes):
         for i, jpeg in enumerate(jpegs):
@@ -561,29 +573,49 @@ def reference_of(candidates: list[Candidate]) -> Candidate:
     return next((c for c in candidates if c.backend == "onnxruntime" and c.precision == "fp32"), candidates[0])
 
 
-def measure_embed(c: Candidate, chips: np.ndarray, sizes: RunSizes, pause: float, reference: np.ndarray) -> dict:
-    """ms per batch and per face (p50/p95) at every batch size, faces/s at the largest batch and,
-    against the reference engine's embeddings of the same chips, the largest difference."""
-    out: dict = {"label": c.label, "backend": c.backend, "precision": c.precision, "model": c.model, **c.detail}
-    out["batches"] = {}
+def measure_embeds(
+    candidates: list[Candidate], chips: np.ndarray, sizes: RunSizes, pause: float, reference: np.ndarray
+) -> list[dict]:
+    """Per engine: ms per batch and per face (p50/p95) at every batch size, faces/s at the largest
+    batch and, against the reference engine's embeddings of the same chips, the largest difference.
+
+    The engines are timed side by side: call after call in turn (the order reversed every round),
+    so that a load spike on a shared machine falls on all of them, not on whichever ran then.
+    Each stops after its own ``budget_s`` (never under MIN_SAMPLES calls)."""
+    outs = [{"label": c.label, "backend": c.backend, "precision": c.precision, "model": c.model, **c.detail,
+             "batches": {}} for c in candidates]  # fmt: skip
     for b in sizes.batches:
         batch = np.ascontiguousarray(chips[np.arange(b) % len(chips)])  # repeats faces when fewer than b
-        print(f"  embed {c.label} batch {b} ...", file=sys.stderr, flush=True)
+        print(f"  embed batch {b}: {len(candidates)} engines side by side ...", file=sys.stderr, flush=True)
         time.sleep(pause)
-        c.embed(batch)  # warm-up: first calls allocate and pick kernels
-        stats = percentiles(sample_ms(lambda _: c.embed(batch), sizes.repeat, sizes.budget_s))
-        stats["p50_ms_per_face"] = stats["p50_ms"] / b
-        stats["p95_ms_per_face"] = stats["p95_ms"] / b
-        out["batches"][str(b)] = stats
+        for c in candidates:
+            c.embed(batch)  # warm-up: first calls allocate and pick kernels
+        times: list[list[float]] = [[] for _ in candidates]
+        for i in range(sizes.repeat):
+            order = list(enumerate(candidates))
+            running = [(k, c) for k, c in (order if i % 2 == 0 else order[::-1])
+                       if len(times[k]) < MIN_SAMPLES or sum(times[k]) < sizes.budget_s * 1e3]  # fmt: skip
+            if not running:
+                break
+            for k, c in running:
+                t0 = time.perf_counter()
+                c.embed(batch)
+                times[k].append((time.perf_counter() - t0) * 1e3)
+        for out, t in zip(outs, times):
+            stats = percentiles(t)
+            stats["p50_ms_per_face"] = stats["p50_ms"] / b
+            stats["p95_ms_per_face"] = stats["p95_ms"] / b
+            out["batches"][str(b)] = stats
     largest = str(max(sizes.batches))
-    out["faces_per_s"] = max(sizes.batches) / out["batches"][largest]["p50_ms"] * 1e3
-    mine = c.embed(chips)
-    out["vs_reference"] = {
-        "max_abs_diff": float(np.abs(mine - reference).max()),
-        # in the units of the SDK's thresholds (the default model's at FAR 1e-3: 0.14)
-        "max_squared_l2": float(np.max(np.sum((mine - reference) ** 2, axis=1))),
-    }
-    return out
+    for c, out in zip(candidates, outs):
+        out["faces_per_s"] = max(sizes.batches) / out["batches"][largest]["p50_ms"] * 1e3
+        mine = c.embed(chips)
+        out["vs_reference"] = {
+            "max_abs_diff": float(np.abs(mine - reference).max()),
+            # in the units of the SDK's thresholds (the default model's at FAR 1e-3: 0.14)
+            "max_squared_l2": float(np.max(np.sum((mine - reference) ** 2, axis=1))),
+        }
+    return outs
 
 
 def measure_match(query: np.ndarray, galleries: tuple[int, ...], sizes: RunSizes, pause: float) -> dict:
@@ -779,7 +811,7 @@ def measure_all(args: argparse.Namespace, jpegs: list[np.ndarray], candidates: l
     stages, chips, found = measure_stages(jpegs, detector, sizes.passes)
     reference = reference_of(candidates)
     ref_embeddings = reference.embed(chips)
-    embeds = [measure_embed(c, chips, sizes, args.pause, ref_embeddings) for c in candidates]
+    embeds = measure_embeds(candidates, chips, sizes, args.pause, ref_embeddings)
     match = measure_match(ref_embeddings[:1], sizes.galleries, sizes, args.pause)
     # End-to-end frames match against the smallest gallery, on the images where a face was found.
     e2e_gallery = unit_rows(np.random.default_rng(1), min(sizes.galleries), ref_embeddings.shape[1])
@@ -812,10 +844,15 @@ def print_run(result: dict) -> None:
     print(f"{'stage':<40} {'p50 ms':>9} {'p95 ms':>9} {'samples':>8}")
     rows = [(f"decode (cv2.imdecode)", result["stages"]["decode"]),
             (f"detect ({cfg['detector']})", result["stages"]["detect"]),
-            ("align (sdk.align)", result["stages"]["align"])]  # fmt: skip
+            ("align (sdk.align, C++ sampler)", result["stages"]["align"])]  # fmt: skip
+    if "align_reference" in result["stages"]:
+        rows.append(("align, numpy reference (RGB frame)", result["stages"]["align_reference"]))
     rows += [(f"match top-1, 1 query x {int(n):,}", m) for n, m in result["match"].items()]
     for label, s in rows:
         print(f"{label:<40} {s['p50_ms']:9.3f} {s['p95_ms']:9.3f} {s['samples']:8d}")
+    if "align_reference" in result["stages"]:
+        speedup = result["stages"]["align_reference"]["p50_ms"] / result["stages"]["align"]["p50_ms"]
+        print(f"align: numpy reference / C++ sampler = {speedup:.1f}x (p50, same run; the chips are identical)")
     print()
     width = max(len(e["label"]) for e in result["embed"])
     header = f"{'embed':<{width}} {'batch':>5} {'ms/batch p50':>13} {'p95':>9} {'ms/face p50':>12} {'p95':>8}"

@@ -65,3 +65,36 @@ def compare(detectors: list[str], out: Path, data: Path, fars: list[float], mode
 def _vs(before: np.ndarray, now: np.ndarray) -> str:
     gained, lost = changes(before, now)
     return f"(+{gained} -{lost}, McNemar p {mcnemar_p(gained, lost):.3g})"
+
+
+def detection_rate(
+    data: Path, sides: list[int | None], name: str = "celeba", limit: int | None = None, progress: bool = True
+) -> list[dict]:
+    """Per YuNet input size (None: the image's own): images of a labelled set (every image holds
+    one face) where at least one face is found, and detection ms per image (CPU time of this
+    thread, so that the load of a shared machine counts less). ``limit``: the first N images."""
+    import time
+
+    import cv2
+    from tqdm import tqdm
+
+    from evaluate.calibration import labelled_images
+    from sdk.detect import YuNetDetector
+
+    paths, _ = labelled_images(data, name)
+    paths = paths[:limit]
+    detectors = [YuNetDetector(max_side=side, threads=1) for side in sides]
+    found, seconds = [0] * len(sides), [0.0] * len(sides)
+    for path in tqdm(paths, desc=f"detect ({name})", unit="img", disable=not progress):
+        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if image is None:
+            raise ValueError(f"cannot read {path}")
+        for i, detector in enumerate(detectors):  # interleaved: load falls on every size alike
+            start = time.thread_time()
+            found[i] += bool(detector.detect(image))
+            seconds[i] += time.thread_time() - start
+    return [
+        {"detector": d.name, "max_side": side, "images": len(paths), "found": f, "rate": f / len(paths),
+         "cpu_ms_per_image": 1e3 * s / len(paths)}  # fmt: skip
+        for d, side, f, s in zip(detectors, sides, found, seconds)
+    ]

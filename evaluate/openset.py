@@ -197,6 +197,18 @@ def embed_people(persons: list[Person], detector=None, embedder=None, progress: 
     return dict(zip(paths, embedded.embeddings))
 
 
+class FlipAveraged:
+    """An embedder whose embedding of a chip is the normalised mean of the chip's and its
+    mirror's (test-time flip averaging): twice the embedding cost."""
+
+    def __init__(self, embedder) -> None:
+        self.embedder, self.metadata = embedder, embedder.metadata
+
+    def embed(self, chips: np.ndarray) -> np.ndarray:
+        both = self.embedder.embed(chips) + self.embedder.embed(np.ascontiguousarray(chips[:, :, ::-1]))
+        return (both / np.linalg.norm(both, axis=1, keepdims=True)).astype(np.float32)
+
+
 def save_embeddings(path: Path, embeddings: dict[Path, np.ndarray]) -> None:
     np.savez(path, paths=np.array([str(p) for p in embeddings]), embeddings=np.stack(list(embeddings.values())))
 
@@ -207,7 +219,7 @@ def load_embeddings(path: Path) -> dict[Path, np.ndarray]:
 
 
 FPIR_TARGETS = (1e-1, 1e-2, 1e-3)
-GALLERY_SIZES = (100, 1000, 5000)
+GALLERY_SIZES = (1, 100, 1000, 5000)
 
 
 def split_people(
@@ -259,6 +271,30 @@ def threshold_at_fpir(nonmated: np.ndarray, target: float) -> float:
     return float((d[k - 1] + d[k]) / 2)
 
 
+def searches(people: list[Person], frames: int, skip: int = 0) -> tuple[list[list[Path]], np.ndarray]:
+    """Each person's images after the first `skip`, in groups of `frames` (a fused track of that
+    many frames; the remainder is left out): (groups, index of each group's person)."""
+    groups, owner = [], []
+    for i, person in enumerate(people):
+        rest = person.images[skip:]
+        for start in range(0, len(rest) - frames + 1, frames):
+            groups.append(rest[start : start + frames])
+            owner.append(i)
+    return groups, np.array(owner, np.int64)
+
+
+def fused(embeddings: dict[Path, np.ndarray], groups: list[list[Path]]) -> np.ndarray:
+    """One probe per group: the normalised mean of its embeddings, as a FaceStream fuses the
+    frames of a track for a model without uncertainty (:func:`sdk.pfe.fuse`, equal weights)."""
+    from sdk import pfe
+
+    out = []
+    for group in groups:
+        mus = np.stack([embeddings[p] for p in group])
+        out.append(mus[0] if len(group) == 1 else pfe.fuse(mus, np.ones_like(mus))[0])
+    return np.stack(out).astype(np.float32)
+
+
 def one_to_n(
     embeddings: dict[Path, np.ndarray],
     gallery_order: list[Person],
@@ -266,25 +302,41 @@ def one_to_n(
     sizes: tuple[int, ...] = GALLERY_SIZES,
     targets: tuple[float, ...] = FPIR_TARGETS,
     thresholds: dict[str, float] | None = None,
+    probe_frames: int = 1,
 ) -> dict:
     """1:N identification for each gallery size N: the first N people of `gallery_order` enrol
     their first image; their other images are mated searches; every image of `strangers` is a
-    non-mated search. Per N: rank-1, the threshold for each target FPIR and the FNIR there, and
-    FPIR / FNIR at each of `thresholds` (label -> squared L2), plus the DET curve."""
+    non-mated search. With ``probe_frames`` F > 1 each search is the fusion of F of a person's
+    images (a track), not one image. Per N: rank-1, the threshold for each target FPIR and the
+    FNIR there, and FPIR / FNIR at each of `thresholds` (label -> squared L2), plus the DET curve.
+
+    N = 1 is measured as pairs: every non-mated search against every enrolled face of the largest
+    gallery, and every mated search against its own person's face, so FPIR there is the pairwise
+    false accept rate of this kind of search (an average over people, not one person's gallery).
+    """
     from sdk import kernels
 
-    non_q = np.stack([embeddings[p] for s in strangers for p in s.images])
-    out: dict = {"strangers": len(strangers), "nonmated_searches": len(non_q), "sizes": {}}
+    groups, _ = searches(strangers, probe_frames)
+    if not groups:
+        raise ValueError(f"no stranger has {probe_frames} images")
+    non_q = fused(embeddings, groups)
+    out: dict = {"strangers": len(strangers), "nonmated_searches": len(non_q), "probe_frames": probe_frames, "sizes": {}}
+    largest = max((n for n in sizes if n <= len(gallery_order)), default=0)
     for n in sizes:
         if n > len(gallery_order):
             continue
-        people = gallery_order[:n]
+        people = gallery_order[: (largest if n == 1 else n)]
         gallery = np.stack([embeddings[p.images[0]] for p in people])
-        owner = np.array([i for i, p in enumerate(people) for _ in p.images[1:]], np.int64)
-        mated_q = np.stack([embeddings[q] for p in people for q in p.images[1:]])
-        idx, dist = kernels.topk(mated_q, gallery, 1)
-        mated, hit = dist[:, 0].astype(np.float64), idx[:, 0] == owner
-        nonmated = kernels.topk(non_q, gallery, 1)[1][:, 0].astype(np.float64)
+        mated_groups, owner = searches(people, probe_frames, skip=1)
+        mated_q = fused(embeddings, mated_groups)
+        if n == 1:
+            mated = ((mated_q.astype(np.float64) - gallery[owner]) ** 2).sum(1)
+            hit = np.ones(len(mated), bool)
+            nonmated = kernels.sq_l2(non_q, gallery).ravel().astype(np.float64)
+        else:
+            idx, dist = kernels.topk(mated_q, gallery, 1)
+            mated, hit = dist[:, 0].astype(np.float64), idx[:, 0] == owner
+            nonmated = kernels.topk(non_q, gallery, 1)[1][:, 0].astype(np.float64)
         row: dict = {"mated_searches": len(mated_q), "rank1": float(hit.mean()), "targets": {}, "at": {}}
         for target in targets:
             t = threshold_at_fpir(nonmated, target)
@@ -295,6 +347,8 @@ def one_to_n(
             row["at"][label] = {"threshold": t, "fpir": float(fpir[0]), "fnir": float(fnir[0])}
         row["_scores"] = (mated, hit, nonmated)
         grid = np.unique(np.concatenate([nonmated, mated]))
+        if len(grid) > 20000:  # the N = 1 pairs: a DET needs no more points than a plot shows
+            grid = np.quantile(grid, np.linspace(0, 1, 20000))
         fpir, fnir = fpir_fnir(mated, hit, nonmated, grid)
         row["det"] = {"fpir": fpir.tolist(), "fnir": fnir.tolist()}
         out["sizes"][n] = row

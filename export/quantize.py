@@ -1,7 +1,7 @@
 """INT8 post-training quantisation of facesdk embedding models (QDQ ONNX), and its LFW comparison.
 
     facesdk export int8 MODEL -o OUT [--method percentile|minmax|entropy] [--count N]
-                                          [--keep-fp32 first,last|none|NODE,...] [--per-tensor]
+                                          [--keep-fp32 first,last|none|NODE,...] [--per-tensor] [--cpu]
     facesdk eval int8 FP32 INT8 [--pairs FILE] [--json PATH]
 
 The result is an ordinary facesdk model file (same ``chip`` uint8 input, same unit ``embedding``
@@ -27,6 +27,12 @@ builder on these machines). The choices, and why:
   Add) into the conv, so the per-channel weight scales absorb it, and folds the constant pad
   subgraphs. Without it (measured on LFW DevTest): mean |distance change| 0.0058 instead of 0.0041
   and 1.13x the FP32 speed instead of about 2x (the affines run in float between Q/DQ).
+* ``--cpu`` (``target="cpu"``) writes the variant for ONNX Runtime on CPUs instead, beside the
+  TensorRT one (``TARGETS``): uint8 activations with asymmetric ranges, so each ReLU's range
+  starts at the uint8 zero point and the ReLU folds into the Q before it (ONNX Runtime's
+  QLinearConv/QLinearAdd then apply it for free), one Q per tensor (what lets every residual Add
+  fuse once the ReLUs are gone), the first conv quantised too (normalised uint8 pixels fit
+  uint8's levels), ``precision=int8-cpu``. TensorRT refuses it (``export.tensorrt`` checks).
 * Only Conv, the residual Add, the pools, Pad and the fc (MatMul, unless kept in FP32) are
   quantised. The uint8 cast and normalisation (Cast, Transpose, Sub, Mul), the global pooling and
   the L2-normalisation tail (ReduceL2, Clip, Div) never are, nor the fc's output.
@@ -96,6 +102,37 @@ QDQ_OPTIONS = {
     "OpTypesToExcludeOutputQuantization": ["MatMul", "Gemm"],
     "QDQOpTypePerChannelSupportToAxis": {"MatMul": 1},  # the fc weight is [in, out]
 }
+
+
+@dataclass(frozen=True)
+class Target:
+    """What an INT8 file is for: the activation type and ranges, and the precision it is marked with."""
+
+    name: str
+    precision: str  # metadata ``precision``: the gallery keeps one network per precision
+    symmetric: bool  # activation ranges symmetric about 0 (zero point 0)
+    ops: tuple[str, ...]
+    dedicated_pairs: bool  # one Q/DQ pair per consumer of a tensor, else one Q per tensor
+    keep_fp32: tuple[str, ...]  # the default layers left in FP32
+    activations: str  # for the ``quantization`` record
+
+
+TARGETS = {
+    # TensorRT: int8 activations with zero point 0, the only Q/DQ its parser takes.
+    "tensorrt": Target("tensorrt", "int8", True, QUANTIZED_OPS, True, DEFAULT_KEEP_FP32, "int8 symmetric per-tensor"),
+    # ONNX Runtime on CPUs: uint8 activations with asymmetric ranges. A ReLU's output range starts
+    # at 0, the uint8 zero point, so the quantiser drops each ReLU into the Q of the op before it
+    # (Relu is listed for that), and every conv and residual add then runs with its ReLU fused;
+    # post-ReLU tensors also get all 256 levels instead of the 128 of [0, t] in symmetric int8.
+    # One Q per tensor: with the ReLU gone, a residual Add's output feeds the next block's conv and
+    # its shortcut directly, and ONNX Runtime fuses an Add only when one Q reads it (dedicated
+    # pairs left 13 of 14 Adds in float). The first conv is quantised too: its input, normalised
+    # uint8 pixels, fits uint8's 256 levels as it is, and in FP32 it cost more than it saved
+    # (its float output had to be reordered and quantised; measured 1.60 vs 1.13 ms per face).
+    # TensorRT refuses this file (uint8, non-zero zero points): export.tensorrt checks it.
+    "cpu": Target("cpu", "int8-cpu", False, (*QUANTIZED_OPS, "Relu"), False, ("last",), "uint8 asymmetric per-tensor"),
+}
+DEFAULT_TARGET = "tensorrt"
 
 
 @dataclass(frozen=True)
@@ -189,7 +226,7 @@ class _ChipReader:
 
 
 def _tensor_ranges(
-    model_path: Path, chips: np.ndarray, method: str, percentile: float, workdir: Path, progress: bool
+    model_path: Path, chips: np.ndarray, method: str, percentile: float, target: Target, workdir: Path, progress: bool
 ) -> tuple[Any, Any]:
     """Activation ranges of the pre-processed model over the chips (ONNX Runtime's calibrators),
     collected chunk by chunk so that memory stays bounded (the calibrator keeps every tensor of
@@ -202,7 +239,9 @@ def _tensor_ranges(
         "percentile": CalibrationMethod.Percentile,
         "minmax": CalibrationMethod.MinMax,
     }[method]
-    options: dict[str, Any] = {"symmetric": True}  # TensorRT's ranges are symmetric
+    # TensorRT's ranges are symmetric; the CPU target's follow each tensor's own min and max
+    # (percentile: (100 - p) / 2 % cut from each tail).
+    options: dict[str, Any] = {"symmetric": target.symmetric}
     if method == "entropy":
         # A 2048-bin histogram as TensorRT's entropy calibrator; ONNX Runtime's default of 128 bins
         # for 128 levels leaves a single candidate range (max |x|), so it would be minmax.
@@ -211,7 +250,7 @@ def _tensor_ranges(
         options.update(num_bins=2048, percentile=percentile)
     calibrator = create_calibrator(
         model_path,
-        list(QUANTIZED_OPS),
+        list(target.ops),
         augmented_model_path=str(workdir / "augmented.onnx"),
         calibrate_method=calibrate_method,
         extra_options=options,
@@ -308,8 +347,9 @@ def quantize_int8(
     count: int = DEFAULT_COUNT,
     method: str = DEFAULT_METHOD,
     percentile: float = DEFAULT_PERCENTILE,
-    keep_fp32: Sequence[str] = DEFAULT_KEEP_FP32,
+    keep_fp32: Sequence[str] | None = None,
     per_channel: bool = True,
+    target: str = DEFAULT_TARGET,
     progress: bool = True,
     data: Path | None = None,
 ) -> Path:
@@ -320,13 +360,18 @@ def quantize_int8(
     ``method``: how activation ranges are read from the calibration tensors: ``percentile`` (the
     ``percentile`` of |x|, default), ``minmax`` (max |x|) or ``entropy`` (KL divergence).
     ``keep_fp32``: layers left in FP32: ``"first"`` (first conv), ``"last"`` (last weighted layer,
-    the fc), or node names; ``()`` quantises every conv and the fc. ``per_channel``: one weight
-    scale per output channel (else per layer). ``data``: the data folder (default $FACESDK_DATA).
+    the fc), or node names; ``()`` quantises every conv and the fc; None: the target's default
+    (``first, last`` for TensorRT, ``last`` for the CPU). ``per_channel``: one weight
+    scale per output channel (else per layer). ``target``: ``"tensorrt"`` (default: symmetric
+    int8 activations, ``precision=int8``, what TensorRT builds; ONNX Runtime runs it too) or
+    ``"cpu"`` (uint8 asymmetric activations with the ReLUs fused, ``precision=int8-cpu``: ONNX
+    Runtime on CPUs only, faster there; TensorRT refuses it). ``data``: the data folder (default
+    $FACESDK_DATA).
 
     The metadata is the FP32 model's, ``threshold``/``threshold_table`` included and unchanged
     (calibrated on FP32; for the default model INT8 moves them by +0.001 to +0.002, see
     ``facesdk calibrate --model``), plus ``precision=int8`` and ``quantization`` (JSON: method,
-    calibration set and count, excluded nodes, types). The file passes ``onnx.checker`` and is
+    calibration set and count, excluded nodes, types, target). The file passes ``onnx.checker`` and is
     loaded by ``OnnxEmbedder`` before this returns. Raises FileNotFoundError (model or
     calibration set absent) or ValueError (not an FP32 facesdk model, bad arguments); nothing is
     written then.
@@ -340,6 +385,9 @@ def quantize_int8(
     fp32_path, out_path = Path(fp32_path), Path(out_path)
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    if target not in TARGETS:
+        raise ValueError(f"target must be one of {', '.join(TARGETS)}, got {target!r}")
+    spec = TARGETS[target]
     if not 50 < percentile <= 100:
         raise ValueError(f"percentile must be in (50, 100], got {percentile}")
     if not fp32_path.is_file():
@@ -373,8 +421,8 @@ def quantize_int8(
         prepared = workdir / "prepared.onnx"
         quant_pre_process(model, prepared)
         prepared_model = onnx.load_model(prepared)
-        excluded = _resolve_keep_fp32(keep_fp32, prepared_model)
-        calibrate_method, ranges = _tensor_ranges(prepared, calib.chips, method, percentile, workdir, progress)
+        excluded = _resolve_keep_fp32(spec.keep_fp32 if keep_fp32 is None else keep_fp32, prepared_model)
+        calibrate_method, ranges = _tensor_ranges(prepared, calib.chips, method, percentile, spec, workdir, progress)
         cache = workdir / "ranges.json"
         save_tensors_data(ranges, cache)
         quantized = workdir / "int8.onnx"
@@ -385,12 +433,12 @@ def quantize_int8(
             calibration_cache_path=cache,
             calibrate_method=calibrate_method,
             quant_format=QuantFormat.QDQ,
-            activation_type=QuantType.QInt8,
+            activation_type=QuantType.QInt8 if spec.symmetric else QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             per_channel=per_channel,
-            op_types_to_quantize=list(QUANTIZED_OPS),
+            op_types_to_quantize=list(spec.ops),
             nodes_to_exclude=excluded,
-            extra_options=dict(QDQ_OPTIONS),
+            extra_options={**QDQ_OPTIONS, "ActivationSymmetric": spec.symmetric, "DedicatedQDQPair": spec.dedicated_pairs},
         )
         result = onnx.load_model(quantized)
 
@@ -403,13 +451,14 @@ def quantize_int8(
         "calibration_count": len(calib.chips),
         "excluded_nodes": excluded,
         "format": "QDQ",
-        "activations": "int8 symmetric per-tensor",
+        "target": spec.name,
+        "activations": spec.activations,
         "weights": f"int8 symmetric {'per-channel' if per_channel else 'per-tensor'}",
         "bias": "float32",
         "tool": f"onnxruntime {_ort_version()} quantize_static after quant_pre_process",
     }
     meta = {k: v for k, v in metadata.items()}
-    meta.update(precision="int8", quantization=json.dumps(record))
+    meta.update(precision=spec.precision, quantization=json.dumps(record))
     onnx.helper.set_model_props(result, meta)
     onnx.checker.check_model(result, full_check=True)
     out_path.parent.mkdir(parents=True, exist_ok=True)

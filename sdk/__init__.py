@@ -39,6 +39,7 @@ __version__ = "0.1.0"
 
 # Public name -> the module that defines it, imported on first access.
 _LAZY = {
+    "Camera": "sdk.camera",
     "cluster": "sdk.clustering",
     "EnrolResult": "sdk.verifier",
     "load": "sdk.loader",

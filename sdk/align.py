@@ -33,6 +33,14 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
+try:
+    from sdk._kernels import sample_chip as _sample_chip
+except ImportError as e:  # not built, or built before the chip kernel
+    raise ImportError(
+        f"the C++ extension sdk._kernels is missing or older than {__file__} (no sample_chip): "
+        "rebuild it with `python setup.py build_ext --inplace` or `pip install .`"
+    ) from e
+
 # dlib's 5-point template (get_face_chip_details), in the unit face square, in the order of
 # shape_predictor_5_face_landmarks: image-right eye outer and inner corner, image-left eye
 # outer and inner corner, base of the nose.
@@ -133,12 +141,21 @@ def _align(
     template: NDArray[np.float64],
     size: int,
     padding: float,
+    reference: bool = False,
 ) -> Image:
     _check_image(image)
     details = _chip_details(_check_landmarks(landmarks), template, size, padding)
     gray = image.ndim == 2
-    chip = _extract(image[:, :, None] if gray else image, details)
+    chip = _extract(image[:, :, None] if gray else image, details, reference)
     return chip[:, :, 0] if gray else chip
+
+
+def _align_reference(
+    image: Image, landmarks: NDArray[np.floating], scheme: str, size: int = 150, padding: float = 0.25
+) -> Image:
+    """:func:`align` with the numpy sampler instead of the C++ kernel: the same chip, for the
+    tests and for ``facesdk bench frame``'s before/after."""
+    return _align(image, landmarks, _template(scheme), size, padding, reference=True)
 
 
 def _template(scheme: str) -> NDArray[np.float64]:
@@ -431,8 +448,8 @@ def _round(v: float) -> int:
     return int(math.copysign(r + 1 if a - r >= 0.5 else r, v))
 
 
-def _extract(image: Image, d: _ChipDetails) -> Image:
-    """dlib's extract_image_chip for one chip (image is HxWxC)."""
+def _extract(image: Image, d: _ChipDetails, reference: bool = False) -> Image:
+    """dlib's extract_image_chip for one chip (image is HxWxC); ``reference``: numpy sampler."""
     n = d.size
     rect = (d.left, d.top, d.right, d.bottom)
     height, width = image.shape[:2]
@@ -462,7 +479,10 @@ def _extract(image: Image, d: _ChipDetails) -> Image:
     tl = _rotate(cx, cy, left, top, cos, sin)
     tr = _rotate(cx, cy, right, top, cos, sin)
     bl = _rotate(cx, cy, left, bottom, cos, sin)
-    return _sample(source, tl, tr, bl, n)
+    mx, my = _chip_map(tl, tr, bl, n)
+    if reference:
+        return _sample_numpy(source, mx, my, n)
+    return _sample_chip(np.ascontiguousarray(source), mx, my, n)
 
 
 def _copy(image: Image, left: float, top: float, n: int) -> Image:
@@ -496,21 +516,23 @@ def _pyramid_down(image: Image) -> Image:
     return (sums[2 : 2 * rows + 2 : 2, 2 : 2 * cols + 2 : 2] / 256).astype(np.uint8)
 
 
-def _sample(
-    source: Image,
-    tl: tuple[float, float],
-    tr: tuple[float, float],
-    bl: tuple[float, float],
-    n: int,
-) -> Image:
-    """dlib's transform_image with interpolate_bilinear over the n x n chip."""
-    height, width, channels = source.shape
-    # dlib's find_affine_transform: chip corners -> (tl, tr, bl) is Q * pinv(P).
+def _chip_map(
+    tl: tuple[float, float], tr: tuple[float, float], bl: tuple[float, float], n: int
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """dlib's find_affine_transform: chip corners -> (tl, tr, bl) is Q * pinv(P); rows x and y."""
     p = _chip_corner_inverse(n)
     mx, my = (
         tuple((q[0] * p[0][j] + q[1] * p[1][j]) + q[2] * p[2][j] for j in range(3))
         for q in ((tl[0], tr[0], bl[0]), (tl[1], tr[1], bl[1]))
     )
+    return mx, my
+
+
+def _sample_numpy(source: Image, mx: tuple[float, ...], my: tuple[float, ...], n: int) -> Image:
+    """dlib's transform_image with interpolate_bilinear over the n x n chip, in numpy: the
+    reference of the C++ kernel ``sdk._kernels.sample_chip`` (the same double arithmetic in the
+    same order; the tests compare the two pixel for pixel)."""
+    height, width, channels = source.shape
     c = np.arange(n, dtype=np.float64)
     r = np.arange(n, dtype=np.float64)[:, None]
     x = ((mx[0] * c + mx[1] * r) + mx[2]).ravel()

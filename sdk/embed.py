@@ -27,6 +27,9 @@ Every backend implements :class:`Embedder`. Model files are self-describing ONNX
   fpir_threshold_table          optional: 1:N thresholds, JSON {FPIR: {gallery size N: squared
                                 L2}}, from ``facesdk eval fpir --write`` (distractor galleries)
   fpir_fnir_table               optional: the FNIR measured at each of those thresholds
+  fpir_track_threshold_table    optional: the same for searches by a fused track (several frames,
+  fpir_track_fnir_table         ``facesdk eval fpir --probe-frames 3 --write``): fusion moves
+                                distances, so tracks get their own thresholds
   uncertainty                   optional: ``"sigma_sq"`` for a PFE model (the only value)
   pfe_head                      optional: how the uncertainty head was trained (free text)
   ============================ ==============================================================
@@ -177,6 +180,11 @@ def _far_table(metadata: Mapping[str, str], key: str, source: str, low: float, h
     return table
 
 
+# The 1:N tables (thresholds, FNIR) of one search by a single frame, and by a fused track.
+FRAME_TABLES = ("fpir_threshold_table", "fpir_fnir_table")
+TRACK_TABLES = ("fpir_track_threshold_table", "fpir_track_fnir_table")
+
+
 def fpir_table(metadata: Mapping[str, str], key: str, source: str, low: float = 0.0, high: float = MAX_L2_THRESHOLD,
                monotone: bool = True) -> dict[float, dict[int, float]]:  # fmt: skip
     """A JSON object {FPIR: {gallery size N: value}}: FPIR in (0, 1], N >= 1, values in [low, high).
@@ -220,14 +228,15 @@ def _check_decisions(metadata: Mapping[str, str], source: str) -> None:
         _number(metadata, "mls_threshold", source)
     if "mls_threshold_table" in metadata:  # MLS: higher is stricter, so it falls as the FAR grows
         _far_table(metadata, "mls_threshold_table", source, -math.inf, math.inf, rising=False)
-    if "fpir_threshold_table" in metadata:
-        thresholds = fpir_table(metadata, "fpir_threshold_table", source, 0.0, MAX_L2_THRESHOLD, monotone=True)
-        if "fpir_fnir_table" in metadata:
-            fnir = fpir_table(metadata, "fpir_fnir_table", source, 0.0, 1.0 + 1e-9, monotone=False)
-            if {r: sorted(t) for r, t in fnir.items()} != {r: sorted(t) for r, t in thresholds.items()}:
-                raise InvalidModelError(f"{source}: metadata fpir_fnir_table has other (FPIR, N) cells than fpir_threshold_table")
-    elif "fpir_fnir_table" in metadata:
-        raise InvalidModelError(f"{source}: metadata fpir_fnir_table without fpir_threshold_table")
+    for threshold_key, fnir_key in (FRAME_TABLES, TRACK_TABLES):
+        if threshold_key in metadata:
+            thresholds = fpir_table(metadata, threshold_key, source, 0.0, MAX_L2_THRESHOLD, monotone=True)
+            if fnir_key in metadata:
+                fnir = fpir_table(metadata, fnir_key, source, 0.0, 1.0 + 1e-9, monotone=False)
+                if {r: sorted(t) for r, t in fnir.items()} != {r: sorted(t) for r, t in thresholds.items()}:
+                    raise InvalidModelError(f"{source}: metadata {fnir_key} has other (FPIR, N) cells than {threshold_key}")
+        elif fnir_key in metadata:
+            raise InvalidModelError(f"{source}: metadata {fnir_key} without {threshold_key}")
     if "quality_reject_table" in metadata:
         _far_table(metadata, "quality_reject_table", source, -math.inf, math.inf, rising=True, what="reject fraction")
 

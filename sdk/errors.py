@@ -71,3 +71,13 @@ class DuplicateFaceError(FaceSDKError, ValueError):
 class InconsistentFaceError(FaceSDKError, ValueError):
     """The face does not agree with the rest of the identity's template (likely someone else);
     ``force=True`` enrols it anyway."""
+
+
+class CentreUnavailableError(FaceSDKError, ConnectionError):
+    """A site's centre (its HTTP service or its PostgreSQL) cannot be reached now; a replica keeps
+    matching from its local copy and retries."""
+
+
+class ChangeRefusedError(FaceSDKError, ValueError):
+    """A site refuses a change: made for another model, or an add older than a removal of the
+    identity (a removal wins)."""

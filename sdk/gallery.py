@@ -690,6 +690,45 @@ class Gallery:
             raise InvalidArgumentError(f"names must be a sequence of {len(vectors)} str, one per embedding")
         return self._insert([clean_name(n) for n in names], vectors, sigma_sq, quality, sources)
 
+    def apply(self, changes: Sequence[tuple], meta: dict[str, str] | None = None, *,
+              extra: Callable[[sqlite3.Connection], T] | None = None) -> T | None:  # fmt: skip
+        """Applies a batch of changes in order, in one transaction, for a replica
+        (:mod:`sdk.replica`): ``("add", name, embeddings, sigma_sq, quality)`` (``name`` a str, or
+        one per row) and ``("remove", name)``; ``meta`` keys are written in the same transaction
+        (the replica's applied version), and ``extra(conn)`` runs in it last (the replica's own
+        bookkeeping; its result is returned). All or nothing: an invalid row raises before
+        anything is written."""
+        prepared = []
+        for change in changes:
+            if change[0] == "add":
+                _, name, embeddings, sigma_sq, quality = change
+                vectors = _matrix(embeddings, "embeddings", self.dim)
+                names = [clean_name(name)] * len(vectors) if isinstance(name, str) else [clean_name(n) for n in name]
+                if len(names) != len(vectors):
+                    raise InvalidArgumentError(f"an add of {len(vectors)} embeddings names {len(names)} identities")
+                prepared.append(self._prepared_insert(names, vectors, sigma_sq, quality, None))
+            elif change[0] == "remove":
+                name = clean_name(change[1])
+                prepared.append((
+                    lambda conn, name=name: conn.execute("DELETE FROM identities WHERE name = ?", (name,)),
+                    lambda snap, _, name=name: self._without(snap, name),
+                ))  # fmt: skip
+            else:
+                raise InvalidArgumentError(f"unknown change {change[0]!r}: expected 'add' or 'remove'")
+
+        def steps(conn: sqlite3.Connection) -> T | None:
+            for sql_steps, _ in prepared:
+                sql_steps(conn)
+            conn.executemany("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (meta or {}).items())
+            return None if extra is None else extra(conn)
+
+        def update(snap: _Snapshot, _: object) -> _Snapshot:
+            for _, change in prepared:
+                snap = change(snap, None)
+            return snap
+
+        return self._write(steps, update)
+
     def import_npz(self, path: str | os.PathLike[str]) -> int:
         """Enrols every row of a file written by :meth:`export` (of a gallery of this model), in
         one transaction; returns the rows added. Rows without a variance stay without one."""
@@ -731,6 +770,19 @@ class Gallery:
     ) -> int:
         """Rows ``vectors`` (validated) for ``names`` (clean), in one transaction. With
         ``absent_sigma``, a ``sigma_sq`` row of NaN means "no variance" (the export format)."""
+        return self._write(*self._prepared_insert(names, vectors, sigma_sq, quality, sources, absent_sigma))
+
+    def _prepared_insert(
+        self,
+        names: list[str],
+        vectors: np.ndarray,
+        sigma_sq: ArrayLike | None,
+        quality: ArrayLike | None,
+        sources: Sequence[str | None] | None,
+        absent_sigma: bool = False,
+    ) -> tuple[Callable[[sqlite3.Connection], int], Callable[[_Snapshot, int], _Snapshot]]:
+        """The SQL steps and the snapshot update of an insert (``_write``'s arguments), its
+        arguments validated first."""
         k = len(vectors)
         if k == 0:
             raise InvalidArgumentError("embeddings is empty: nothing to add")
@@ -760,6 +812,7 @@ class Gallery:
         blobs = [data[i : i + width] for i in range(0, len(data), width)]
         sigma_rows = [None] * k if sigma is None else [None if np.isnan(r[0]) else r.tobytes() for r in sigma.astype("<f4", copy=False)]
         unique = list(dict.fromkeys(names))  # first appearance: the order the ids are given in
+        row_ids: list[np.ndarray] = []  # the rows' ids in the file, for a compressed snapshot (steps sets them)
 
         def steps(conn: sqlite3.Connection) -> int:
             now = time.time()
@@ -779,14 +832,13 @@ class Gallery:
                 "VALUES (?, ?, ?, ?, ?, ?)",
                 zip((ids[n] for n in names), blobs, sigma_rows, quality_rows, source_rows, itertools.repeat(now)),
             )
-            if self.precision == "fp32":
-                return None
-            # The rows' ids, for a compressed snapshot's re-rank: past the largest before, in order.
-            row_ids = conn.execute("SELECT id FROM embeddings WHERE id > ? ORDER BY id", (last_row,)).fetchall()
-            return np.array(row_ids, np.int64).reshape(-1)
+            if self.precision != "fp32":
+                # The rows' ids, for a compressed snapshot's re-rank: past the largest before, in order.
+                found = conn.execute("SELECT id FROM embeddings WHERE id > ? ORDER BY id", (last_row,)).fetchall()
+                row_ids.append(np.array(found, np.int64).reshape(-1))
+            return k
 
-        self._write(steps, lambda snap, row_ids: self._with_rows(snap, names, vectors, sigma, row_ids))
-        return k
+        return steps, lambda snap, _: self._with_rows(snap, names, vectors, sigma, row_ids[-1] if row_ids else None)
 
     def remove(self, identity: str) -> bool:
         """Removes an identity and all its embeddings; False when it was not enrolled."""
@@ -808,6 +860,10 @@ class Gallery:
         """How many identities a search compares with (the N of 1:N): those with a usable face,
         from the in-memory snapshot every search uses (no query on the hot path)."""
         return len(self._current().names)
+
+    def face_count(self) -> int:
+        """How many faces a search compares with, from the in-memory snapshot (no query)."""
+        return len(self._current().labels)
 
     def count(self, identity: str | None = None) -> int:
         """Embeddings in the gallery, or of one identity (0 when it is not enrolled)."""

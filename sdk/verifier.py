@@ -3,12 +3,14 @@
 A Verifier owns a detector, the canonical aligner, an embedding backend and an enrolment
 gallery. Every face of a frame is embedded in one batch and matched against the gallery with
 the C++ kernels. Thresholds are squared-L2 distances calibrated on labelled data and stored in
-the model file (``facesdk calibrate --write``); a call may ask for another false accept rate.
+the model file. By default a search's threshold keeps the share of strangers' searches that
+return anyone (FPIR) at DEFAULT_FPIR for the gallery's size (``facesdk eval fpir --write``);
+``far=`` / ``threshold=`` fix a pairwise one instead (``facesdk calibrate --write``).
 
 Presentation-attack detection: pass ``liveness=callable(frame_bgr, detection) -> bool`` and
 faces it returns False for are reported with ``live=False``, never identified nor accepted.
-Off by default (the SDK ships no liveness model); the hook runs before embedding, so a vetoed
-face costs nothing else.
+``liveness="minifasnet"`` uses the packaged MiniFASNet models (:mod:`sdk.liveness`). Off by
+default; the hook runs before embedding, so a vetoed face costs nothing else.
 
 Probabilistic Face Embeddings (a model with a ``sigma_sq`` output, see :mod:`sdk.pfe`):
 
@@ -53,6 +55,7 @@ import cv2
 import numpy as np
 
 from sdk import chips, detect, loader, paths, pfe
+from sdk.embed import FRAME_TABLES, TRACK_TABLES, fpir_table
 from sdk.errors import (
     AmbiguousFaceError,
     DuplicateFaceError,
@@ -83,6 +86,12 @@ CONSISTENT_FAR = 1e-3
 # a resized copy or another photo far above).
 SAME_IMAGE = 1e-3
 ADDED, SKIPPED, REFUSED = "added", "skipped", "refused"
+
+# The default operating point: at most this share of searches by people not enrolled return
+# anyone, whatever the gallery's size (README, "Open set at gallery size N"). At N = 1 it is
+# the pairwise FAR 1e-3 of the model's default threshold; a stranger trying one door ten times
+# gets in about 1 % of the time, where FPIR 1e-2 would let about 10 % in.
+DEFAULT_FPIR = 1e-3
 
 SCORINGS = ("mls", "l2")
 NOT_LIVE, LOW_QUALITY, NO_MATCH = "not_live", "low_quality", "no_match"
@@ -116,7 +125,7 @@ class Verification:
     threshold: float  # in the units of `scoring`: squared L2 (same if <=) or MLS (same if >=)
     mls: float | None = None  # scoring "mls": the mutual likelihood score
     scoring: str = "l2"
-    reason: str | None = None  # "low_quality" when a face is below min_quality; "not_live" (verify_claim)
+    reason: str | None = None  # "low_quality" below min_quality; "not_live" (claims); "no_face" (FaceStream.claim)
 
 
 @dataclass(frozen=True)
@@ -146,15 +155,17 @@ class Verifier:
     scoring: "l2" (default) or "mls" (PFE models only; see the module doc).
     threshold: squared L2 (scoring "l2") or MLS (scoring "mls"); default the model's calibrated
     one. far: pick the model's calibrated threshold for this false accept rate instead.
-    fpir: 1:N instead: the threshold follows the gallery's size so that about this share of
-    searches by people not enrolled return anyone (FPIR), from the model's
-    ``fpir_threshold_table`` (``facesdk eval fpir --write``); see :meth:`operating_point`.
-    Opt-in: without it the pairwise threshold above holds whatever the gallery's size.
+    fpir: the default (DEFAULT_FPIR, when the model has an ``fpir_threshold_table`` and neither
+    far nor threshold is given): the threshold follows the gallery's size so that about this
+    share of searches by people not enrolled return anyone (FPIR); see :meth:`operating_point`.
+    ``far=`` or ``threshold=`` fix a pairwise threshold instead, whatever the gallery's size.
     min_quality: PFE models only: faces of lower :func:`sdk.pfe.quality` are refused (see the
     module doc); :meth:`quality_for` reads the model's calibrated values. Default None: no gate.
     model_sha256: pin the model file: InvalidModelError unless its SHA-256 is this (hex).
     gallery_precision: "fp32" (default), "fp16" or "int8": the gallery's rows in memory
     (:class:`sdk.gallery.Gallery`'s ``precision``); decisions are float32's either way.
+    liveness: a callable(frame_bgr, detection) -> bool, or a name of ``sdk.liveness.LIVENESS``
+    ("minifasnet"); see the module doc.
     The gallery records the network (graph) each precision enrolled with and refuses another
     network under the same model name and version (ModelMismatchError).
 
@@ -175,7 +186,7 @@ class Verifier:
         fpir: float | None = None,
         providers: Sequence[str] | None = None,
         threads: int | None = None,
-        liveness: Liveness | None = None,
+        liveness: Liveness | str | None = None,
         scoring: str = "l2",
         min_quality: float | None = None,
         model_sha256: str | None = None,
@@ -183,6 +194,10 @@ class Verifier:
     ) -> None:
         if scoring == "mls" and gallery_precision != "fp32":
             raise InvalidArgumentError("scoring='mls' reads float32 means: use gallery_precision='fp32'")
+        if liveness is not None:  # first: a bad name fails before any file is opened
+            from sdk.liveness import liveness_from  # its models load only when asked for
+
+            liveness = liveness_from(liveness)
         self.embedder = loader.embedder(model, backend, providers=providers, threads=threads)
         if model_sha256 is not None:
             loader.check_pinned(self.embedder.path, model_sha256)
@@ -218,12 +233,17 @@ class Verifier:
                 raise InvalidArgumentError(f"min_quality must be a finite number, got {min_quality}")
         self.min_quality = min_quality
         self.fpir = None
+        if fpir is None and far is None and threshold is None and scoring == "l2" and self._has_fpir(DEFAULT_FPIR):
+            fpir = DEFAULT_FPIR
         if fpir is not None:
             if far is not None or threshold is not None:
                 raise InvalidArgumentError("give fpir, far or threshold, not more than one")
             if scoring != "l2":
                 raise InvalidArgumentError("fpir needs scoring='l2' (the FPIR table holds squared-L2 thresholds)")
-            self._fpir_table = self._fpir_row(_number(fpir, "fpir"))  # read once; fails now if the model has no such row
+            fpir = _number(fpir, "fpir")
+            self._fpir_table = self._fpir_row(fpir, FRAME_TABLES)  # read once; fails now if the model has no such row
+            # Fusing frames moves distances: a track has its own thresholds where the model has them.
+            self._fpir_track_table = self._fpir_row(fpir, TRACK_TABLES) if TRACK_TABLES[0] in meta else self._fpir_table
             self.fpir = float(fpir)
             self._fixed_threshold = math.nan
         else:
@@ -252,35 +272,46 @@ class Verifier:
         """The threshold decisions use now: fixed, or with ``fpir`` the one for the gallery's size."""
         return self._fixed_threshold if self.fpir is None else self.operating_point()["threshold"]
 
-    def _fpir_row(self, fpir: float) -> tuple[dict[int, float], dict[int, float] | None]:
-        """The model's calibrated thresholds (and FNIR, when measured) by gallery size for `fpir`."""
-        from sdk.embed import fpir_table
+    def _has_fpir(self, fpir: float) -> bool:
+        meta = self.embedder.metadata
+        if FRAME_TABLES[0] not in meta:
+            return False
+        return any(math.isclose(known, fpir, rel_tol=1e-6) for known in fpir_table(meta, FRAME_TABLES[0], str(self.embedder.path)))
 
+    def _fpir_row(self, fpir: float, keys: tuple[str, str]) -> tuple[dict[int, float], dict[int, float] | None]:
+        """The model's calibrated thresholds (and FNIR, when measured) by gallery size for `fpir`,
+        from the tables `keys` (thresholds, FNIR)."""
         meta, source = self.embedder.metadata, str(self.embedder.path)
-        if "fpir_threshold_table" not in meta:
-            raise FaceSDKError(f"{source} has no fpir_threshold_table: run `facesdk eval fpir --write` or pass far= / threshold=")
-        thresholds = fpir_table(meta, "fpir_threshold_table", source)
-        fnir = fpir_table(meta, "fpir_fnir_table", source, 0.0, 1.0 + 1e-9, monotone=False) if "fpir_fnir_table" in meta else {}
+        if keys[0] not in meta:
+            raise FaceSDKError(f"{source} has no {keys[0]}: run `facesdk eval fpir --write` or pass far= / threshold=")
+        thresholds = fpir_table(meta, keys[0], source)
+        fnir = fpir_table(meta, keys[1], source, 0.0, 1.0 + 1e-9, monotone=False) if keys[1] in meta else {}
         for known in thresholds:
             if math.isclose(known, fpir, rel_tol=1e-6):
                 return thresholds[known], fnir.get(known)
         raise FaceSDKError(f"no threshold calibrated for FPIR {fpir:g}; the model has {sorted(thresholds)}")
 
-    def operating_point(self, size: int | None = None) -> dict[str, Any]:
-        """The 1:N operating point for a gallery of `size` identities (default: the gallery's
-        own): threshold interpolated in log N between the calibrated sizes, the target FPIR,
-        the FNIR measured there, and a warning when N is beyond what was measured (the threshold
-        stays at the largest measured N's, so the FPIR grows past the target, roughly in
-        proportion to N) or when most enrolled people would be missed."""
+    def operating_point(self, size: int | None = None, *, track: bool = False) -> dict[str, Any]:
+        """The 1:N operating point for a gallery of `size` enrolled faces (default: the
+        gallery's own), for a search by one frame or (``track``) by a fused track: threshold
+        interpolated in log N between the calibrated sizes, the target FPIR, the FNIR measured
+        there, and a warning when N is beyond what was measured (the threshold stays at the
+        largest measured N's, so the FPIR grows past the target, roughly in proportion to N) or
+        when most enrolled people would be missed.
+
+        N counts faces, not identities: the tables were measured with one face per person, and a
+        stranger meets every enrolled face, so a person enrolled with three images counts three
+        (a little stricter than needed: one person's faces are alike)."""
         if self.fpir is None:
-            raise FaceSDKError("operating_point needs a Verifier made with fpir=")
-        n = self.gallery.identity_count() if size is None else int(size)
-        thresholds, fnir = self._fpir_table
+            raise FaceSDKError("operating_point needs a Verifier with an FPIR operating point (fpir=)")
+        n = self.gallery.face_count() if size is None else int(size)
+        thresholds, fnir = self._fpir_track_table if track else self._fpir_table
         sizes = sorted(thresholds)
         at = float(np.clip(math.log(max(n, 1)), math.log(sizes[0]), math.log(sizes[-1])))
         logs = [math.log(s) for s in sizes]
         point: dict[str, Any] = {
             "gallery_size": n,
+            "search": "track" if track else "frame",
             "target_fpir": self.fpir,
             "threshold": float(np.interp(at, logs, [thresholds[s] for s in sizes])),
             "expected_fpir": self.fpir if n <= sizes[-1] else min(1.0, self.fpir * n / sizes[-1]),
@@ -290,13 +321,14 @@ class Verifier:
         }
         if n > sizes[-1]:
             point["warning"] = (
-                f"the gallery holds {n} identities, more than the {sizes[-1]} the FPIR table was measured for: "
+                f"the gallery holds {n} faces, more than the {sizes[-1]} the FPIR table was measured for: "
                 f"expect about {point['expected_fpir']:.2g} of strangers accepted, not {self.fpir:g}"
             )
         elif point["expected_fnir"] is not None and point["expected_fnir"] > 0.5:
             point["warning"] = (
-                f"at FPIR {self.fpir:g} and {n} identities the model misses about {point['expected_fnir']:.0%} "
-                "of enrolled people's searches: the gallery has outgrown this model at this FPIR"
+                f"at FPIR {self.fpir:g} and {n} enrolled faces the model misses about {point['expected_fnir']:.0%} "
+                "of enrolled people's searches by one frame: the gallery has outgrown this model at this FPIR; "
+                "decide on tracks (Verifier.stream) or against a claimed identity (verify_claim)"
             )
         if point["warning"] and n > self._warned_size:  # once per size reached, not per search
             self._warned_size = n
@@ -473,6 +505,21 @@ class Verifier:
         added = self._store(identity, rows)
         assert added == sum(r.status == ADDED for r in results)
         return results
+
+    def enrolment(
+        self,
+        identity: str,
+        images: Image | Iterable[Image],
+        *,
+        color: str = "bgr",
+        face: int | Sequence[float] | None = None,
+        largest: bool = False,
+        force: bool = False,
+    ) -> tuple[list[EnrolResult], list[tuple[str | None, np.ndarray, np.ndarray | None]]]:
+        """What :meth:`enroll_each` decides, checked against this gallery, without storing it: each
+        image's result, and the rows to store (source, mu, sigma_sq or None). For a gallery that
+        is written elsewhere and replicated here (a site's central store)."""
+        return self._enrolment(identity, images, color, face, largest, force)
 
     def _store(self, identity: str, rows: list[tuple[str | None, np.ndarray, np.ndarray | None]]) -> int:
         if not rows:
@@ -733,6 +780,25 @@ class Verifier:
             return self.threshold_for(None)
         return self._limit(far, threshold)
 
+    def _pairwise_track_limit(self, far: float | None, threshold: float | None) -> float:
+        """1:1 against a fused track: the track table's N = 1 threshold (every search against one
+        enrolled face) for FPIR = `far` (default the model's FAR), where the model has one;
+        else the pairwise threshold of one frame."""
+        if threshold is None:
+            rate = _number(far, "far") if far is not None else float(self.embedder.metadata.get("threshold_far", "nan"))
+            meta = self.embedder.metadata
+            if TRACK_TABLES[0] in meta and math.isfinite(rate):
+                for known, row in fpir_table(meta, TRACK_TABLES[0], str(self.embedder.path)).items():
+                    if 1 in row and math.isclose(known, rate, rel_tol=1e-6):
+                        return row[1]
+        return self._pairwise_limit(far, threshold)
+
+    def _track_limit(self, far: float | None, threshold: float | None) -> float:
+        """The threshold for a track fusing several frames: under ``fpir`` the track table's."""
+        if far is None and threshold is None and self.fpir is not None:
+            return self.operating_point(track=True)["threshold"]
+        return self._limit(far, threshold)
+
     def _checked_threshold(self, value: float) -> float:
         value = _number(value, "threshold")
         if self.scoring == "mls":
@@ -781,7 +847,7 @@ class FaceStream:
         self, frame: Image, far: float | None = None, threshold: float | None = None, *, color: str = "bgr"
     ) -> list[Match]:
         v = self.verifier
-        limit = v._limit(far, threshold)
+        limit, track_limit = v._limit(far, threshold), v._track_limit(far, threshold)
         image, found = v.faces(frame, color)
         self.frame_index += 1
         live = [v.liveness is None or bool(v.liveness(image, d)) for d in found]
@@ -801,10 +867,12 @@ class FaceStream:
         for track, ok, (name, *_) in zip(tracks, usable, alone):
             if ok:
                 self._votes.setdefault(track.id, deque(maxlen=self.n)).append(name)
-        ready = [t for t in tracks if t.mu is not None]
-        fused_mu = np.stack([t.mu for t in ready]) if ready else mu[:0]
-        fused_sigma = None if sigma_sq is None else (np.stack([t.sigma_sq for t in ready]) if ready else sigma_sq[:0])
-        decided = dict(zip((id(t) for t in ready), v._decide(fused_mu, fused_sigma, limit)))
+        decided = {}  # a track of one frame is decided as that frame is; a fused one at the track threshold
+        for fused, at in ((False, limit), (True, track_limit)):
+            ready = [t for t in tracks if t.mu is not None and (t.frames > 1) == fused]
+            fused_mu = np.stack([t.mu for t in ready]) if ready else mu[:0]
+            fused_sigma = None if sigma_sq is None else (np.stack([t.sigma_sq for t in ready]) if ready else sigma_sq[:0])
+            decided.update(zip((id(t) for t in ready), v._decide(fused_mu, fused_sigma, at)))
         out, j = [], 0
         for d, ok in zip(found, live):
             if not ok:
@@ -828,6 +896,48 @@ class FaceStream:
                       track_id=track.id, frames=track.frames, decided_at=decided_at)
             )
         return out
+
+    def claim(
+        self, frame: Image, identity: str, far: float | None = None, threshold: float | None = None, *, color: str = "bgr"
+    ) -> Verification:
+        """1:1 against a claimed identity over a track (a badge or PIN names who should be at the
+        door): the frame's largest face is followed across frames as :meth:`match` follows
+        faces, and its track's fused template is compared with `identity`'s nearest enrolled face
+        at the pairwise operating point of a fused track (the model's track table at N = 1, for
+        FPIR `far`, default the model's FAR; one frame's pairwise threshold while the track has
+        one frame). Accepted only when at least k of the track's last n frames, each alone at
+        one frame's pairwise threshold, were within it too. A frame without a face answers
+        ``same=False, reason="no_face"``; a face the liveness hook vetoes ``reason="not_live"``.
+        Squared L2 only; an identity not enrolled raises InvalidArgumentError."""
+        v = self.verifier
+        if v.scoring != "l2":
+            raise InvalidArgumentError("claim compares squared L2 (scoring='l2')")
+        frame_limit, track_limit = v._pairwise_limit(far, threshold), v._pairwise_track_limit(far, threshold)
+        try:
+            enrolled = v.gallery.embeddings(identity).vectors.astype(np.float64)
+        except KeyError:
+            raise InvalidArgumentError(f"{identity!r} is not enrolled") from None
+        image, found = v.faces(frame, color)
+        self.frame_index += 1
+        face = max(found, key=lambda d: (d.box[2] - d.box[0]) * (d.box[3] - d.box[1]), default=None)
+        if face is None or (v.liveness is not None and not v.liveness(image, face)):
+            none = np.zeros((0, v.embedder.embedding_dim), np.float32)
+            self.tracker.update(np.zeros((0, 4)), none, none, [])
+            self._forget_ended()
+            return Verification(False, math.inf, frame_limit, reason="no_face" if face is None else NOT_LIVE)
+        mu, sigma_sq = v.embed_with_uncertainty(image, [face])
+        quality = None if sigma_sq is None else float(pfe.quality(sigma_sq)[0])
+        usable = v._quality_ok(quality)
+        track = self.tracker.update(np.array([face.box]), mu, np.ones_like(mu) if sigma_sq is None else sigma_sq, [usable])[0]
+        self._forget_ended()
+        if track.mu is None:
+            return Verification(False, math.inf, frame_limit, reason=LOW_QUALITY)
+        if usable:
+            alone = float(((enrolled - mu[0]) ** 2).sum(1).min())
+            self._votes.setdefault(track.id, deque(maxlen=self.n)).append(identity if alone <= frame_limit else None)
+        distance = float(((enrolled - track.mu.astype(np.float64)) ** 2).sum(1).min())
+        limit = track_limit if track.frames > 1 else frame_limit
+        return Verification(distance <= limit and self._agree(track.id, identity), distance, limit)
 
     def _agree(self, track_id: int, name: str | None) -> bool:
         votes = self._votes.get(track_id, ())

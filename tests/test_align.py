@@ -278,3 +278,40 @@ def test_invalid_input(image, landmarks, kwargs, error, match) -> None:
         landmarks = points + 2000  # the whole face far right of the image
     with pytest.raises(error, match=match):
         align(image, landmarks, **{"scheme": "dlib5", **kwargs})
+
+
+# --- the C++ sampler and the chip cut from BGR ----------------------------------------------------
+
+
+def test_kernel_samples_as_its_numpy_reference() -> None:
+    """sdk._kernels.sample_chip against align's numpy reference, pixel for pixel, on random maps
+    (turned, scaled, partly or wholly outside the image, odd sizes and channel counts)."""
+    from sdk.align import _sample_chip, _sample_numpy
+
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        h, w = rng.integers(2, 120, 2)
+        channels = int(rng.choice([1, 3, 4]))
+        image = rng.integers(0, 256, (h, w, channels), dtype=np.uint8)
+        n, angle, scale = int(rng.integers(2, 100)), rng.uniform(-np.pi, np.pi), rng.uniform(0.1, 3)
+        mx = (scale * np.cos(angle), -scale * np.sin(angle), rng.uniform(-40, w + 40))
+        my = (scale * np.sin(angle), scale * np.cos(angle), rng.uniform(-40, h + 40))
+        np.testing.assert_array_equal(_sample_chip(image, mx, my, n), _sample_numpy(image, mx, my, n))
+
+
+def test_cut_from_bgr_is_the_rgb_chip() -> None:
+    """chips.cut samples the BGR frame and reverses the chip's channels: byte for byte the chip
+    of the RGB frame (the whole frame is never converted)."""
+    from sdk.chips import cut, face_chips
+    from sdk.detect import make_detection
+
+    image, landmarks = synthetic_face()
+    landmarks = landmarks.astype(np.float32)  # as a Detection holds them
+    rgb_chip = align_dlib5(np.ascontiguousarray(image[:, :, ::-1]), landmarks)
+    chip = cut(image, landmarks, "dlib5")
+    np.testing.assert_array_equal(chip, rgb_chip)
+    assert chip.flags.c_contiguous
+    face = make_detection(np.array([0, 0, 10, 10]), 1.0, landmarks, "dlib5")
+    np.testing.assert_array_equal(face_chips(image, [face, face]), np.stack([rgb_chip, rgb_chip]))
+    with pytest.raises(ValueError, match="BGR uint8 HxWx3"):
+        cut(image[:, :, 0], landmarks, "dlib5")

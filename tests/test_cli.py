@@ -103,7 +103,9 @@ def test_enroll_match_verify_identify_gallery_commands(data, default_onnx, tmp_p
     assert cli.main(["gallery", "import", str(tmp_path / "g.npz"), *common]) == 0
     capsys.readouterr()
     assert cli.main(["gallery", "list", *common, "--json"]) == 0
-    assert json.loads(capsys.readouterr().out) == [{"identity": "Tony_Blair", "faces": 2}]
+    listed = json.loads(capsys.readouterr().out)
+    assert listed["identities"] == [{"identity": "Tony_Blair", "faces": 2}]
+    assert listed["operating_point"]["gallery_size"] == 2 and listed["threshold"] == listed["operating_point"]["threshold"]
 
 
 def test_a_gallery_is_read_only_where_it_exists_and_no_verb_makes_one_by_accident(data, default_onnx, tmp_path, capsys):
@@ -238,6 +240,8 @@ def test_every_verb_is_registered():
         "export onnx default", "export onnx pfe", "export onnx checkpoint", "export onnx check", "export int8",
         "export trt", "train", "train pfe features", "train pfe train", "train pfe evaluate", "train compare",
         "train crossval", "train bench-mining",
+        "serve", "site migrate", "site token create", "site token list", "site token revoke", "site sync", "site enroll",
+        "site bench identify", "site bench lag", "site bench scale",
     }  # fmt: skip
     assert expected <= {" ".join(v) for v in VERBS}
 

@@ -4,6 +4,7 @@ this CPU runs, on random and real faces; bad input; and Gallery(precision=...)."
 
 from __future__ import annotations
 
+import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -359,3 +360,30 @@ def test_verifier_with_an_int8_gallery_decides_as_float32(default_onnx, data, tm
     assert all(len(a) == 3 for a in answers["fp32"])  # three enrolled identities ranked per probe
     with pytest.raises(InvalidArgumentError, match="gallery_precision='fp32'"):
         Verifier(default_onnx, gallery=None, scoring="mls", gallery_precision="int8")
+
+
+def test_replica_batches_update_a_compressed_snapshot_as_float32(tmp_path: Path):
+    """Gallery.apply (a site replica's batch: adds and removes in one transaction) keeps a
+    compressed snapshot's rows and file ids in step, so its answers stay float32's."""
+    rng = np.random.default_rng(12)
+    vectors = unit(rng, 60, 32)
+    queries = vectors + 0.05 * unit(rng, 60, 32)
+    galleries = {p: Gallery(tmp_path / f"{p}.db", **MODEL, precision=p) for p in ("fp32", "int8")}
+    try:
+        for g in galleries.values():
+            g.add_many([f"p{i:02d}" for i in range(20)], vectors[:20])
+            g.search(queries[:1])  # a snapshot to update in place
+            g.apply([("add", "a", vectors[20:30], None, None), ("remove", "p03"),
+                     ("add", [f"q{i}" for i in range(30)], vectors[30:], None, None), ("remove", "p19")])  # fmt: skip
+        # Updated in place (no reload), with each row's id in the file.
+        snap = galleries["int8"]._snapshot
+        with sqlite3.connect(tmp_path / "int8.db") as db:
+            file_ids = [r[0] for r in db.execute("SELECT id FROM embeddings ORDER BY id")]
+        np.testing.assert_array_equal(snap.ids, file_ids)
+        (n1, d1), (n2, d2) = galleries["fp32"].search(queries, k=3), galleries["int8"].search(queries, k=3)
+        assert n1 == n2
+        np.testing.assert_array_equal(d1, d2)
+        assert galleries["int8"].within(queries, 0.3) == galleries["fp32"].within(queries, 0.3)
+    finally:
+        for g in galleries.values():
+            g.close()

@@ -16,13 +16,14 @@ import pytest
 
 from conftest import REPO
 
-OURS = ("sdk", "evaluate", "train", "export", "cli")
+OURS = ("sdk", "evaluate", "train", "export", "site_server", "cli")
 # package -> the packages of ours it may import (itself included)
 ALLOWED = {
     "sdk": {"sdk"},
     "evaluate": {"sdk", "evaluate"},
     "train": {"sdk", "evaluate", "train"},
     "export": {"sdk", "evaluate", "train", "export"},
+    "site_server": {"sdk", "site_server"},  # the site's server: on the runtime, under the CLI
     "cli": set(OURS),
 }
 # `python -m` shims: run as scripts, never imported, so they may call the CLI on top.

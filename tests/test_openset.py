@@ -70,6 +70,50 @@ def test_thresholds_fall_with_n_and_rise_with_fpir(slice_):
         assert table["0.03"][n] <= table["0.1"][n] <= table["0.3"][n]
 
 
+def test_pairs_and_fused_searches_equal_a_brute_force_count(slice_):
+    """N = 1 is every (search, enrolled face) pair; with probe_frames each search is the
+    normalised mean of that many of a person's images."""
+    embeddings, gallery, strangers = slice_
+    result = openset.one_to_n(embeddings, gallery, strangers, (1, len(gallery)), thresholds={"t": 0.12}, probe_frames=2)
+    g = np.stack([embeddings[p.images[0]] for p in gallery]).astype(np.float64)
+
+    def fused(images):
+        m = np.mean([embeddings[q].astype(np.float64) for q in images], axis=0)
+        return m / np.linalg.norm(m)
+
+    non = [fused(s.images[:2]) for s in strangers if len(s.images) >= 2]
+    mated = [(i, fused(p.images[1:3])) for i, p in enumerate(gallery) if len(p.images) >= 3]
+    assert result["nonmated_searches"] == len(non) and result["probe_frames"] == 2
+    pairs = [((g - q) ** 2).sum(1) for q in non]
+    assert result["sizes"][1]["at"]["t"]["fpir"] == pytest.approx(np.mean(np.concatenate(pairs) <= 0.12), abs=1e-6)
+    own = [((g[i] - q) ** 2).sum() for i, q in mated]
+    assert result["sizes"][1]["at"]["t"]["fnir"] == pytest.approx(np.mean(np.array(own) > 0.12), abs=1e-6)
+    nearest = [d.min() for d in pairs]
+    assert result["sizes"][len(gallery)]["at"]["t"]["fpir"] == pytest.approx(np.mean(np.array(nearest) <= 0.12), abs=1e-6)
+
+
+def test_the_default_verifier_decides_at_the_default_fpir(default_onnx):
+    """The default model carries FPIR tables for frames and for tracks; a Verifier without far or
+    threshold follows them, counting enrolled faces."""
+    from sdk.dlib_onnx import FPIR_TABLES
+    from sdk.verifier import DEFAULT_FPIR
+
+    frames, tracks = FPIR_TABLES["fpir_threshold_table"]["0.001"], FPIR_TABLES["fpir_track_threshold_table"]["0.001"]
+    with Verifier(default_onnx, detector="yunet", gallery=None) as v:
+        assert v.fpir == DEFAULT_FPIR == 1e-3
+        assert v.threshold == pytest.approx(frames["1"])  # empty: one face's pairwise FPIR
+        assert v.operating_point(track=True)["threshold"] == pytest.approx(tracks["1"])
+        rng = np.random.default_rng(1)
+        vectors = rng.normal(size=(300, v.embedder.embedding_dim)).astype(np.float32)
+        names = [f"p{i // 3}" for i in range(300)]  # 100 people, 3 faces each: N counts 300 faces
+        v.gallery.add_many(names, vectors / np.linalg.norm(vectors, axis=1, keepdims=True))
+        assert v.operating_point()["gallery_size"] == 300
+        assert v.threshold == pytest.approx(frames["300"])
+        assert v.operating_point(track=True)["threshold"] == pytest.approx(tracks["300"])
+    with Verifier(default_onnx, detector="yunet", gallery=None, far=1e-3) as v:  # fixed, pairwise
+        assert v.fpir is None and v.threshold == v.threshold_for(1e-3)
+
+
 def test_det_plot_is_written(slice_, tmp_path):
     embeddings, gallery, strangers = slice_
     result = openset.one_to_n(embeddings, gallery, strangers, (50,))
@@ -132,9 +176,16 @@ def test_the_threshold_follows_the_gallery_size(fpir_model, caplog):
         Verifier(fpir_model, detector="yunet", gallery=None, fpir=0.01, far=1e-3)
 
 
-def test_without_a_table_fpir_says_how_to_get_one(default_onnx):
+def test_without_a_table_fpir_says_how_to_get_one(default_onnx, tmp_path):
+    from sdk.embed import FRAME_TABLES, TRACK_TABLES, set_metadata
+
+    model = tmp_path / "model.onnx"
+    model.write_bytes(default_onnx.read_bytes())
+    set_metadata(model, **{key: None for key in FRAME_TABLES + TRACK_TABLES})
     with pytest.raises(FaceSDKError, match="facesdk eval fpir --write"):
-        Verifier(default_onnx, detector="yunet", gallery=None, fpir=0.01)
+        Verifier(model, detector="yunet", gallery=None, fpir=0.01)
+    with Verifier(model, detector="yunet", gallery=None) as v:  # no table: the pairwise threshold
+        assert v.fpir is None and v.threshold == v.threshold_for(None)
 
 
 def test_a_claim_is_accepted_for_the_right_person_and_refused_for_another(fpir_model, data):
@@ -163,3 +214,18 @@ def test_claim_and_gallery_list_on_the_command_line(fpir_model, data, tmp_path, 
     assert cli.main(["gallery", "list", "--fpir", "0.01", *common]) == 0
     out = capsys.readouterr().out
     assert "operating point at N = 1: threshold 0.1200" in out and "expected FNIR 30.0%" in out
+
+
+def test_flip_averaging_is_the_same_for_a_face_and_its_mirror(default_onnx, data):
+    import cv2
+
+    from sdk.embed import OnnxEmbedder
+
+    image = cv2.imread(str(lfw_image(data, "Tony_Blair", 1)))
+    chips = np.stack([image[50:200, 50:200], image[40:190, 60:210]])
+    flip = openset.FlipAveraged(OnnxEmbedder(default_onnx))
+    e, mirrored = flip.embed(chips), flip.embed(np.ascontiguousarray(chips[:, :, ::-1]))
+    np.testing.assert_allclose(np.linalg.norm(e, axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(e, mirrored, atol=1e-5)
+    plain = flip.embedder.embed(chips)
+    assert ((plain - e) ** 2).sum(1).max() > 1e-4  # it is not the plain embedding

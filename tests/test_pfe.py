@@ -241,7 +241,8 @@ def test_a_pfe_model_scores_by_l2_unless_asked_and_carries_its_calibration(pfe_o
     meta = OnnxEmbedder(pfe_onnx).metadata
     with Verifier(pfe_onnx, detector="yunet", gallery=None) as v:
         assert v.has_uncertainty and v.scoring == "l2" and v.info()["scoring"] == "l2"
-        assert v.threshold == float(meta["threshold"])  # the squared-L2 threshold of mu
+        assert v.threshold_for(None) == float(meta["threshold"])  # the squared-L2 threshold of mu
+        assert v.fpir == 1e-3 and v.threshold == v.operating_point()["threshold"]  # 1:N: mu's FPIR table
     # MLS thresholds and the quality table were calibrated on real faces and stored in the file.
     table = {float(k): v for k, v in json.loads(meta["mls_threshold_table"]).items()}
     assert sorted(table) == [1e-5, 1e-4, 1e-3, 1e-2, 1e-1]

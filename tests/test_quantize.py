@@ -28,6 +28,9 @@ CALIBRATION_FACES = 16  # tiny on purpose: the real run uses 512
 # 16-face calibration: min 0.9935, mean 0.998 (512 faces: min 0.991, mean 0.9994 over the 1,549
 # LFW DevTest faces).
 MIN_COSINE = 0.985
+# The same for the CPU variant (uint8 asymmetric, 16-face calibration, these 8 faces): min 0.9940,
+# mean 0.9988 (512 faces: mean 0.99971, min 0.99751 on 64 LFW faces).
+MIN_COSINE_CPU = 0.99
 
 
 @pytest.fixture(scope="module")
@@ -235,6 +238,63 @@ def test_cli_int8_minmax_quantising_every_layer(
     fp32 = OnnxEmbedder(default_onnx, threads=2).embed(lfw_chips)
     int8 = OnnxEmbedder(out, threads=2).embed(lfw_chips)
     assert (fp32 * int8).sum(axis=1).min() > MIN_COSINE
+
+
+# --- the CPU variant (uint8 asymmetric activations, ReLUs fused) -------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cpu_int8_path(default_onnx: Path, celeba: Path, tmp_path_factory) -> Path:
+    """Through the command line, as a user makes it."""
+    out = tmp_path_factory.mktemp("int8cpu") / "dlib_resnet_v1.int8-cpu.onnx"
+    argv = ["export", "int8", str(default_onnx), "-o", str(out), "--cpu", "--count", str(CALIBRATION_FACES)]
+    assert facesdk([*argv, "--data", str(celeba)]) == 0
+    return out
+
+
+def test_cpu_variant_says_what_it_is(default_onnx: Path, cpu_int8_path: Path) -> None:
+    fp32_meta = {p.key: p.value for p in onnx.load_model(default_onnx).metadata_props}
+    embedder = OnnxEmbedder(cpu_int8_path, threads=2)
+    meta = embedder.metadata
+    assert {k: meta[k] for k in fp32_meta} == fp32_meta
+    assert meta["precision"] == "int8-cpu"  # the gallery keeps its network apart from TensorRT's int8
+    record = json.loads(meta["quantization"])
+    assert record["target"] == "cpu" and record["activations"].startswith("uint8 asymmetric")
+    model = onnx.load_model(cpu_int8_path)
+    fc = next(n for n in model.graph.node if n.op_type == "MatMul")
+    assert record["excluded_nodes"] == [fc.name]  # the first conv is quantised: uint8 pixels fit
+    _, initializers = _graph_maps(model)
+    zero_points = [initializers[n.input[2]] for n in model.graph.node if n.op_type == "QuantizeLinear"]
+    assert zero_points and all(z.data_type == onnx.TensorProto.UINT8 for z in zero_points)
+    assert not any(n.op_type == "Relu" for n in model.graph.node)  # folded into the Q before each
+
+
+def test_cpu_variant_fuses_convs_adds_and_relus(cpu_int8_path: Path, tmp_path: Path) -> None:
+    """All 29 convs and 14 residual Adds run as integer kernels and no ReLU runs in float."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    options.log_severity_level = 3
+    ort.InferenceSession(str(cpu_int8_path), options, providers=["CPUExecutionProvider"])
+    ops = [n.op_type for n in onnx.load_model(tmp_path / "optimized.onnx").graph.node]
+    assert ops.count("QLinearConv") == 29 and ops.count("QLinearAdd") == 14
+    assert "Relu" not in ops and "Conv" not in ops and "Add" not in ops
+
+
+def test_cpu_variant_embeds_real_faces_like_fp32(default_onnx: Path, cpu_int8_path: Path, lfw_chips: np.ndarray) -> None:
+    fp32 = OnnxEmbedder(default_onnx, threads=2).embed(lfw_chips)
+    int8 = OnnxEmbedder(cpu_int8_path, threads=2).embed(lfw_chips)
+    np.testing.assert_allclose(np.linalg.norm(int8, axis=1), 1.0, atol=1e-5)
+    cosine = (fp32 * int8).sum(axis=1)
+    assert cosine.min() > MIN_COSINE_CPU and cosine.mean() > 0.997, cosine
+
+
+def test_tensorrt_refuses_the_cpu_variant(cpu_int8_path: Path) -> None:
+    from export.tensorrt import quantization_problems
+
+    problems = quantization_problems(onnx.load_model(cpu_int8_path))
+    assert problems and any("uint8" in p or "zero point" in p for p in problems)
 
 
 # --- errors ------------------------------------------------------------------------------------------

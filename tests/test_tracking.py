@@ -14,6 +14,7 @@ import pytest
 
 from evaluate.tracking import frame, lfw_path, stranger_frames_accepted
 from sdk import pfe
+from sdk.errors import InvalidArgumentError
 from sdk.verifier import Verifier
 
 ENROLLED = ["Jacques_Chirac", "Kofi_Annan", "Julie_Gerberding"]
@@ -180,3 +181,21 @@ def test_held_out_strangers_are_never_accepted_as_the_person_before_them(v, data
     assert got["accepted_as_previous"] == 0
     # A stranger's new track is decided as a photo is: never more accepted than still images.
     assert got["accepted_as_anyone"] <= got["still_image_accepted"]
+
+
+def test_a_claim_over_a_track_accepts_the_person_and_never_the_stranger_after_the_cut(v, data):
+    """1:1 against a badge's identity, decided on the fused track of the largest face."""
+    enrolled = ENROLLED[0]
+    stream = v.stream()
+    scenes = person(data, enrolled, range(4, 10)) + person(data, STRANGER, range(1, 7))
+    answers = [(name, stream.claim(image, enrolled)) for name, image in scenes]
+    theirs = [r for name, r in answers if name == enrolled]
+    strangers = [r for name, r in answers if name == STRANGER]
+    assert sum(r.same for r in theirs) >= len(theirs) // 2
+    assert not any(r.same for r in strangers)
+    # one frame: the pairwise threshold of a frame; a fused track: the track table's, at N = 1
+    assert theirs[0].threshold == v.threshold_for(None)
+    assert theirs[-1].threshold == pytest.approx(v._pairwise_track_limit(None, None)) != theirs[0].threshold
+    assert stream.claim(frame(None, 0, 0), enrolled).reason == "no_face"
+    with pytest.raises(InvalidArgumentError, match="not enrolled"):
+        stream.claim(scenes[0][1], "Nobody_Here")

@@ -154,7 +154,8 @@ def test_threshold_comes_from_the_model_or_says_how_to_get_one(default_onnx, tmp
 
     model = tmp_path / "model.onnx"
     model.write_bytes(default_onnx.read_bytes())
-    set_metadata(model, threshold=None, threshold_table=None)
+    no_fpir = {key: None for key in ("fpir_threshold_table", "fpir_fnir_table", "fpir_track_threshold_table", "fpir_track_fnir_table")}
+    set_metadata(model, threshold=None, threshold_table=None, **no_fpir)
     with pytest.raises(FaceSDKError, match="facesdk calibrate"):
         Verifier(model, detector="yunet", gallery=None)
     set_metadata(model, threshold="0.2", threshold_table='{"0.001": 0.2, "0.0001": 0.15}')

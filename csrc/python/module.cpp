@@ -295,6 +295,24 @@ py::array_t<double> shape_predict(const Array<std::uint8_t>& image, const std::v
   return out;
 }
 
+// dlib's bilinear sampling of an n x n chip through the affine map (mx; my).
+py::array_t<std::uint8_t> sample_chip(const Array<std::uint8_t>& image, const std::vector<double>& mx,
+                                      const std::vector<double>& my, std::size_t n) {
+  if (image.ndim() != 3 || image.shape(0) < 1 || image.shape(1) < 1 || image.shape(2) < 1)
+    throw py::value_error("image must be a non-empty HxWxC uint8 array");
+  if (mx.size() != 3 || my.size() != 3) throw py::value_error("mx and my must hold 3 coefficients each");
+  if (n < 1 || n > 65536) throw py::value_error("chip size must be in [1, 65536]");
+  const auto channels = std::size_t(image.shape(2));
+  py::array_t<std::uint8_t> out({py::ssize_t(n), py::ssize_t(n), py::ssize_t(channels)});
+  std::uint8_t* o = out.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    facesdk::sample_chip(image.data(), std::size_t(image.shape(0)), std::size_t(image.shape(1)), channels,
+                         mx.data(), my.data(), n, o);
+  }
+  return out;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_kernels, m) {
@@ -319,6 +337,7 @@ PYBIND11_MODULE(_kernels, m) {
   m.attr("MLS_MAX_VARIANCE") = facesdk::kMlsMaxVariance;
   m.def("shape_predict", &shape_predict, py::arg("image"), py::arg("box"), py::arg("initial"), py::arg("anchors"),
         py::arg("deltas"), py::arg("split_a"), py::arg("split_b"), py::arg("thresholds"), py::arg("leaves"));
+  m.def("sample_chip", &sample_chip, py::arg("image"), py::arg("mx"), py::arg("my"), py::arg("n"));
   m.def("isa", &facesdk::isa);
   m.def("available_isas", &facesdk::available_isas);
   m.def("set_isa", &facesdk::set_isa, py::arg("name"));

@@ -188,6 +188,16 @@ struct ShapeModelView {
 void shape_predict(const ShapeModelView& model, const std::uint8_t* image, std::size_t rows,
                    std::size_t cols, std::size_t channels, const double box[4], double* out);
 
+// ---- Face chips: dlib's bilinear sampling (extract_image_chip) ----
+//
+// Fills the chip out [n x n x channels] from image [rows x cols x channels]
+// (uint8, row-major, contiguous): chip pixel (c, r) samples image point
+// x = mx[0] c + mx[1] r + mx[2], y = my[0] c + my[1] r + my[2], bilinear in
+// double, truncated to uint8, and is 0 unless its 4 neighbours lie inside the
+// image. Bit-exact with dlib's transform_image for the same map (sdk/align.py).
+void sample_chip(const std::uint8_t* image, std::size_t rows, std::size_t cols, std::size_t channels,
+                 const double mx[3], const double my[3], std::size_t n, std::uint8_t* out);
+
 // Instruction set of the distance and MLS kernels: "avx512", "avx2" or "generic",
 // chosen at load time as the best the CPU supports (the environment variable
 // FACESDK_ISA overrides it). set_isa throws for a name this CPU cannot run.
