@@ -68,6 +68,13 @@ Matching
     of the whole gallery after an enrolment here; a change made by another connection is
     read by a reload.
 
+    ``precision="fp16"|"int8"`` keeps the snapshot's rows compressed (:func:`sdk.kernels.compress`:
+    264 or 140 bytes per 128-D row instead of 512) with each row's id in the file; a search scans
+    them and reads the few candidate rows back from the file, which always keeps float32, so its
+    answers are exactly float32's (``docs/compressed_galleries.md``). A row read back must still
+    compress to the snapshot's codes, else (another connection removed it) the search starts
+    again on a fresh snapshot.
+
     :meth:`Gallery.search_mls` does the same with the mutual likelihood score of
     Probabilistic Face Embeddings (highest first, :func:`sdk.pfe.mls_topk`) over the
     stored ``sigma_sq``; :meth:`Gallery.within_mls` is :meth:`within` for MLS. Both
@@ -433,7 +440,9 @@ class Gallery:
     ``path=None`` (or ``":memory:"``) keeps the gallery in memory (tests, tools).
     Opening an existing file checks it and raises :class:`GalleryError` (corrupt,
     foreign, newer schema) or :class:`ModelMismatchError` (another model, version or dim).
-    Thread-safe; usable as a context manager (closes on exit).
+    ``precision`` ("fp32", "fp16", "int8") is the in-memory rows' format (the file keeps float32;
+    decisions are float32's at every precision). Thread-safe; usable as a context manager
+    (closes on exit).
     """
 
     def __init__(
