@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +42,7 @@ import onnx
 import torch
 from torch import nn
 
-from export.onnx import OPSET
+from export.onnx import torchscript_proto
 from sdk.embed import save_model_atomic
 from sdk.liveness import DEFAULT_MODELS, INPUT_NAME, OUTPUT_NAME, check_metadata
 
@@ -233,26 +232,7 @@ def export_model(pth: str | os.PathLike[str], path: str | os.PathLike[str], *, n
     size = model.input_size
     graph = Probabilities(model).eval()
     example = torch.zeros(2, 3, size, size)  # batch 2: no size-1 batch baked in
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.export.tmp")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        with warnings.catch_warnings():
-            # The TorchScript exporter on purpose, as export.onnx: the dynamo one needs onnxscript.
-            warnings.filterwarnings("ignore", "You are using the legacy TorchScript", DeprecationWarning)
-            warnings.filterwarnings("ignore", "The feature will be removed", DeprecationWarning)
-            torch.onnx.export(
-                graph,
-                (example,),
-                tmp,
-                dynamo=False,
-                opset_version=OPSET,
-                input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME],
-                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
-            )
-        proto = onnx.load_model(tmp)
-    finally:
-        tmp.unlink(missing_ok=True)
+    proto = torchscript_proto(graph, example, path, INPUT_NAME, [OUTPUT_NAME])
     meta = {
         "model_name": name,
         "crop_scale": f"{scale:g}",

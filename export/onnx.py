@@ -116,28 +116,7 @@ def export_onnx(
     if pfe and (len(out) != 2 or out[1].shape != out[0].shape):
         raise ValueError(f"a PFE model returns (embedding, sigma_sq) of one shape, got {[tuple(o.shape) for o in out]}")
     outputs = [OUTPUT_NAME, SIGMA_SQ_NAME] if pfe else [OUTPUT_NAME]
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.export.tmp")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        with warnings.catch_warnings():
-            # The TorchScript exporter on purpose: the dynamo one needs onnxscript, not a dependency.
-            warnings.filterwarnings("ignore", "You are using the legacy TorchScript", DeprecationWarning)
-            warnings.filterwarnings("ignore", "The feature will be removed", DeprecationWarning)
-            # dlib's end-of-dims zero pads export as constant subgraphs that ONNX Runtime folds at load.
-            warnings.filterwarnings("ignore", "Constant folding - Only steps=1", UserWarning)
-            torch.onnx.export(
-                graph,
-                (example,),
-                tmp,
-                dynamo=False,
-                opset_version=OPSET,
-                input_names=[INPUT_NAME],
-                output_names=outputs,
-                dynamic_axes={INPUT_NAME: {0: "batch"}, **{name: {0: "batch"} for name in outputs}},
-            )
-        proto = onnx.load_model(tmp)
-    finally:
-        tmp.unlink(missing_ok=True)
+    proto = torchscript_proto(graph, example, path, INPUT_NAME, outputs)
     meta = {
         "model_name": name,
         "model_version": version,
@@ -157,6 +136,34 @@ def export_onnx(
     onnx.checker.check_model(proto, full_check=True)
     save_model_atomic(proto, path)
     return path
+
+
+def torchscript_proto(graph: torch.nn.Module, example: torch.Tensor, path: Path, input_name: str,
+                      outputs: list[str]) -> onnx.ModelProto:  # fmt: skip
+    """``graph`` traced on ``example`` as an ONNX proto, its batch dimension dynamic (a temporary
+    file beside ``path``, removed whatever happens)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.export.tmp")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with warnings.catch_warnings():
+            # The TorchScript exporter on purpose: the dynamo one needs onnxscript, not a dependency.
+            warnings.filterwarnings("ignore", "You are using the legacy TorchScript", DeprecationWarning)
+            warnings.filterwarnings("ignore", "The feature will be removed", DeprecationWarning)
+            # dlib's end-of-dims zero pads export as constant subgraphs that ONNX Runtime folds at load.
+            warnings.filterwarnings("ignore", "Constant folding - Only steps=1", UserWarning)
+            torch.onnx.export(
+                graph,
+                (example,),
+                tmp,
+                dynamo=False,
+                opset_version=OPSET,
+                input_names=[input_name],
+                output_names=outputs,
+                dynamic_axes={input_name: {0: "batch"}, **{name: {0: "batch"} for name in outputs}},
+            )
+        return onnx.load_model(tmp)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def export_dlib_default(path: str | os.PathLike[str] | None = None) -> Path:
