@@ -73,7 +73,7 @@ def register(sub) -> None:
     m = verbs.add_parser("minifasnet", help="the liveness models (MiniFASNet V2, V1SE) from their .pth files (needs torch)")
     m.add_argument("--from", dest="source", type=Path, default=None,
                    help="folder of the original .pth files (default $FACESDK_MODELS/minifasnet)")  # fmt: skip
-    m.add_argument("-o", "--output", type=Path, default=None, help="folder to write to (default: the package's sdk/models)")
+    m.add_argument("-o", "--output", type=Path, default=None, help="folder to write to (default $FACESDK_HOME/models, where the runtime looks)")
     m.set_defaults(run=minifasnet_cmd)
 
 
@@ -168,9 +168,10 @@ def trt_cmd(args: argparse.Namespace) -> int:
 
 def minifasnet_cmd(args: argparse.Namespace) -> int:
     from export.minifasnet import export_minifasnet
-    from sdk.paths import models_dir, package_file
+    from sdk.paths import home, models_dir, private_dir
 
     source = args.source or models_dir() / "minifasnet"
-    for path in export_minifasnet(source, args.output or package_file("")):
+    out = args.output or private_dir(home()) / "models"
+    for path in export_minifasnet(source, out):
         print(f"wrote {path}")
     return 0

@@ -49,6 +49,7 @@ def install_cmd(args: argparse.Namespace) -> int:
 def list_cmd(args: argparse.Namespace) -> int:
     from sdk.detect import DEFAULT_YUNET
     from sdk.embed import default_model_path, default_pfe_model_path
+    from sdk.liveness import default_model_paths
     from sdk.paths import home, models_dir, package_file
 
     rows = [
@@ -57,6 +58,7 @@ def list_cmd(args: argparse.Namespace) -> int:
         ("PFE model", default_pfe_model_path()),
         ("optional models ($FACESDK_MODELS)", models_dir()),
         ("YuNet detector (packaged)", package_file(DEFAULT_YUNET)),
+        *(("liveness (export minifasnet)", path) for path in default_model_paths()),
     ]
     for label, path in rows:
         print(f"{label:<34} {'present' if path.exists() else 'missing':<8} {path}")

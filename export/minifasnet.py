@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -252,14 +253,17 @@ def export_model(pth: str | os.PathLike[str], path: str | os.PathLike[str], *, n
 
 
 def export_minifasnet(source: str | os.PathLike[str], out_dir: str | os.PathLike[str]) -> list[Path]:
-    """Both shipped models from the folder ``source`` holding the original ``.pth`` files, into
-    ``out_dir`` under the names the runtime loads (``sdk.liveness.DEFAULT_MODELS``)."""
+    """Both models from the folder ``source`` holding the original ``.pth`` files, into ``out_dir``
+    under the names the runtime loads (``sdk.liveness.DEFAULT_MODELS``), with their licence."""
     source, out_dir = Path(source), Path(out_dir)
     written = []
     for pth, (name, scale) in SOURCES.items():
         if not (source / pth).is_file():
             raise FileNotFoundError(f"{source / pth} not found (the MiniFASNet weights, see ../shared/notes/minifasnet.md)")
         written.append(export_model(source / pth, out_dir / DEFAULT_MODELS[name], name=name, scale=scale))
+    if (source / "LICENSE").is_file():  # Apache-2.0: the licence travels with the weights
+        shutil.copyfile(source / "LICENSE", out_dir / "LICENSE-minifasnet")
+        written.append(out_dir / "LICENSE-minifasnet")
     return written
 
 

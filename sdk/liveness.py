@@ -1,13 +1,13 @@
 """Presentation-attack detection (liveness) from one frame: MiniFASNet V2 + V1SE on ONNX Runtime.
 
-    live = sdk.liveness.MiniFASNet()        # the two packaged models
+    live = sdk.liveness.MiniFASNet()        # the two models `facesdk export minifasnet` wrote
     live.score(frame_bgr, detection)        # probability the face is live, 0..1
     live(frame_bgr, detection)              # score >= live.threshold: the Verifier's hook
     sdk.Verifier(liveness="minifasnet")     # the same, by name (LIVENESS)
 
-The models are Minivision's Silent-Face-Anti-Spoofing (Apache-2.0, licence in
-``sdk/models/LICENSE-minifasnet``), converted by our own exporter (``export/minifasnet.py``;
-``facesdk export minifasnet`` re-creates the files). Each sees the face at its own context: a
+The models are Minivision's Silent-Face-Anti-Spoofing (Apache-2.0, licence copied beside them as
+``LICENSE-minifasnet``), converted by our own exporter (``export/minifasnet.py``; ``facesdk
+export minifasnet`` writes the files into ``$FACESDK_HOME/models``). Each sees the face at its own context: a
 crop ``crop_scale`` times the face box (2.7 for V2, 4.0 for V1SE) around the box's centre,
 the scale reduced when the image cannot hold it, the crop shifted (never cut) to lie inside the
 image, resized to 80x80; BGR float32 0..255, channels first, neither scaled nor centred, as the
@@ -33,11 +33,12 @@ import numpy as np
 
 from sdk.detect import as_bgr
 from sdk.errors import BackendUnavailableError, InvalidArgumentError, InvalidImageError, InvalidModelError
-from sdk.paths import package_file
+from sdk.paths import home
 
 INPUT_NAME, OUTPUT_NAME = "crop", "probabilities"
 LIVE_CLASS, CLASSES = 1, 3
-# The packaged models, in the order their probabilities are summed.
+# The models' files in $FACESDK_HOME/models (`facesdk export minifasnet` writes them from the
+# original weights; 1.7 MB each, so not in the package), in the order their probabilities are summed.
 DEFAULT_MODELS = {
     "minifasnet_v2": "minifasnet_v2_2.7_80x80.onnx",
     "minifasnet_v1se": "minifasnet_v1se_4.0_80x80.onnx",
@@ -46,6 +47,19 @@ DEFAULT_MODELS = {
 # that a spoof probability split between the two spoof classes no longer lets live win below half.
 DEFAULT_THRESHOLD = 0.5
 _MAX_SCALE = 10.0  # a larger context than this is not a face crop: refuse such a file
+
+
+def default_model_paths(missing_ok: bool = True) -> list[Path]:
+    """Where the runtime looks for the MiniFASNet models; with ``missing_ok=False`` a missing one
+    raises InvalidModelError saying how to create them."""
+    paths = [home() / "models" / name for name in DEFAULT_MODELS.values()]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing and not missing_ok:
+        raise InvalidModelError(
+            f"liveness model not found: {', '.join(missing)}; create them once from MiniFASNet's weights with "
+            "`facesdk export minifasnet --from DIR` (needs torch: pip install 'facesdk[train]'), or pass models="
+        )
+    return paths
 
 
 def check_metadata(meta: dict[str, str], source: str) -> tuple[float, int]:
@@ -164,7 +178,8 @@ class LivenessModel:
 class MiniFASNet:
     """Liveness of a detected face from one frame (see the module doc).
 
-    models: liveness ONNX files (default: the two packaged ones); their probabilities are summed.
+    models: liveness ONNX files (default: the two in $FACESDK_HOME/models, see
+    :func:`default_model_paths`); their probabilities are summed.
     threshold: ``__call__`` answers live when ``score >= threshold`` (default DEFAULT_THRESHOLD).
     sha256: optional pins, one hex digest per model file (InvalidModelError on a mismatch).
     threads: ONNX Runtime intra-op threads per model (default 1: an 80x80 crop is too small to
@@ -182,7 +197,7 @@ class MiniFASNet:
         providers: Sequence[Any] | None = None,
         threads: int | None = 1,
     ) -> None:
-        paths = [package_file(f) for f in DEFAULT_MODELS.values()] if models is None else [Path(m) for m in models]
+        paths = default_model_paths(missing_ok=False) if models is None else [Path(m) for m in models]
         if not paths:
             raise InvalidArgumentError("MiniFASNet needs at least one model file")
         if sha256 is not None:

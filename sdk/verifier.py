@@ -9,8 +9,9 @@ return anyone (FPIR) at DEFAULT_FPIR for the gallery's size (``facesdk eval fpir
 
 Presentation-attack detection: pass ``liveness=callable(frame_bgr, detection) -> bool`` and
 faces it returns False for are reported with ``live=False``, never identified nor accepted.
-``liveness="minifasnet"`` uses the packaged MiniFASNet models (:mod:`sdk.liveness`). Off by
-default; the hook runs before embedding, so a vetoed face costs nothing else.
+``liveness="minifasnet"`` uses the MiniFASNet models (:mod:`sdk.liveness`, written once by
+``facesdk export minifasnet``). Off by default; the hook runs before embedding, so a vetoed face
+costs nothing else.
 
 Probabilistic Face Embeddings (a model with a ``sigma_sq`` output, see :mod:`sdk.pfe`):
 

@@ -124,3 +124,26 @@ def pfe_onnx(facesdk_home: Path, data: Path) -> Path:
     print(f"pfe_onnx: {model} built in {time.perf_counter() - start:.1f} s "
           f"({len(features)} chips of {len(features.paths)} images)")
     return model
+
+
+@pytest.fixture(scope="session")
+def liveness_models(facesdk_home: Path) -> list[Path]:
+    """MiniFASNet's two ONNX models exported once per session from the original weights (needs
+    torch and ../shared/models/minifasnet), at <home>/models/ where the runtime looks when
+    FACESDK_HOME=<home>."""
+    pytest.importorskip("torch")
+    from sdk.paths import models_dir
+
+    source = models_dir() / "minifasnet"
+    if not (source / "2.7_80x80_MiniFASNetV2.pth").is_file():
+        pytest.skip(f"MiniFASNet weights not found at {source} (set FACESDK_MODELS)")
+    from export.minifasnet import export_minifasnet
+
+    return [p for p in export_minifasnet(source, facesdk_home / "models") if p.suffix == ".onnx"]
+
+
+@pytest.fixture
+def liveness_home(liveness_models: list[Path], facesdk_home: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """FACESDK_HOME set to the session's home, where ``liveness_models`` are."""
+    monkeypatch.setenv("FACESDK_HOME", str(facesdk_home))
+    return facesdk_home

@@ -229,7 +229,7 @@ def test_liveness_is_voted_across_frames(verifier, clip):
     assert {e.decision for e in by_type(events, "track_ended")} == {"not_live"}
 
 
-def test_minifasnet_stops_a_photo_attack_and_lets_the_live_face_in(default_onnx):
+def test_minifasnet_stops_a_photo_attack_and_lets_the_live_face_in(default_onnx, liveness_models):
     """The real liveness model in the camera: MiniFASNet's own samples (a spoof, then a live face),
     both enrolled, so only liveness can stop the spoof."""
     from sdk.liveness import MiniFASNet
@@ -243,7 +243,7 @@ def test_minifasnet_stops_a_photo_attack_and_lets_the_live_face_in(default_onnx)
         v.enroll("spoofed", spoof, largest=True, force=True)
         v.enroll("live", live, largest=True, force=True)
         events: list[Event] = []
-        camera = Camera(v, "door", liveness=MiniFASNet(), sinks=[events.append])
+        camera = Camera(v, "door", liveness=MiniFASNet(liveness_models), sinks=[events.append])
         blank = np.full_like(spoof, 128)
         for image in [spoof] * 6 + [blank] * 12 + [live] * 6:
             camera.process(image)

