@@ -82,6 +82,8 @@ def runtime(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--scoring", choices=["l2", "mls"], default="l2", help="mls: PFE models only (see README)")
     p.add_argument("--min-quality", type=float, help="PFE models: refuse faces below this quality")
     p.add_argument("--model-sha256", help="refuse the model file unless its SHA-256 is this (hex)")
+    p.add_argument("--gallery-precision", choices=["fp32", "fp16", "int8"], default="fp32",
+                   help="the gallery's rows in memory (decisions are float32's either way; README, compressed galleries)")  # fmt: skip
     return p
 
 
@@ -114,6 +116,7 @@ def make_verifier(args: argparse.Namespace, gallery: str | None = "read"):
         scoring=args.scoring,
         min_quality=args.min_quality,
         model_sha256=args.model_sha256,
+        gallery_precision=args.gallery_precision,
     )
 
 

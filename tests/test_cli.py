@@ -92,6 +92,8 @@ def test_enroll_match_verify_identify_gallery_commands(data, default_onnx, tmp_p
     assert cli.main(["match", img("Tony_Blair", 6), *common, "--threshold", "0.19", "--json"]) == 0
     faces = json.loads(capsys.readouterr().out)
     assert any(f["identity"] == "Tony_Blair" and f["accepted"] for f in faces)
+    assert cli.main(["match", img("Tony_Blair", 6), *common, "--threshold", "0.19", "--json", "--gallery-precision", "int8"]) == 0
+    assert json.loads(capsys.readouterr().out) == faces  # an int8 gallery decides as float32
     with pytest.raises(SystemExit):  # exporting templates must be asked for by name
         cli.main(["gallery", "export", str(tmp_path / "g.npz"), *common])
     assert cli.main(["gallery", "export", str(tmp_path / "g.npz"), "--embeddings", *common]) == 0
