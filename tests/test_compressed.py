@@ -15,19 +15,11 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from sdk import kernels
+from test_kernels import isa  # noqa: F401 (the fixture: once per instruction set)
 from sdk.errors import GalleryError, InvalidArgumentError
 from sdk.gallery import Gallery
 
-ISAS = kernels.available_isas()
 COMPRESSED = ("fp16", "int8")
-
-
-@pytest.fixture(params=ISAS)
-def isa(request):
-    before = kernels.isa()
-    kernels.set_isa(request.param)
-    yield request.param
-    kernels.set_isa(before)
 
 
 @pytest.fixture(params=COMPRESSED)

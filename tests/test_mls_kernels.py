@@ -18,20 +18,12 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from conftest import REPO
+from test_kernels import isa  # noqa: F401 (the fixture: once per instruction set)
 from sdk import kernels
 
 ISAS = kernels.available_isas()
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 ULP = 2.0**-24  # float32 unit roundoff
-
-
-@pytest.fixture(params=ISAS)
-def isa(request):
-    """Runs a test once per instruction set, restoring the default after."""
-    before = kernels.isa()
-    kernels.set_isa(request.param)
-    yield request.param
-    kernels.set_isa(before)
 
 
 def mls_reference(q_mu, q_sigma_sq, g_mu, g_sigma_sq) -> tuple[np.ndarray, np.ndarray]:
