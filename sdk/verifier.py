@@ -233,6 +233,8 @@ class Verifier:
             if not math.isfinite(min_quality):
                 raise InvalidArgumentError(f"min_quality must be a finite number, got {min_quality}")
         self.min_quality = min_quality
+        # Every FPIR row of the track table, read once: 1:1 claims over a track use its N = 1 column.
+        self._track_table = fpir_table(meta, TRACK_TABLES[0], str(self.embedder.path)) if TRACK_TABLES[0] in meta else {}
         self.fpir = None
         if fpir is None and far is None and threshold is None and scoring == "l2" and self._has_fpir(DEFAULT_FPIR):
             fpir = DEFAULT_FPIR
@@ -787,11 +789,9 @@ class Verifier:
         else the pairwise threshold of one frame."""
         if threshold is None:
             rate = _number(far, "far") if far is not None else float(self.embedder.metadata.get("threshold_far", "nan"))
-            meta = self.embedder.metadata
-            if TRACK_TABLES[0] in meta and math.isfinite(rate):
-                for known, row in fpir_table(meta, TRACK_TABLES[0], str(self.embedder.path)).items():
-                    if 1 in row and math.isclose(known, rate, rel_tol=1e-6):
-                        return row[1]
+            for known, row in self._track_table.items():
+                if 1 in row and math.isclose(known, rate, rel_tol=1e-6):
+                    return row[1]
         return self._pairwise_limit(far, threshold)
 
     def _track_limit(self, far: float | None, threshold: float | None) -> float:
