@@ -42,8 +42,10 @@ def register(sub) -> None:
                    help="comma-separated: yunet, yunet+dlib5 (default both)")  # fmt: skip
     f.add_argument("--max-side", type=positive, default=160, help="YuNet's input side in the after rows (default 160)")
     f.add_argument("--images", type=positive, default=32, help="LFW frames (one face each)")
-    f.add_argument("--passes", type=positive, default=5, help="timed passes over the frames")
+    f.add_argument("--passes", type=positive, default=6, help="timed passes over the frames")
     f.add_argument("--gallery", type=positive, default=10_000, help="identities matched against (random unit vectors)")
+    f.add_argument("--gallery-precision", choices=["fp32", "fp16", "int8"], default="int8",
+                   help="the gallery's precision in the after rows (default int8; before: fp32)")  # fmt: skip
     f.add_argument("--threads", type=positive, help="onnxruntime intra-op threads of detector and embedder (default: its own)")
     f.add_argument("--cv2-threads", type=positive, help="cv2.setNumThreads for the run (default: OpenCV's, one per core)")
     f.add_argument("--json", type=Path, help="also write the figures to this JSON file")

@@ -1,19 +1,21 @@
 """``facesdk bench frame``: one single-face frame end to end, per stage, before and after.
 
     facesdk bench frame [--int8 M.int8-cpu.onnx] [--detector yunet,yunet+dlib5] [--max-side 160]
-                        [--images 32] [--passes 5] [--gallery 10000] [--threads N] [--cv2-threads N]
-                        [--json PATH]
+                        [--images 32] [--passes 6] [--gallery 10000] [--gallery-precision int8]
+                        [--threads N] [--cv2-threads N] [--json PATH]
 
 Each frame is a JPEG of a real LFW face (250x250), run as a door runs it: decode
 (``cv2.imdecode``), detect (YuNet), landmarks (dlib's 5-point predictor, for ``yunet+dlib5``),
 align (one 150 px chip), embed (batch 1), match (top-1 against a gallery of random unit
-vectors). Every pipeline runs on the same frames in the same run, interleaved frame by frame
-so that the load of a shared machine falls on all of them alike:
+vectors). Every pipeline runs on the same frames in the same run. A pipeline runs its frames one
+after another, as a door runs its one pipeline frame after frame; each pass runs every pipeline
+in turn, starting one further along, so that the load of a shared machine falls on all alike:
 
 * ``before``: YuNet at the frame's full size, the chip cut by the numpy sampler from the frame
-  converted to RGB (the SDK's path before the C++ sampler), the FP32 model;
-* ``after``: YuNet at ``--max-side``, the chip cut by the C++ sampler from the BGR frame, and
-  each model given (FP32, and the ``--int8`` file).
+  converted to RGB (the SDK's path before the C++ sampler), the FP32 model, a float32 gallery;
+* ``after``: YuNet at ``--max-side``, the chip cut by the C++ sampler from the BGR frame, each
+  model given (FP32, and the ``--int8`` file), the gallery in ``--gallery-precision`` (its
+  decisions are float32's: ``sdk.kernels.compress``).
 
 Per stage p50 (ms) and the whole frame's p50/p95, and the ratios before / after measured here.
 """
@@ -41,6 +43,7 @@ class Pipeline:
     max_side: int | None
     reference_align: bool  # the numpy sampler on the RGB frame (before)
     model: str  # model label, e.g. "fp32"
+    gallery_precision: str  # "fp32", "fp16" or "int8"
     run: Callable[[np.ndarray], dict[str, float]] | None = None
 
 
@@ -55,6 +58,7 @@ def _stage_runner(p: Pipeline, embedder: Any, gallery: np.ndarray, threads: int 
     yunet = YuNetDetector(max_side=p.max_side, threads=threads)
     dlib5 = YuNetDlib5Detector(yunet) if p.detector == "yunet+dlib5" else None
     scheme = DEFAULT_CHIP
+    compressed = None if p.gallery_precision == "fp32" else kernels.compress(gallery, p.gallery_precision)
 
     def frame(jpeg: np.ndarray) -> dict[str, float]:
         cpu0 = time.process_time()
@@ -77,7 +81,10 @@ def _stage_runner(p: Pipeline, embedder: Any, gallery: np.ndarray, threads: int 
         t4 = time.perf_counter()
         embedding = embedder.embed(chip[None])
         t5 = time.perf_counter()
-        kernels.topk(embedding, gallery, 1)
+        if compressed is None:
+            kernels.topk(embedding, gallery, 1)
+        else:
+            kernels.topk(embedding, compressed, 1, exact=gallery)
         t6 = time.perf_counter()
         times = (t0, t1, t2, t3, t4, t5, t6)
         out = {stage: (times[i + 1] - times[i]) * 1e3 for i, stage in enumerate(STAGES)}
@@ -90,14 +97,15 @@ def _stage_runner(p: Pipeline, embedder: Any, gallery: np.ndarray, threads: int 
     return frame
 
 
-def pipelines(detectors: list[str], max_side: int | None, models: list[str]) -> list[Pipeline]:
-    """Per detector: before (full-size YuNet, numpy cut, the first model) and after (each model)."""
+def pipelines(detectors: list[str], max_side: int | None, models: list[str], gallery_precision: str = "fp32") -> list[Pipeline]:
+    """Per detector: before (full-size YuNet, numpy cut, the first model, float32 gallery) and
+    after (each model, the gallery in ``gallery_precision``)."""
     out = []
     for d in detectors:
-        out.append(Pipeline(f"{d}: before, {models[0]}", d, None, True, models[0]))
+        out.append(Pipeline(f"{d}: before, {models[0]}", d, None, True, models[0], "fp32"))
         for m in models:
             side = f"max side {max_side}" if max_side else "full size"
-            out.append(Pipeline(f"{d}: after ({side}), {m}", d, max_side, False, m))
+            out.append(Pipeline(f"{d}: after ({side}), {m}", d, max_side, False, m, gallery_precision))
     return out
 
 
@@ -123,7 +131,7 @@ def bench_frame(args: argparse.Namespace) -> dict:
     models = list(embedders)
     dim = next(iter(embedders.values())).embedding_dim
     gallery = unit_rows(np.random.default_rng(1), args.gallery, dim)
-    runs = pipelines(args.detector, args.max_side, models)
+    runs = pipelines(args.detector, args.max_side, models, args.gallery_precision)
     for p in runs:
         p.run = _stage_runner(p, embedders[p.model], gallery, args.threads)
     paths, jpegs = lfw_jpegs(args.images)
@@ -140,9 +148,9 @@ def bench_frame(args: argparse.Namespace) -> dict:
         raise RuntimeError("no LFW frame where every pipeline finds a face")
     samples: dict[str, list[dict[str, float]]] = {p.label: [] for p in runs}
     print(f"  {len(runs)} pipelines x {len(keep)} frames x {args.passes} passes ...", file=sys.stderr, flush=True)
-    for _ in range(args.passes):
-        for jpeg in keep:
-            for p in runs:  # interleaved: load spikes hit every pipeline alike
+    for i in range(args.passes):
+        for p in runs[i % len(runs) :] + runs[: i % len(runs)]:
+            for jpeg in keep:
                 samples[p.label].append(p.run(jpeg))
     rows = []
     for p in runs:
@@ -153,6 +161,7 @@ def bench_frame(args: argparse.Namespace) -> dict:
             "max_side": p.max_side,
             "align": "numpy on the RGB frame" if p.reference_align else "C++ on the BGR frame",
             "model": p.model,
+            "gallery_precision": p.gallery_precision,
             "p50_ms": {k: float(np.percentile([x[k] for x in s], 50)) for k in (*STAGES, "total")},
             "p95_total_ms": float(np.percentile([x["total"] for x in s], 95)),
             "cpu_per_wall": float(np.sum([x["cpu"] for x in s]) / np.sum([x["total"] for x in s])),
@@ -191,8 +200,8 @@ def print_frame(result: dict) -> None:
     d = result["device"]
     print(f"device: {d['cpu']}, {d['cores']} cores [{' '.join(d['isa'])}]; onnxruntime {result['versions']['onnxruntime']}, "
           f"threads {result['threads'] or 'onnxruntime default'}, cv2 threads {result['cv2_threads']}")  # fmt: skip
-    print(f"{result['frames']} single-face LFW frames (250x250 JPEG) x {result['passes']} passes, pipelines interleaved; "
-          f"match: top-1 of {result['gallery']:,}; p50 ms per stage")  # fmt: skip
+    print(f"{result['frames']} single-face LFW frames (250x250 JPEG) x {result['passes']} passes; "
+          f"match: top-1 of {result['gallery']:,}; p50 ms per stage; each pipeline runs its frames in a row, as a door")  # fmt: skip
     width = max(len(r["label"]) for r in result["rows"])
     header = f"{'pipeline':<{width}} " + " ".join(f"{s:>9}" for s in STAGES) + f" {'frame p50':>9} {'p95':>7} {'cpu/wall':>8}"
     print(header)
@@ -207,5 +216,8 @@ def print_frame(result: dict) -> None:
     for x in result["ratios"]:
         cells = " ".join(f"{'-':>9}" if v is None else f"{v:8.2f}x" for v in x["by_stage"].values())
         print(f"{x['after']:<{width}} {cells}")
-    print("before: YuNet at full size, numpy cut of the RGB frame, FP32. cpu/wall: process CPU time over wall time.")
+    after = next((r for r in result["rows"] if r["align"].startswith("C++")), None)
+    gallery = f"; after: the gallery in {after['gallery_precision']} (float32's decisions)" if after else ""
+    print(f"before: YuNet at full size, numpy cut of the RGB frame, FP32, float32 gallery{gallery}.")
+    print("cpu/wall: process CPU time over wall time.")
     print("Shared, noisy machine: compare within one run.")

@@ -200,7 +200,7 @@ def test_frame_bench_before_and_after_per_stage(data, default_onnx, int8_onnx, t
         pytest.skip("LFW not found")
     out = tmp_path / "frame.json"
     argv = ["frame", "--model", str(default_onnx), "--int8", str(int8_onnx), "--images", "2", "--passes", "1",
-            "--gallery", "100", "--threads", "1", "--max-side", "160", "--json", str(out)]  # fmt: skip
+            "--gallery", "100", "--threads", "1", "--max-side", "160", "--gallery-precision", "fp16", "--json", str(out)]  # fmt: skip
     assert bench_main(argv) == 0
     result = json.loads(out.read_text())
     labels = [r["label"] for r in result["rows"]]
@@ -214,6 +214,7 @@ def test_frame_bench_before_and_after_per_stage(data, default_onnx, int8_onnx, t
             assert r["p50_ms"][stage] > 0, (r["label"], stage)
         assert (r["p50_ms"]["landmarks"] > 0.01) == (r["detector"] == "yunet+dlib5")
         assert r["p50_ms"]["total"] >= r["p50_ms"]["embed"] and r["cpu_per_wall"] > 0
+        assert r["gallery_precision"] == ("fp32" if "before" in r["label"] else "fp16")
     assert len(result["ratios"]) == 4 and all(x["by_stage"]["total"] > 0 for x in result["ratios"])
     printed = capsys.readouterr().out
     assert "speed-up, before / after" in printed and "cpu/wall" in printed
