@@ -44,6 +44,7 @@ class Pipeline:
     reference_align: bool  # the numpy sampler on the RGB frame (before)
     model: str  # model label, e.g. "fp32"
     gallery_precision: str  # "fp32", "fp16" or "int8"
+    verifier: bool = False  # the SDK's own call, sdk.Verifier.match, after the decode
     run: Callable[[np.ndarray], dict[str, float]] | None = None
 
 
@@ -97,15 +98,43 @@ def _stage_runner(p: Pipeline, embedder: Any, gallery: np.ndarray, threads: int 
     return frame
 
 
+def _verifier_runner(p: Pipeline, model: Path, gallery: np.ndarray, threads: int | None) -> Callable:
+    """Decode, then ``sdk.Verifier.match``: the call a door makes, stages not split."""
+    import cv2
+
+    import sdk
+    from sdk.detect import detector_from
+
+    verifier = sdk.Verifier(model, detector=detector_from(p.detector, p.max_side), gallery=None, threads=threads,
+                            gallery_precision=p.gallery_precision)  # fmt: skip
+    verifier.gallery.add_many([f"person {i}" for i in range(len(gallery))], gallery)
+
+    def frame(jpeg: np.ndarray) -> dict[str, float | None]:
+        cpu0 = time.process_time()
+        t0 = time.perf_counter()
+        image = cv2.imdecode(jpeg, cv2.IMREAD_COLOR)
+        t1 = time.perf_counter()
+        if len(verifier.match(image)) != 1:
+            raise RuntimeError(f"{p.label}: not a single-face frame")
+        t2 = time.perf_counter()
+        out: dict[str, float | None] = {stage: None for stage in STAGES}
+        out.update(decode=(t1 - t0) * 1e3, total=(t2 - t0) * 1e3, cpu=(time.process_time() - cpu0) * 1e3)
+        return out
+
+    return frame
+
+
 def pipelines(detectors: list[str], max_side: int | None, models: list[str], gallery_precision: str = "fp32") -> list[Pipeline]:
-    """Per detector: before (full-size YuNet, numpy cut, the first model, float32 gallery) and
-    after (each model, the gallery in ``gallery_precision``)."""
+    """Per detector: before (full-size YuNet, numpy cut, the first model, float32 gallery), after
+    (each model, the gallery in ``gallery_precision``) and ``sdk.Verifier.match`` configured as
+    the last after row."""
     out = []
+    side = f"max side {max_side}" if max_side else "full size"
     for d in detectors:
         out.append(Pipeline(f"{d}: before, {models[0]}", d, None, True, models[0], "fp32"))
         for m in models:
-            side = f"max side {max_side}" if max_side else "full size"
             out.append(Pipeline(f"{d}: after ({side}), {m}", d, max_side, False, m, gallery_precision))
+        out.append(Pipeline(f"{d}: Verifier.match ({side}), {models[-1]}", d, max_side, False, models[-1], gallery_precision, True))
     return out
 
 
@@ -133,9 +162,12 @@ def bench_frame(args: argparse.Namespace) -> dict:
     gallery = unit_rows(np.random.default_rng(1), args.gallery, dim)
     runs = pipelines(args.detector, args.max_side, models, args.gallery_precision)
     for p in runs:
-        p.run = _stage_runner(p, embedders[p.model], gallery, args.threads)
+        if p.verifier:
+            p.run = _verifier_runner(p, model_paths[p.model], gallery, args.threads)
+        else:
+            p.run = _stage_runner(p, embedders[p.model], gallery, args.threads)
     paths, jpegs = lfw_jpegs(args.images)
-    # Frames where every pipeline finds a face (a frame without one would skip stages).
+    # Single-face frames: every pipeline finds a face, and the Verifier exactly one.
     keep = []
     for jpeg in jpegs:
         try:
@@ -145,7 +177,7 @@ def bench_frame(args: argparse.Namespace) -> dict:
         except RuntimeError:
             continue
     if not keep:
-        raise RuntimeError("no LFW frame where every pipeline finds a face")
+        raise RuntimeError("no single-face LFW frame where every pipeline finds the face")
     samples: dict[str, list[dict[str, float]]] = {p.label: [] for p in runs}
     print(f"  {len(runs)} pipelines x {len(keep)} frames x {args.passes} passes ...", file=sys.stderr, flush=True)
     for i in range(args.passes):
@@ -162,7 +194,8 @@ def bench_frame(args: argparse.Namespace) -> dict:
             "align": "numpy on the RGB frame" if p.reference_align else "C++ on the BGR frame",
             "model": p.model,
             "gallery_precision": p.gallery_precision,
-            "p50_ms": {k: float(np.percentile([x[k] for x in s], 50)) for k in (*STAGES, "total")},
+            "verifier": p.verifier,
+            "p50_ms": {k: None if s[0][k] is None else float(np.percentile([x[k] for x in s], 50)) for k in (*STAGES, "total")},
             "p95_total_ms": float(np.percentile([x["total"] for x in s], 95)),
             "cpu_per_wall": float(np.sum([x["cpu"] for x in s]) / np.sum([x["total"] for x in s])),
             "samples": len(s),
@@ -191,7 +224,7 @@ def ratios(rows: list[dict]) -> list[dict]:
             per = {}
             for k in (*STAGES, "total"):
                 a, b = after["p50_ms"][k], before["p50_ms"][k]
-                per[k] = b / a if a > 0.001 else None  # stages that do not run (landmarks of yunet)
+                per[k] = b / a if a is not None and a > 0.001 else None  # not run (landmarks of yunet) or not split
             out.append({"after": after["label"], "before": before["label"], "by_stage": per})
     return out
 
@@ -207,7 +240,7 @@ def print_frame(result: dict) -> None:
     print(header)
     print("-" * len(header))
     for r in result["rows"]:
-        cells = " ".join(f"{r['p50_ms'][s]:9.3f}" for s in STAGES)
+        cells = " ".join(f"{'-':>9}" if r["p50_ms"][s] is None else f"{r['p50_ms'][s]:9.3f}" for s in STAGES)
         print(f"{r['label']:<{width}} {cells} {r['p50_ms']['total']:9.2f} {r['p95_total_ms']:7.2f} {r['cpu_per_wall']:8.2f}")
     print()
     print("speed-up, before / after (p50, same run):")
