@@ -17,6 +17,9 @@ simply keeps its original ops); each is exact: it changes how ONNX Runtime compu
   channels, as one 2x2/2 Conv with fixed weights (1/4 on the channel identity, 0 elsewhere: int8
   1 with scale 1/4), which ONNX Runtime runs as one QLinearConv instead of a QLinearAveragePool,
   a dequantised float Pad and a QuantizeLinear.
+* ``amx``: the weights of the deep convs (>= 128 input channels) with zero point -1 instead of 0
+  (the same values), which moves them from ONNX Runtime's VNNI indirect convolution to its GEMM
+  (AMX where the CPU has it); see :func:`weights_for_amx`.
 * ``pads``: any other Pad between a DequantizeLinear and a QuantizeLinear of the same scale and
   zero point (dlib's zero rows and columns at the end of a smaller main path) runs on the uint8
   tensor itself, padding with the zero point.
@@ -354,12 +357,40 @@ def pads_on_uint8(model: onnx.ModelProto) -> int:
     return len(added)
 
 
+# Input channels from which a conv's weights get zero point -1 (see weights_for_amx).
+AMX_MIN_CHANNELS = 128
+
+
+def weights_for_amx(model: onnx.ModelProto, min_channels: int = AMX_MIN_CHANNELS) -> int:
+    """Weights of the convs reading >= ``min_channels`` channels shifted by -1 with zero point -1:
+    the same dequantised values, but ONNX Runtime then leaves its symmetric indirect convolution
+    (VNNI) for im2col and its int8 GEMM, which uses AMX where the CPU has it. That paid for dlib's
+    deep layers (8x8x128 and 4x4x256) and not for the wide shallow ones. Returns the count."""
+    g = _Graph(model)
+    shifted = 0
+    for conv in [n for n in g.graph.node if n.op_type == "Conv"]:
+        weight = _weight(g, conv)
+        if weight is None:
+            continue
+        weight_dq, q, _, zero = weight
+        if q.shape[1] * _attr(conv, "group", 1) < min_channels or zero.any() or q.min() < -127:
+            continue
+        weight_dq.input[0] = g.add_const(f"{conv.name}/amx_weight", (q.astype(np.int16) - 1).astype(np.int8))
+        shape = g.const(weight_dq.input[2]).shape  # per channel or per tensor, as the scale
+        weight_dq.input[2] = g.add_const(f"{conv.name}/amx_zero_point", np.full(shape, -1, np.int8))
+        shifted += 1
+    if shifted:
+        g.finish([])
+    return shifted
+
+
 # Applied in this order (the stem rewrite reads the input rewrite's graph).
 REWRITES: dict[str, Callable[[onnx.ModelProto], int]] = {
     "input": fold_input_normalisation,
     "stem": stem_space_to_depth,
     "shortcuts": shortcuts_as_convs,
     "pads": pads_on_uint8,
+    "amx": weights_for_amx,
 }
 
 

@@ -368,6 +368,15 @@ def test_shortcut_convs_match_pool_and_pad(
     assert (fp32 * after).sum(1).mean() >= (fp32 * before).sum(1).mean() - 2e-4
 
 
+def test_amx_weights_are_bit_exact(cpu_plain: onnx.ModelProto, lfw_chips: np.ndarray) -> None:
+    shifted, counts = _rewritten(cpu_plain, ("amx",))
+    assert counts == {"amx": 13}  # the convs reading >= 128 channels: block7's second and on
+    _, initializers = _graph_maps(shifted)
+    zero_points = [numpy_helper.to_array(initializers[n.input[2]]) for n in shifted.graph.node if n.op_type == "DequantizeLinear" and n.input[0].endswith("amx_weight")]
+    assert len(zero_points) == 13 and all((z == -1).all() for z in zero_points)
+    np.testing.assert_array_equal(_embed(shifted, lfw_chips), _embed(cpu_plain, lfw_chips))
+
+
 def test_rewrites_leave_other_graphs_alone(int8_model: onnx.ModelProto) -> None:
     """The TensorRT variant keeps its first conv in FP32: no input or stem pattern to rewrite."""
     model = onnx.ModelProto()
