@@ -164,6 +164,8 @@ def fold_input_normalisation(model: onnx.ModelProto) -> int:
     sub = g.only_consumer(transpose.output[0], "Sub")
     if sub is None or sub.input[0] != transpose.output[0] or (mean := g.const(sub.input[1])) is None:
         return 0
+    if not np.isfinite(mean).all():
+        return 0
     scaling = g.consumers.get(sub.output[0], [])
     if len(scaling) != 1 or scaling[0].op_type not in ("Mul", "Div") or (a := g.const(scaling[0].input[1])) is None:
         return 0
@@ -261,13 +263,13 @@ def _channels(model: onnx.ModelProto) -> dict[str, int]:
 
 
 def _same_quantization(g: _Graph, a: onnx.NodeProto, b: onnx.NodeProto) -> bool:
-    """Two Q/DQ nodes with equal scale and zero point values."""
+    """Two per-tensor Q/DQ nodes with equal scale and zero point values."""
     if len(a.input) < 3 or len(b.input) < 3:
         return False
     values = [g.const(n) for n in (a.input[1], a.input[2], b.input[1], b.input[2])]
-    if any(v is None for v in values):
+    if any(v is None or v.size != 1 for v in values):
         return False
-    return bool(np.array_equal(values[0], values[2]) and np.array_equal(values[1], values[3]) and values[1].dtype == values[3].dtype)
+    return bool(values[0] == values[2] and values[1] == values[3] and values[1].dtype == values[3].dtype)
 
 
 def _zero_constant_pad(g: _Graph, pad: onnx.NodeProto) -> np.ndarray | None:

@@ -372,7 +372,11 @@ def test_amx_weights_are_bit_exact(cpu_plain: onnx.ModelProto, lfw_chips: np.nda
     shifted, counts = _rewritten(cpu_plain, ("amx",))
     assert counts == {"amx": 13}  # the convs reading >= 128 channels: block7's second and on
     _, initializers = _graph_maps(shifted)
-    zero_points = [numpy_helper.to_array(initializers[n.input[2]]) for n in shifted.graph.node if n.op_type == "DequantizeLinear" and n.input[0].endswith("amx_weight")]
+    zero_points = [
+        numpy_helper.to_array(initializers[n.input[2]])
+        for n in shifted.graph.node
+        if n.op_type == "DequantizeLinear" and n.input[0].endswith("amx_weight")
+    ]
     assert len(zero_points) == 13 and all((z == -1).all() for z in zero_points)
     np.testing.assert_array_equal(_embed(shifted, lfw_chips), _embed(cpu_plain, lfw_chips))
 
