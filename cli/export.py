@@ -10,6 +10,7 @@ from pathlib import Path
 from cli.common import UsageError, positive
 
 QUANT_METHODS = ("entropy", "percentile", "minmax")
+CPU_REWRITES = ("input", "stem", "shortcuts", "pads", "amx")  # export.int8_cpu.REWRITES, in order
 
 
 def register(sub) -> None:
@@ -56,7 +57,7 @@ def register(sub) -> None:
                    help="for ONNX Runtime on CPUs: uint8 asymmetric activations, ReLUs fused (precision int8-cpu; "
                         "TensorRT refuses it). Default: symmetric int8 for TensorRT")  # fmt: skip
     q.add_argument("--rewrites", type=keep_fp32, metavar="LIST",
-                   help="--cpu: graph rewrites for speed, input,stem,shortcuts,pads (default: all) or none")  # fmt: skip
+                   help=f"--cpu: graph rewrites for speed, of {','.join(CPU_REWRITES)} (default: all) or none")  # fmt: skip
     q.add_argument("--data", type=Path, default=None, help="data folder (default $FACESDK_DATA)")
     q.set_defaults(run=int8_cmd)
 

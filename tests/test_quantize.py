@@ -381,6 +381,12 @@ def test_amx_weights_are_bit_exact(cpu_plain: onnx.ModelProto, lfw_chips: np.nda
     np.testing.assert_array_equal(_embed(shifted, lfw_chips), _embed(cpu_plain, lfw_chips))
 
 
+def test_cli_names_every_rewrite() -> None:
+    from cli import export as export_cli
+
+    assert export_cli.CPU_REWRITES == tuple(int8_cpu.REWRITES)  # spelled out there to keep the CLI fast
+
+
 def test_rewrites_leave_other_graphs_alone(int8_model: onnx.ModelProto) -> None:
     """The TensorRT variant keeps its first conv in FP32: no input or stem pattern to rewrite."""
     model = onnx.ModelProto()
