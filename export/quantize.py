@@ -32,9 +32,10 @@ builder on these machines). The choices, and why:
   starts at the uint8 zero point and the ReLU folds into the Q before it (ONNX Runtime's
   QLinearConv/QLinearAdd then apply it for free), one Q per tensor (what lets every residual Add
   fuse once the ReLUs are gone), the first conv quantised too (normalised uint8 pixels fit
-  uint8's levels), ``precision=int8-cpu``, and then the exact graph rewrites of
-  ``export.int8_cpu`` (the uint8 chip straight into the first conv, which runs over the chip's
-  space-to-depth; down-sampling shortcuts as convs; pads on uint8), recorded as ``rewrites``.
+  uint8's levels), ``precision=int8-cpu``, and then the graph rewrites of ``export.int8_cpu``
+  for batch-1 speed (the uint8 chip straight into the first conv, which runs over the chip's
+  space-to-depth; down-sampling shortcuts as convs; pads on uint8; zero point -1 on the deep
+  convs' weights), recorded as ``rewrites``.
   TensorRT refuses it (``export.tensorrt`` checks).
 * Only Conv, the residual Add, the pools, Pad and the fc (MatMul, unless kept in FP32) are
   quantised. The uint8 cast and normalisation (Cast, Transpose, Sub, Mul), the global pooling and
@@ -135,7 +136,7 @@ TARGETS = {
     # uint8 pixels, fits uint8's 256 levels as it is, and in FP32 it cost more than it saved
     # (its float output had to be reordered and quantised; measured 1.60 vs 1.13 ms per face).
     # TensorRT refuses this file (uint8, non-zero zero points): export.tensorrt checks it.
-    # Then export.int8_cpu's exact rewrites (input fold, stem, shortcuts, pads) for batch-1 speed.
+    # Then export.int8_cpu's rewrites (input fold, stem, shortcuts, pads, amx) for batch-1 speed.
     "cpu": Target(
         "cpu", "int8-cpu", False, (*QUANTIZED_OPS, "Relu"), False, ("last",), "uint8 asymmetric per-tensor", tuple(REWRITES)
     ),
