@@ -375,7 +375,8 @@ def weights_for_amx(model: onnx.ModelProto, min_channels: int = AMX_MIN_CHANNELS
         if weight is None:
             continue
         weight_dq, q, _, zero = weight
-        if q.shape[1] * _attr(conv, "group", 1) < min_channels or zero.any() or q.min() < -127:
+        # Plain convs only: grouped and depthwise ones take other kernels, not measured here.
+        if _attr(conv, "group", 1) != 1 or q.shape[1] < min_channels or zero.any() or q.min() < -127:
             continue
         weight_dq.input[0] = g.add_const(f"{conv.name}/amx_weight", (q.astype(np.int16) - 1).astype(np.int8))
         shape = g.const(weight_dq.input[2]).shape  # per channel or per tensor, as the scale
