@@ -46,7 +46,7 @@ def register(sub) -> None:
     f.add_argument("--gallery", type=positive, default=10_000, help="identities matched against (random unit vectors)")
     f.add_argument("--gallery-precision", choices=["fp32", "fp16", "int8"], default="int8",
                    help="the gallery's precision in the after rows (default int8; before: fp32)")  # fmt: skip
-    f.add_argument("--threads", type=positive, help="onnxruntime intra-op threads of detector and embedder (default: its own)")
+    f.add_argument("--threads", type=positive, help="onnxruntime intra-op threads of detector and embedder (default: the SDK's choice)")
     f.add_argument("--cv2-threads", type=positive, help="cv2.setNumThreads for the run (default: OpenCV's, one per core)")
     f.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     f.set_defaults(run=frame_cmd)
