@@ -180,13 +180,42 @@ struct ShapeModelView {
   const float* leaves;
 };
 
-// Landmarks of the face in box (x1, y1, x2, y2), x2 and y2 one past the last
-// pixel, on a uint8 image [rows x cols x channels] (row-major, contiguous);
-// channels >= 3 read as (c0 + c1 + c2) / 3 (dlib's gray). out: P*2 doubles
-// (x, y image pixels, before dlib's rounding to integers). Bit-exact with dlib
-// up to that rounding. Throws std::invalid_argument on an index out of range.
-void shape_predict(const ShapeModelView& model, const std::uint8_t* image, std::size_t rows,
-                   std::size_t cols, std::size_t channels, const double box[4], double* out);
+// The model packed for prediction: checked once (every index in range, at most
+// kMaxFeaturePixels feature pixels, else std::invalid_argument), then copied into
+// compact tables (a split node is 8 bytes; a leaf row starts on a cache line), so
+// that predicting reads as few cache lines as it can when the model is not in cache.
+class ShapePredictor {
+ public:
+  static constexpr std::size_t kMaxFeaturePixels = 65536;
+  explicit ShapePredictor(const ShapeModelView& model);
+  std::size_t parts() const { return parts_; }
+
+  // Landmarks of the face in box (x1, y1, x2, y2), x2 and y2 one past the last
+  // pixel, on a uint8 image [rows x cols x channels] (row-major, contiguous);
+  // channels >= 3 read as (c0 + c1 + c2) / 3 (dlib's gray). out: P*2 doubles
+  // (x, y image pixels, before dlib's rounding to integers). Bit-exact with dlib
+  // up to that rounding. Thread-safe.
+  void predict(const std::uint8_t* image, std::size_t rows, std::size_t cols, std::size_t channels,
+               const double box[4], double* out) const;
+
+ private:
+  struct Split {
+    std::uint16_t a, b;  // feature pixels: left when value a - value b > threshold
+    float threshold;
+  };
+  struct Feature {
+    float dx, dy;          // offset from the anchor landmark (mean shape)
+    std::uint32_t anchor;  // 2 * landmark: the anchor's x in the shape
+  };
+  struct alignas(64) Line {
+    float v[16];
+  };
+  std::size_t parts_, cascades_, trees_, depth_, pixels_, lines_per_leaf_;
+  std::vector<float> initial_;
+  std::vector<Feature> features_;  // [C * F]
+  std::vector<Split> splits_;      // [C * T * (2^depth - 1)], each tree breadth first
+  std::vector<Line> leaves_;       // [C * T * 2^depth * lines_per_leaf]
+};
 
 // ---- Face chips: dlib's bilinear sampling (extract_image_chip) ----
 //
