@@ -15,25 +15,26 @@
 
 namespace {
 
-// Chip row r, columns [c, c + 8), all inside: the 4 neighbours of each pixel come from two
-// 8-byte loads (top and bottom row), bytes [left - 2, left + 6) of the pixel row; starting 2
-// bytes early keeps the load inside the image (the caller skips the one pixel at offset 0).
+// Chip row r, columns [c, c + 8), all inside. Each neighbour pair of a row comes from two
+// 4-byte loads: bytes [left - 1, left + 3) and [left + 2, left + 6) of the pixel row, each
+// pixel in bytes 1 to 3; the first starts a byte early so that the second ends on the right
+// pixel's last byte (nothing past the image is read; the caller skips the pixel at offset 0).
 inline void blend8(const std::uint8_t* image, __m512i offset, std::size_t stride, __m512d lr, __m512d tb,
                    std::uint8_t* out) {
   const __m512d one = _mm512_set1_pd(1.0);
   const __m512d ilr = _mm512_sub_pd(one, lr), itb = _mm512_sub_pd(one, tb);
-  const __m512i top = _mm512_i64gather_epi64(offset, image, 1);
-  const __m512i bottom = _mm512_i64gather_epi64(_mm512_add_epi64(offset, _mm512_set1_epi64(std::int64_t(stride))), image, 1);
+  const __m512i right = _mm512_add_epi64(offset, _mm512_set1_epi64(3));
+  const __m512i down = _mm512_set1_epi64(std::int64_t(stride));
+  const __m256i tl4 = _mm512_i64gather_epi32(offset, image, 1), tr4 = _mm512_i64gather_epi32(right, image, 1);
+  const __m256i bl4 = _mm512_i64gather_epi32(_mm512_add_epi64(offset, down), image, 1);
+  const __m256i br4 = _mm512_i64gather_epi32(_mm512_add_epi64(right, down), image, 1);
   const __m256i byte = _mm256_set1_epi32(0xFF);
-  // The byte at `shift` of every lane, as 8 doubles.
-  auto at = [&](__m512i row, unsigned shift) {
-    const __m256i low = _mm512_cvtepi64_epi32(_mm512_srli_epi64(row, shift));
-    return _mm512_cvtepi32_pd(_mm256_and_si256(low, byte));
+  auto at = [&](__m256i v, unsigned k) {  // channel k of 8 pixels, as doubles
+    return _mm512_cvtepi32_pd(_mm256_and_si256(_mm256_srli_epi32(v, 8 * (1 + k)), byte));
   };
   __m256i value[3];
   for (unsigned k = 0; k < 3; ++k) {
-    const __m512d tl = at(top, 8 * (2 + k)), tr = at(top, 8 * (5 + k));
-    const __m512d bl = at(bottom, 8 * (2 + k)), br = at(bottom, 8 * (5 + k));
+    const __m512d tl = at(tl4, k), tr = at(tr4, k), bl = at(bl4, k), br = at(br4, k);
     const __m512d upper = _mm512_mul_pd(_mm512_add_pd(_mm512_mul_pd(tl, ilr), _mm512_mul_pd(tr, lr)), itb);
     const __m512d lower = _mm512_mul_pd(_mm512_add_pd(_mm512_mul_pd(bl, ilr), _mm512_mul_pd(br, lr)), tb);
     value[k] = _mm512_cvttpd_epi32(_mm512_add_pd(upper, lower));  // truncated, in [0, 255]
@@ -57,7 +58,7 @@ void sample_rgb(const std::uint8_t* image, std::size_t rows, std::size_t cols, c
                 my2 = _mm512_set1_pd(my[2]);
   const __m512d step = _mm512_setr_pd(0, 1, 2, 3, 4, 5, 6, 7);
   const __m512i stride64 = _mm512_set1_epi64(std::int64_t(stride)), three = _mm512_set1_epi64(3),
-                two = _mm512_set1_epi64(2);
+                one = _mm512_set1_epi64(1);
   for (std::size_t r = 0; r < n; ++r) {
     const __m512d rx = _mm512_set1_pd(mx[1] * double(r)), ry = _mm512_set1_pd(my[1] * double(r));
     std::uint8_t* row = out + r * n * 3;
@@ -71,11 +72,11 @@ void sample_rgb(const std::uint8_t* image, std::size_t rows, std::size_t cols, c
       if (inside == 0xFF) {
         const __m256i xi = _mm512_cvttpd_epi32(x), yi = _mm512_cvttpd_epi32(y);  // floor: x, y >= 0
         const __m512d lr = _mm512_sub_pd(x, _mm512_cvtepi32_pd(xi)), tb = _mm512_sub_pd(y, _mm512_cvtepi32_pd(yi));
-        // Byte offset of each top-left neighbour, less 2 (the load starts there).
+        // Byte offset of each top-left neighbour, less 1 (the first load starts there).
         const __m512i offset = _mm512_sub_epi64(
             _mm512_add_epi64(_mm512_mul_epu32(_mm512_cvtepi32_epi64(yi), stride64),
                              _mm512_mul_epu32(_mm512_cvtepi32_epi64(xi), three)),
-            two);
+            one);
         if (_mm512_cmp_epi64_mask(offset, _mm512_setzero_si512(), _MM_CMPINT_LT) == 0) {
           blend8(image, offset, stride, lr, tb, row + c * 3);
           continue;

@@ -320,6 +320,7 @@ py::array_t<std::uint8_t> sample_chip(const Array<std::uint8_t>& image, const st
 }  // namespace
 
 PYBIND11_MODULE(_kernels, m) {
+
   m.doc() =
       "C++ kernels: batched squared-L2 distances, threshold match, top-k, and the same for the "
       "mutual likelihood score of PFE (see sdk.kernels)";

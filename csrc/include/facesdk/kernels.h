@@ -17,6 +17,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -182,13 +183,15 @@ struct ShapeModelView {
 
 // The model packed for prediction: checked once (every index in range, at most
 // kMaxFeaturePixels feature pixels, else std::invalid_argument), then copied into
-// compact tables (a split node is 8 bytes; a leaf row starts on a cache line), so
-// that predicting reads as few cache lines as it can when the model is not in cache.
+// compact tables (8-byte split nodes, each level of a cascade's trees together;
+// leaf rows on cache lines; on Linux in 2 MB pages where the kernel grants them),
+// so that a prediction reads few cache lines and pages when the model is not in
+// cache, as in a frame after the embedder. Copies share the tables.
 class ShapePredictor {
  public:
   static constexpr std::size_t kMaxFeaturePixels = 65536;
   explicit ShapePredictor(const ShapeModelView& model);
-  std::size_t parts() const { return parts_; }
+  std::size_t parts() const;
 
   // Landmarks of the face in box (x1, y1, x2, y2), x2 and y2 one past the last
   // pixel, on a uint8 image [rows x cols x channels] (row-major, contiguous);
@@ -199,22 +202,8 @@ class ShapePredictor {
                const double box[4], double* out) const;
 
  private:
-  struct Split {
-    std::uint16_t a, b;  // feature pixels: left when value a - value b > threshold
-    float threshold;
-  };
-  struct Feature {
-    float dx, dy;          // offset from the anchor landmark (mean shape)
-    std::uint32_t anchor;  // 2 * landmark: the anchor's x in the shape
-  };
-  struct alignas(64) Line {
-    float v[16];
-  };
-  std::size_t parts_, cascades_, trees_, depth_, pixels_, lines_per_leaf_;
-  std::vector<float> initial_;
-  std::vector<Feature> features_;  // [C * F]
-  std::vector<Split> splits_;      // [C * T * (2^depth - 1)], each tree breadth first
-  std::vector<Line> leaves_;       // [C * T * 2^depth * lines_per_leaf]
+  struct Packed;  // landmarks.cpp
+  std::shared_ptr<const Packed> packed_;
 };
 
 // ---- Face chips: dlib's bilinear sampling (extract_image_chip) ----
