@@ -1,4 +1,4 @@
-"""``facesdk bench [run|kernels|pipeline|frame|align|gallery|camera]``: the benchmarks of ``evaluate.bench``, with the torch
+"""``facesdk bench [run|kernels|pipeline|frame|align|gallery|camera|ops]``: the benchmarks of ``evaluate.bench``, with the torch
 reference they compare against (it needs ``train``, which sits above ``evaluate``)."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ def register(sub) -> None:
     b = sub.add_parser("bench", help="benchmarks: the pipeline per backend (default), kernels, pipeline stages")
     add_run_options(b)  # `facesdk bench [options]` runs `run`
     b.set_defaults(run=run_cmd)
-    verbs = b.add_subparsers(dest="bench_verb", metavar="{run,kernels,pipeline,frame,align,gallery,camera}")
+    verbs = b.add_subparsers(dest="bench_verb", metavar="{run,kernels,pipeline,frame,align,gallery,camera,ops}")
     add_run_options(verbs.add_parser("run", help="the whole pipeline on LFW faces, per stage and per backend (default)"))
     k = verbs.add_parser("kernels", help="matching kernels vs numpy and faiss")
     k.add_argument("--json", type=Path, help="also write the figures to this JSON file")
@@ -42,8 +42,10 @@ def register(sub) -> None:
                    help="comma-separated: yunet, yunet+dlib5 (default both)")  # fmt: skip
     f.add_argument("--max-side", type=positive, default=160, help="YuNet's input side in the after rows (default 160)")
     f.add_argument("--images", type=positive, default=32, help="LFW frames (one face each)")
-    f.add_argument("--passes", type=positive, default=5, help="timed passes over the frames")
+    f.add_argument("--passes", type=positive, default=6, help="timed passes over the frames")
     f.add_argument("--gallery", type=positive, default=10_000, help="identities matched against (random unit vectors)")
+    f.add_argument("--gallery-precision", choices=["fp32", "fp16", "int8"], default="int8",
+                   help="the gallery's precision in the after rows (default int8; before: fp32)")  # fmt: skip
     f.add_argument("--threads", type=positive, help="onnxruntime intra-op threads of detector and embedder (default: its own)")
     f.add_argument("--cv2-threads", type=positive, help="cv2.setNumThreads for the run (default: OpenCV's, one per core)")
     f.add_argument("--json", type=Path, help="also write the figures to this JSON file")
@@ -69,6 +71,13 @@ def register(sub) -> None:
     c.add_argument("--data", type=Path, default=None, help="data folder holding lfw/ (default $FACESDK_DATA)")
     c.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     c.set_defaults(run=camera_cmd)
+    o = verbs.add_parser("ops", help="ONNX Runtime's time per op type of one or more models, side by side")
+    o.add_argument("models", type=Path, nargs="+", help="ONNX models with a uint8 input (the first is the reference)")
+    o.add_argument("--batch", type=positive, default=1, help="faces per call (default 1)")
+    o.add_argument("--threads", type=positive, default=1, help="intra-op threads (default 1)")
+    o.add_argument("--calls", type=positive, default=200, help="profiled calls per model (default 200)")
+    o.add_argument("--json", type=Path, help="also write the figures to this JSON file")
+    o.set_defaults(run=ops_cmd)
 
 
 def add_run_options(r: argparse.ArgumentParser) -> None:
@@ -201,6 +210,18 @@ def align_cmd(args: argparse.Namespace) -> int:
         raise UsageError(f"bench align compares with dlib-bin's own predictor and chip: pip install dlib-bin ({e})") from e
     result = bench_align(args)
     print_align(result)
+    write_json(args.json, result)
+    return 0
+
+
+def ops_cmd(args: argparse.Namespace) -> int:
+    from evaluate.op_profile import print_ops, profile_ops
+
+    missing = [str(p) for p in args.models if not p.is_file()]
+    if missing:
+        raise UsageError(f"no model file {', '.join(missing)}")
+    result = profile_ops(args.models, batch=args.batch, threads=args.threads, calls=args.calls)
+    print_ops(result)
     write_json(args.json, result)
     return 0
 

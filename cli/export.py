@@ -10,6 +10,7 @@ from pathlib import Path
 from cli.common import UsageError, positive
 
 QUANT_METHODS = ("entropy", "percentile", "minmax")
+CPU_REWRITES = ("input", "stem", "shortcuts", "pads", "amx")  # export.int8_cpu.REWRITES, in order
 
 
 def register(sub) -> None:
@@ -55,6 +56,8 @@ def register(sub) -> None:
     q.add_argument("--cpu", action="store_true",
                    help="for ONNX Runtime on CPUs: uint8 asymmetric activations, ReLUs fused (precision int8-cpu; "
                         "TensorRT refuses it). Default: symmetric int8 for TensorRT")  # fmt: skip
+    q.add_argument("--rewrites", type=keep_fp32, metavar="LIST",
+                   help=f"--cpu: graph rewrites for speed, of {','.join(CPU_REWRITES)} (default: all) or none")  # fmt: skip
     q.add_argument("--data", type=Path, default=None, help="data folder (default $FACESDK_DATA)")
     q.set_defaults(run=int8_cmd)
 
@@ -77,7 +80,7 @@ def register(sub) -> None:
     m.set_defaults(run=minifasnet_cmd)
 
 
-def keep_fp32(text: str) -> tuple[str, ...]:
+def keep_fp32(text: str) -> tuple[str, ...]:  # also --rewrites: a comma list or "none"
     return () if text.strip().lower() == "none" else tuple(s.strip() for s in text.split(",") if s.strip())
 
 
@@ -128,7 +131,10 @@ def onnx_check_cmd(args: argparse.Namespace) -> int:
 def int8_cmd(args: argparse.Namespace) -> int:
     from export.quantize import _kept_text, _method_text, quantization_info, quantize_int8
 
-    given = {"count": args.count, "method": args.method, "percentile": args.percentile, "keep_fp32": args.keep_fp32}
+    given = {
+        "count": args.count, "method": args.method, "percentile": args.percentile, "keep_fp32": args.keep_fp32,
+        "rewrites": args.rewrites,
+    }  # fmt: skip
     options = {name: value for name, value in given.items() if value is not None}  # else the library's defaults
     path = quantize_int8(
         args.model, args.output, calibration=args.calibration, per_channel=not args.per_tensor,

@@ -32,7 +32,11 @@ builder on these machines). The choices, and why:
   starts at the uint8 zero point and the ReLU folds into the Q before it (ONNX Runtime's
   QLinearConv/QLinearAdd then apply it for free), one Q per tensor (what lets every residual Add
   fuse once the ReLUs are gone), the first conv quantised too (normalised uint8 pixels fit
-  uint8's levels), ``precision=int8-cpu``. TensorRT refuses it (``export.tensorrt`` checks).
+  uint8's levels), ``precision=int8-cpu``, and then the graph rewrites of ``export.int8_cpu``
+  for batch-1 speed (the uint8 chip straight into the first conv, which runs over the chip's
+  space-to-depth; down-sampling shortcuts as convs; pads on uint8; zero point -1 on the deep
+  convs' weights), recorded as ``rewrites``.
+  TensorRT refuses it (``export.tensorrt`` checks).
 * Only Conv, the residual Add, the pools, Pad and the fc (MatMul, unless kept in FP32) are
   quantised. The uint8 cast and normalisation (Cast, Transpose, Sub, Mul), the global pooling and
   the L2-normalisation tail (ReduceL2, Clip, Div) never are, nor the fc's output.
@@ -76,6 +80,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from export.int8_cpu import REWRITES, rewrite_for_cpu
 from sdk.chips import DEFAULT_CHIP, ChipScheme, central_chip
 from sdk.embed import INPUT_NAME, parse_metadata, save_model_atomic
 
@@ -115,6 +120,7 @@ class Target:
     dedicated_pairs: bool  # one Q/DQ pair per consumer of a tensor, else one Q per tensor
     keep_fp32: tuple[str, ...]  # the default layers left in FP32
     activations: str  # for the ``quantization`` record
+    rewrites: tuple[str, ...] = ()  # export.int8_cpu rewrites applied to the QDQ graph
 
 
 TARGETS = {
@@ -130,7 +136,10 @@ TARGETS = {
     # uint8 pixels, fits uint8's 256 levels as it is, and in FP32 it cost more than it saved
     # (its float output had to be reordered and quantised; measured 1.60 vs 1.13 ms per face).
     # TensorRT refuses this file (uint8, non-zero zero points): export.tensorrt checks it.
-    "cpu": Target("cpu", "int8-cpu", False, (*QUANTIZED_OPS, "Relu"), False, ("last",), "uint8 asymmetric per-tensor"),
+    # Then export.int8_cpu's rewrites (input fold, stem, shortcuts, pads, amx) for batch-1 speed.
+    "cpu": Target(
+        "cpu", "int8-cpu", False, (*QUANTIZED_OPS, "Relu"), False, ("last",), "uint8 asymmetric per-tensor", tuple(REWRITES)
+    ),
 }
 DEFAULT_TARGET = "tensorrt"
 
@@ -350,6 +359,7 @@ def quantize_int8(
     keep_fp32: Sequence[str] | None = None,
     per_channel: bool = True,
     target: str = DEFAULT_TARGET,
+    rewrites: Sequence[str] | None = None,
     progress: bool = True,
     data: Path | None = None,
 ) -> Path:
@@ -365,8 +375,9 @@ def quantize_int8(
     scale per output channel (else per layer). ``target``: ``"tensorrt"`` (default: symmetric
     int8 activations, ``precision=int8``, what TensorRT builds; ONNX Runtime runs it too) or
     ``"cpu"`` (uint8 asymmetric activations with the ReLUs fused, ``precision=int8-cpu``: ONNX
-    Runtime on CPUs only, faster there; TensorRT refuses it). ``data``: the data folder (default
-    $FACESDK_DATA).
+    Runtime on CPUs only, faster there; TensorRT refuses it). ``rewrites``: the
+    ``export.int8_cpu`` graph rewrites to apply (names of ``REWRITES``; None: the target's, all of
+    them for ``cpu``, none for ``tensorrt``). ``data``: the data folder (default $FACESDK_DATA).
 
     The metadata is the FP32 model's, ``threshold``/``threshold_table`` included and unchanged
     (calibrated on FP32; for the default model INT8 moves them by +0.001 to +0.002, see
@@ -388,6 +399,12 @@ def quantize_int8(
     if target not in TARGETS:
         raise ValueError(f"target must be one of {', '.join(TARGETS)}, got {target!r}")
     spec = TARGETS[target]
+    chosen_rewrites = spec.rewrites if rewrites is None else tuple(rewrites)
+    unknown = [name for name in chosen_rewrites if name not in REWRITES]
+    if unknown:
+        raise ValueError(f"unknown rewrite(s) {', '.join(unknown)}; known: {', '.join(REWRITES)}")
+    if chosen_rewrites and target != "cpu":
+        raise ValueError(f"the graph rewrites are for target 'cpu' (ONNX Runtime), not {target!r}")
     if not 50 < percentile <= 100:
         raise ValueError(f"percentile must be in (50, 100], got {percentile}")
     if not fp32_path.is_file():
@@ -443,6 +460,7 @@ def quantize_int8(
         result = onnx.load_model(quantized)
 
     _unshare_qdq_parameters(result)
+    rewritten = rewrite_for_cpu(result, chosen_rewrites)
     _used_opsets(result)
     record = {
         "method": method,
@@ -455,6 +473,7 @@ def quantize_int8(
         "activations": spec.activations,
         "weights": f"int8 symmetric {'per-channel' if per_channel else 'per-tensor'}",
         "bias": "float32",
+        **({"rewrites": {name: n for name, n in rewritten.items() if n}} if target == "cpu" else {}),
         "tool": f"onnxruntime {_ort_version()} quantize_static after quant_pre_process",
     }
     meta = {k: v for k, v in metadata.items()}

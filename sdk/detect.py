@@ -138,6 +138,11 @@ def _relaxed_model(path: Path) -> bytes:
     return model.SerializeToString()
 
 
+# Inputs up to this many pixels (after max_side) run on one thread: measured on 2 cores, one
+# thread wins below 640x360 and two win above (README, "A 5 ms frame").
+SMALL_INPUT_PIXELS = 640 * 360
+
+
 class YuNetDetector:
     """YuNet face detector on ONNX Runtime with OpenCV FaceDetectorYN's decoding (see module doc).
 
@@ -145,7 +150,8 @@ class YuNetDetector:
     large frames and keeps close-up faces within YuNet's ~300 px range, but faces below ~10 px
     after scaling are lost. None (default, as OpenCV) runs at full size. The name says it
     (``yunet_n_dynamic_max160``), so caches keyed by detector name keep the two apart.
-    threads: ONNX Runtime intra-op threads (default: its own, one per physical core).
+    threads: ONNX Runtime intra-op threads (default: one for inputs up to ``SMALL_INPUT_PIXELS``
+    after max_side, ONNX Runtime's own pool, one per physical core, for larger ones).
     """
 
     scheme = "yunet5"
@@ -172,17 +178,26 @@ class YuNetDetector:
         self.nms_threshold = nms_threshold
         self.top_k = top_k
         providers = providers or ["CPUExecutionProvider"]
-        options = ort.SessionOptions()
-        # Idle threads must not spin: on a 2-core device they would steal the cores from the
-        # embedder and the matching kernels that run right after detection.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        if threads is not None:
-            if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-                raise ValueError(f"threads must be a positive integer, got {threads!r}")
-            options.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(str(self.model_path), options, providers=providers)
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+            raise ValueError(f"threads must be a positive integer, got {threads!r}")
+
+        def session(intra_op_threads: int | None) -> Any:
+            options = ort.SessionOptions()
+            # Idle threads must not spin: on a 2-core device they would steal the cores from the
+            # embedder and the matching kernels that run right after detection.
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            if intra_op_threads is not None:
+                options.intra_op_num_threads = intra_op_threads
+            return ort.InferenceSession(model, options, providers=providers)
+
+        model: Any = str(self.model_path)
+        self.session = session(threads)
         if any(isinstance(d, int) for d in self.session.get_inputs()[0].shape[2:]):
-            self.session = ort.InferenceSession(_relaxed_model(self.model_path), options, providers=providers)
+            model = _relaxed_model(self.model_path)
+            self.session = session(threads)
+        # Small inputs run on one thread unless told otherwise: waking the pool for each of YuNet's
+        # 60 small convolutions costs more than the second core saves (README, "A 5 ms frame").
+        self._small_session = session(1) if threads is None and providers == ["CPUExecutionProvider"] else self.session
         self._input = self.session.get_inputs()[0].name
         # Output order cls_8..32, obj_8..32, bbox_8..32, kps_8..32, as the decoder indexes them.
         self._outputs = [f"{kind}_{s}" for kind in ("cls", "obj", "bbox", "kps") for s in _STRIDES]
@@ -206,7 +221,8 @@ class YuNetDetector:
         pad_h, pad_w = -(-h // _DIVISOR) * _DIVISOR, -(-w // _DIVISOR) * _DIVISOR
         blob = np.zeros((1, 3, pad_h, pad_w), np.float32)
         blob[0, :, :h, :w] = image.transpose(2, 0, 1)
-        outs = self.session.run(self._outputs, {self._input: blob})
+        session = self._small_session if pad_h * pad_w <= SMALL_INPUT_PIXELS else self.session
+        outs = session.run(self._outputs, {self._input: blob})
         boxes, scores, kps = self._decode(outs, pad_h, pad_w)
         if len(scores) == 0:
             return []

@@ -403,6 +403,8 @@ def _checked_threshold(value: object, minimum: float = -np.inf) -> float:
 def _distinct(labels: np.ndarray, found: int) -> tuple[np.ndarray, np.ndarray]:
     """Columns ``[q, found]`` of each query's first ``found`` distinct identities in a ranked
     ``[q, rows]`` label matrix (best first), and those identities' labels."""
+    if found == 1:  # the nearest face's identity: no sort (a door's search, every frame)
+        return np.zeros((len(labels), 1), np.intp), labels[:, :1]
     # Mark each identity's first (best) column per query: a stable sort keeps the columns
     # of one identity in rank order, so the first of a run is its best.
     order = np.argsort(labels, axis=1, kind="stable")

@@ -252,6 +252,7 @@ class Verifier:
         else:
             self._fixed_threshold = self.threshold_for(far) if threshold is None else self._checked_threshold(threshold)
         self._warned_size = 0
+        self._threshold_at = (-1, math.nan)  # (gallery size, threshold) of the last decision
         self.liveness = liveness
         log.info("Verifier: %s", self.info())
 
@@ -273,7 +274,13 @@ class Verifier:
     @property
     def threshold(self) -> float:
         """The threshold decisions use now: fixed, or with ``fpir`` the one for the gallery's size."""
-        return self._fixed_threshold if self.fpir is None else self.operating_point()["threshold"]
+        if self.fpir is None:
+            return self._fixed_threshold
+        n = self.gallery.face_count()
+        at = self._threshold_at  # one read: another thread may replace it meanwhile
+        if at[0] != n:  # the table is read again only when the gallery's size changes
+            at = self._threshold_at = (n, self.operating_point(n)["threshold"])
+        return at[1]
 
     def _has_fpir(self, fpir: float) -> bool:
         meta = self.embedder.metadata

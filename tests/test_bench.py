@@ -200,21 +200,28 @@ def test_frame_bench_before_and_after_per_stage(data, default_onnx, int8_onnx, t
         pytest.skip("LFW not found")
     out = tmp_path / "frame.json"
     argv = ["frame", "--model", str(default_onnx), "--int8", str(int8_onnx), "--images", "2", "--passes", "1",
-            "--gallery", "100", "--threads", "1", "--max-side", "160", "--json", str(out)]  # fmt: skip
+            "--gallery", "100", "--threads", "1", "--max-side", "160", "--gallery-precision", "fp16", "--json", str(out)]  # fmt: skip
     assert bench_main(argv) == 0
     result = json.loads(out.read_text())
     labels = [r["label"] for r in result["rows"]]
     assert labels == [
         "yunet: before, fp32", "yunet: after (max side 160), fp32", "yunet: after (max side 160), int8",
+        "yunet: Verifier.match (max side 160), int8",
         "yunet+dlib5: before, fp32", "yunet+dlib5: after (max side 160), fp32", "yunet+dlib5: after (max side 160), int8",
+        "yunet+dlib5: Verifier.match (max side 160), int8",
     ]  # fmt: skip
     for r in result["rows"]:
         assert r["samples"] == result["frames"] * result["passes"]
-        for stage in ("decode", "detect", "align", "embed", "match"):
+        assert r["gallery_precision"] == ("fp32" if "before" in r["label"] else "fp16")
+        assert r["p50_ms"]["total"] > r["p50_ms"]["decode"] > 0 and r["cpu_per_wall"] > 0
+        if r["verifier"]:  # one call, not split into stages
+            assert all(r["p50_ms"][stage] is None for stage in ("detect", "landmarks", "align", "embed", "match"))
+            continue
+        for stage in ("detect", "align", "embed", "match"):
             assert r["p50_ms"][stage] > 0, (r["label"], stage)
         assert (r["p50_ms"]["landmarks"] > 0.01) == (r["detector"] == "yunet+dlib5")
-        assert r["p50_ms"]["total"] >= r["p50_ms"]["embed"] and r["cpu_per_wall"] > 0
-    assert len(result["ratios"]) == 4 and all(x["by_stage"]["total"] > 0 for x in result["ratios"])
+        assert r["p50_ms"]["total"] >= r["p50_ms"]["embed"]
+    assert len(result["ratios"]) == 6 and all(x["by_stage"]["total"] > 0 for x in result["ratios"])
     printed = capsys.readouterr().out
     assert "speed-up, before / after" in printed and "cpu/wall" in printed
 

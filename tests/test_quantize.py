@@ -20,7 +20,7 @@ pytest.importorskip("onnxruntime.quantization")
 from onnx import numpy_helper  # noqa: E402
 
 from cli.main import main as facesdk  # noqa: E402
-from export import quantize  # noqa: E402
+from export import int8_cpu, quantize  # noqa: E402
 from sdk.embed import OnnxEmbedder  # noqa: E402
 
 CALIBRATION_FACES = 16  # tiny on purpose: the real run uses 512
@@ -269,17 +269,24 @@ def test_cpu_variant_says_what_it_is(default_onnx: Path, cpu_int8_path: Path) ->
     assert not any(n.op_type == "Relu" for n in model.graph.node)  # folded into the Q before each
 
 
-def test_cpu_variant_fuses_convs_adds_and_relus(cpu_int8_path: Path, tmp_path: Path) -> None:
-    """All 29 convs and 14 residual Adds run as integer kernels and no ReLU runs in float."""
+def _optimized_ops(path: Path, tmp_path: Path) -> list[str]:
+    """The op types of ONNX Runtime's optimised graph of ``path`` (what the CPU really runs)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
     options.log_severity_level = 3
-    ort.InferenceSession(str(cpu_int8_path), options, providers=["CPUExecutionProvider"])
-    ops = [n.op_type for n in onnx.load_model(tmp_path / "optimized.onnx").graph.node]
-    assert ops.count("QLinearConv") == 29 and ops.count("QLinearAdd") == 14
-    assert "Relu" not in ops and "Conv" not in ops and "Add" not in ops
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return [n.op_type for n in onnx.load_model(tmp_path / "optimized.onnx").graph.node]
+
+
+def test_cpu_variant_fuses_convs_adds_and_relus(cpu_int8_path: Path, tmp_path: Path) -> None:
+    """All 29 convs, the 3 shortcut convs and 14 residual Adds run as integer kernels, no ReLU
+    runs in float, and nothing runs between the uint8 chip and the first conv but its layout."""
+    ops = _optimized_ops(cpu_int8_path, tmp_path)
+    assert ops.count("QLinearConv") == 32 and ops.count("QLinearAdd") == 14
+    assert ops.count("QLinearAveragePool") == 1  # the last block's shortcut: no channels to append
+    assert not {"Relu", "Conv", "Add", "Cast", "Sub", "QuantizeLinear"} & set(ops)
 
 
 def test_cpu_variant_embeds_real_faces_like_fp32(default_onnx: Path, cpu_int8_path: Path, lfw_chips: np.ndarray) -> None:
@@ -288,6 +295,121 @@ def test_cpu_variant_embeds_real_faces_like_fp32(default_onnx: Path, cpu_int8_pa
     np.testing.assert_allclose(np.linalg.norm(int8, axis=1), 1.0, atol=1e-5)
     cosine = (fp32 * int8).sum(axis=1)
     assert cosine.min() > MIN_COSINE_CPU and cosine.mean() > 0.997, cosine
+
+
+def test_cpu_variant_runs_one_chip_on_one_thread(cpu_int8_path: Path, lfw_chips: np.ndarray) -> None:
+    """Without threads=, one chip of an int8-cpu model runs on a one-thread session, a batch on
+    ONNX Runtime's pool, with the embeddings a two-thread session gives."""
+    default, two = OnnxEmbedder(cpu_int8_path), OnnxEmbedder(cpu_int8_path, threads=2)
+    assert default._one_chip is not default._session and two._one_chip is two._session
+    calls = []
+    for s in (default._one_chip, default._session):
+        run = s.run
+        s.run = lambda *a, s=s, run=run: calls.append(s) or run(*a)  # type: ignore[method-assign]
+    np.testing.assert_array_equal(default.embed(lfw_chips[:1]), two.embed(lfw_chips[:1]))
+    np.testing.assert_array_equal(default.embed(lfw_chips[:4]), two.embed(lfw_chips[:4]))
+    assert calls == [default._one_chip, default._session]
+
+
+# --- the CPU variant's graph rewrites (export.int8_cpu), each against the graph without it -----------
+
+
+@pytest.fixture(scope="module")
+def cpu_plain(default_onnx: Path, calibration: quantize.CalibrationChips, tmp_path_factory) -> onnx.ModelProto:
+    """The CPU variant without the rewrites, as quantize_static writes it."""
+    out = tmp_path_factory.mktemp("int8cpu_plain") / "plain.onnx"
+    quantize.quantize_int8(default_onnx, out, calibration=calibration, target="cpu", rewrites=(), progress=False)
+    return onnx.load_model(out)
+
+
+def _rewritten(plain: onnx.ModelProto, names: tuple[str, ...]) -> tuple[onnx.ModelProto, dict[str, int]]:
+    model = onnx.ModelProto()
+    model.CopyFrom(plain)
+    counts = int8_cpu.rewrite_for_cpu(model, names)
+    onnx.checker.check_model(model, full_check=True)
+    return model, counts
+
+
+def _embed(model: onnx.ModelProto, chips: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return session.run(None, {"chip": chips})[0]
+
+
+def test_input_fold_feeds_raw_pixels_to_the_first_conv(
+    default_onnx: Path, cpu_plain: onnx.ModelProto, lfw_chips: np.ndarray
+) -> None:
+    folded, counts = _rewritten(cpu_plain, ("input",))
+    assert counts == {"input": 1}
+    reader = next(n for n in folded.graph.node if "chip" in n.input)
+    assert reader.op_type == "Transpose"  # chip -> Transpose -> DequantizeLinear(1, 0) -> Conv
+    assert not {"Cast", "Sub", "Mul"} & {n.op_type for n in folded.graph.node}
+    # The fold drops the input's rounding to the calibrated step: at least as close to FP32.
+    fp32 = OnnxEmbedder(default_onnx, threads=2).embed(lfw_chips)
+    before, after = _embed(cpu_plain, lfw_chips), _embed(folded, lfw_chips)
+    assert (fp32 * after).sum(1).mean() >= (fp32 * before).sum(1).mean() - 1e-4
+    assert (before * after).sum(1).min() > 0.999
+
+
+def test_stem_space_to_depth_and_uint8_pads_are_bit_exact(cpu_plain: onnx.ModelProto, lfw_chips: np.ndarray) -> None:
+    folded, _ = _rewritten(cpu_plain, ("input",))
+    stem, counts = _rewritten(cpu_plain, ("input", "stem"))
+    assert counts == {"input": 1, "stem": 1}
+    conv = next(n for n in stem.graph.node if n.op_type == "Conv")
+    assert [a.ints for a in conv.attribute if a.name in ("kernel_shape", "strides")] == [[4, 4], [1, 1]]
+    np.testing.assert_array_equal(_embed(stem, lfw_chips), _embed(folded, lfw_chips))
+    padded, counts = _rewritten(cpu_plain, ("pads",))
+    assert counts == {"pads": 5}  # 3 shortcut pads (channels) and 2 main-path pads (rows, cols)
+    assert all(n.op_type != "Pad" or n.input[0].endswith("QuantizeLinear_Output") for n in padded.graph.node)
+    np.testing.assert_array_equal(_embed(padded, lfw_chips), _embed(cpu_plain, lfw_chips))
+
+
+def test_shortcut_convs_match_pool_and_pad(
+    default_onnx: Path, cpu_plain: onnx.ModelProto, lfw_chips: np.ndarray
+) -> None:
+    convs, counts = _rewritten(cpu_plain, ("shortcuts",))
+    assert counts == {"shortcuts": 3}
+    ops = [n.op_type for n in convs.graph.node]
+    assert ops.count("AveragePool") == 1 and ops.count("Pad") == 2
+    # The same sum of 4 over 4, whose ties (a quarter of the values) ONNX Runtime's conv rounds
+    # to even and its pool does not: measured cosine >= 0.99988, as close to FP32 as before.
+    fp32 = OnnxEmbedder(default_onnx, threads=2).embed(lfw_chips)
+    before, after = _embed(cpu_plain, lfw_chips), _embed(convs, lfw_chips)
+    assert (before * after).sum(1).min() > 0.9995
+    assert (fp32 * after).sum(1).mean() >= (fp32 * before).sum(1).mean() - 2e-4
+
+
+def test_amx_weights_are_bit_exact(cpu_plain: onnx.ModelProto, lfw_chips: np.ndarray) -> None:
+    shifted, counts = _rewritten(cpu_plain, ("amx",))
+    assert counts == {"amx": 13}  # the convs reading >= 128 channels: block7's second and on
+    _, initializers = _graph_maps(shifted)
+    zero_points = [
+        numpy_helper.to_array(initializers[n.input[2]])
+        for n in shifted.graph.node
+        if n.op_type == "DequantizeLinear" and n.input[0].endswith("amx_weight")
+    ]
+    assert len(zero_points) == 13 and all((z == -1).all() for z in zero_points)
+    np.testing.assert_array_equal(_embed(shifted, lfw_chips), _embed(cpu_plain, lfw_chips))
+
+
+def test_cli_names_every_rewrite() -> None:
+    from cli import export as export_cli
+
+    assert export_cli.CPU_REWRITES == tuple(int8_cpu.REWRITES)  # spelled out there to keep the CLI fast
+
+
+def test_rewrites_leave_other_graphs_alone(int8_model: onnx.ModelProto) -> None:
+    """The TensorRT variant keeps its first conv in FP32: no input or stem pattern to rewrite."""
+    model = onnx.ModelProto()
+    model.CopyFrom(int8_model)
+    counts = int8_cpu.rewrite_for_cpu(model, ("input", "stem"))
+    assert counts == {"input": 0, "stem": 0}
+    assert model == int8_model
+    with pytest.raises(ValueError, match="unknown"):
+        int8_cpu.rewrite_for_cpu(model, ("nonsense",))
 
 
 def test_tensorrt_refuses_the_cpu_variant(cpu_int8_path: Path) -> None:
@@ -346,6 +468,10 @@ def test_bad_arguments(default_onnx: Path, int8_path: Path, calibration, tmp_pat
         quantize.quantize_int8(default_onnx, default_onnx, calibration=calibration, progress=False)
     with pytest.raises(ValueError, match="calibration chips must be uint8"):
         quantize.quantize_int8(default_onnx, out, calibration=calibration.chips[:, :100], progress=False)
+    with pytest.raises(ValueError, match="unknown rewrite"):
+        quantize.quantize_int8(default_onnx, out, calibration=calibration, target="cpu", rewrites=("x",), progress=False)
+    with pytest.raises(ValueError, match="for target 'cpu'"):
+        quantize.quantize_int8(default_onnx, out, calibration=calibration, rewrites=("input",), progress=False)
     assert not out.exists()
 
 
