@@ -1,4 +1,4 @@
-"""``facesdk bench [run|kernels|pipeline|frame|gallery|camera|ops]``: the benchmarks of ``evaluate.bench``, with the torch
+"""``facesdk bench [run|kernels|pipeline|frame|align|gallery|camera|ops]``: the benchmarks of ``evaluate.bench``, with the torch
 reference they compare against (it needs ``train``, which sits above ``evaluate``)."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ def register(sub) -> None:
     b = sub.add_parser("bench", help="benchmarks: the pipeline per backend (default), kernels, pipeline stages")
     add_run_options(b)  # `facesdk bench [options]` runs `run`
     b.set_defaults(run=run_cmd)
-    verbs = b.add_subparsers(dest="bench_verb", metavar="{run,kernels,pipeline,frame,gallery,camera,ops}")
+    verbs = b.add_subparsers(dest="bench_verb", metavar="{run,kernels,pipeline,frame,align,gallery,camera,ops}")
     add_run_options(verbs.add_parser("run", help="the whole pipeline on LFW faces, per stage and per backend (default)"))
     k = verbs.add_parser("kernels", help="matching kernels vs numpy and faiss")
     k.add_argument("--json", type=Path, help="also write the figures to this JSON file")
@@ -50,6 +50,11 @@ def register(sub) -> None:
     f.add_argument("--cv2-threads", type=positive, help="cv2.setNumThreads for the run (default: OpenCV's, one per core)")
     f.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     f.set_defaults(run=frame_cmd)
+    a = verbs.add_parser("align", help="dlib's 5 landmarks and the chip cut, ours vs dlib-bin's own, hot and with the caches evicted")
+    a.add_argument("--images", type=positive, default=32, help="LFW frames (one face each)")
+    a.add_argument("--passes", type=positive, default=5, help="timed passes over the faces")
+    a.add_argument("--json", type=Path, help="also write the figures to this JSON file")
+    a.set_defaults(run=align_cmd)
     g = verbs.add_parser("gallery", help="the gallery at scale: bulk enrolment, load, memory, match while enrolling")
     g.add_argument("--size", type=positive, default=1_000_000, help="identities (one face each)")
     g.add_argument("--seconds", type=float, default=5.0, help="search time per latency measurement")
@@ -192,6 +197,19 @@ def frame_cmd(args: argparse.Namespace) -> int:
             raise UsageError(f"no model file {path}")
     result = bench_frame(args)
     print_frame(result)
+    write_json(args.json, result)
+    return 0
+
+
+def align_cmd(args: argparse.Namespace) -> int:
+    from evaluate.align_bench import bench_align, print_align
+
+    try:
+        import dlib  # noqa: F401 (the reference)
+    except ImportError as e:
+        raise UsageError(f"bench align compares with dlib-bin's own predictor and chip: pip install dlib-bin ({e})") from e
+    result = bench_align(args)
+    print_align(result)
     write_json(args.json, result)
     return 0
 

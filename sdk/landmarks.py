@@ -27,6 +27,7 @@ pixel per cascade; the offsets (x, y) of every feature pixel per cascade.
 from __future__ import annotations
 
 import functools
+import math
 import pathlib
 from dataclasses import dataclass
 
@@ -34,12 +35,13 @@ import numpy as np
 
 from sdk.dlib_format import _Reader, dlib_model_path
 
-from sdk._kernels import shape_predict as _kernel
+from sdk._kernels import ShapePredictor as _Kernel
 
 DEFAULT_PREDICTOR = "shape_predictor_5_face_landmarks.dat"
 
 # Limits that no real model comes near; they keep a hostile file from asking for absurd arrays.
-_MAX_PARTS, _MAX_CASCADES, _MAX_DEPTH, _MAX_PIXELS = 1000, 1000, 12, 1_000_000
+# Feature pixels: the C++ kernel indexes them with 16 bits (dlib's models use 400 to 800).
+_MAX_PARTS, _MAX_CASCADES, _MAX_DEPTH, _MAX_TREES, _MAX_PIXELS = 1000, 1000, 12, 1_000_000, 65536
 
 
 @dataclass(frozen=True)
@@ -134,7 +136,7 @@ class _BulkReader(_Reader):
 def _forest(r: _BulkReader, parts: int) -> tuple[np.ndarray, ...]:
     """One cascade's trees: split pixels a, b [T, S], thresholds [T, S], leaves [T, S + 1, 2P],
     and the run index of each split's a [T, S] with the run's start (for error messages)."""
-    trees = r.count("tree count", _MAX_PIXELS)
+    trees = r.count("tree count", _MAX_TREES)
     first = r.pos
     splits = r.count("split count", 2**_MAX_DEPTH - 1)
     if splits & (splits + 1):
@@ -259,6 +261,8 @@ class ShapePredictor:
             model = _cached_model(None if model is None else str(model))
         self.model = model
         self.use_kernel = True  # False: the numpy path (a reference for tests)
+        m = model
+        self._kernel = _Kernel(m.initial_shape, m.anchors, m.deltas, m.split_a, m.split_b, m.thresholds, m.leaves)
         cascades, trees, splits = model.split_a.shape
         self._depth = model.depth
         # Flat tables, so each cascade is a few gathers: split k of tree t is row t * S + k.
@@ -287,12 +291,11 @@ class ShapePredictor:
         image = np.asarray(image)
         if image.dtype != np.uint8 or image.ndim not in (2, 3) or image.size == 0:
             raise ValueError(f"image must be a non-empty uint8 HxW or HxWxC array, got {image.dtype} {image.shape}")
-        x1, y1, x2, y2 = (float(v) for v in np.asarray(box, np.float64).reshape(4))
-        if not (np.isfinite([x1, y1, x2, y2]).all() and x2 > x1 and y2 > y1):
+        x1, y1, x2, y2 = np.asarray(box, np.float64).reshape(4).tolist()
+        if not (all(map(math.isfinite, (x1, y1, x2, y2))) and x2 > x1 and y2 > y1):
             raise ValueError(f"box must be finite with x2 > x1 and y2 > y1, got {(x1, y1, x2, y2)}")
         if self.use_kernel:
-            m = self.model
-            return _kernel(np.ascontiguousarray(image), [x1, y1, x2, y2], m.initial_shape, m.anchors, m.deltas, m.split_a, m.split_b, m.thresholds, m.leaves)
+            return self._kernel.predict(np.ascontiguousarray(image), x1, y1, x2, y2)
         return self._predict_numpy(image, x1, y1, x2, y2)
 
     def _predict_numpy(self, image: np.ndarray, x1: float, y1: float, x2: float, y2: float) -> np.ndarray:

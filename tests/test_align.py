@@ -21,6 +21,7 @@ from sdk.align import (
 )
 from evaluate.yunet_template import measure_yunet_template
 from sdk.dlib_format import dlib_model_path
+from test_kernels import isa  # noqa: F401 (the fixture: once per instruction set)
 
 GOLDEN = pathlib.Path(__file__).parent / "golden" / "AJ_Cook_0001_dlib5_150.png"
 AJ_COOK = "images_deepfunneled/AJ_Cook/AJ_Cook_0001.jpg"
@@ -283,19 +284,31 @@ def test_invalid_input(image, landmarks, kwargs, error, match) -> None:
 # --- the C++ sampler and the chip cut from BGR ----------------------------------------------------
 
 
-def test_kernel_samples_as_its_numpy_reference() -> None:
+def test_kernel_samples_as_its_numpy_reference(isa) -> None:
     """sdk._kernels.sample_chip against align's numpy reference, pixel for pixel, on random maps
-    (turned, scaled, partly or wholly outside the image, odd sizes and channel counts)."""
+    (turned, scaled, partly or wholly outside the image, odd sizes and channel counts; the last
+    ones inside, as a face chip mostly is, where the wide paths run), on each instruction set."""
     from sdk.align import _sample_chip, _sample_numpy
 
     rng = np.random.default_rng(0)
-    for _ in range(300):
+    for i in range(300):
         h, w = rng.integers(2, 120, 2)
         channels = int(rng.choice([1, 3, 4]))
         image = rng.integers(0, 256, (h, w, channels), dtype=np.uint8)
         n, angle, scale = int(rng.integers(2, 100)), rng.uniform(-np.pi, np.pi), rng.uniform(0.1, 3)
         mx = (scale * np.cos(angle), -scale * np.sin(angle), rng.uniform(-40, w + 40))
         my = (scale * np.sin(angle), scale * np.cos(angle), rng.uniform(-40, h + 40))
+        if i >= 250:  # wholly inside, centred; every 10th from image pixel (0, 0), unturned
+            h, w, n = h + 10, w + 10, n + 8
+            image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+            scale = rng.uniform(0.1, 0.99) * (min(h, w) - 2) / (n * 1.5)
+            if i % 10 == 0:
+                angle = 0.0
+            a, b = scale * np.cos(angle), scale * np.sin(angle)
+            half = (n - 1) / 2
+            corner = i % 10 == 0
+            mx = (a, -b, 0.0 if corner else (w - 1) / 2 - (a - b) * half)
+            my = (b, a, 0.0 if corner else (h - 1) / 2 - (b + a) * half)
         np.testing.assert_array_equal(_sample_chip(image, mx, my, n), _sample_numpy(image, mx, my, n))
 
 

@@ -224,3 +224,22 @@ def test_frame_bench_before_and_after_per_stage(data, default_onnx, int8_onnx, t
     assert len(result["ratios"]) == 6 and all(x["by_stage"]["total"] > 0 for x in result["ratios"])
     printed = capsys.readouterr().out
     assert "speed-up, before / after" in printed and "cpu/wall" in printed
+
+
+def test_align_bench_times_ours_and_dlib_and_checks_they_agree(data, tmp_path, capsys):
+    """`facesdk bench align`: landmarks and chip, ours (the chip per instruction set) and dlib-bin's,
+    hot and evicted, on faces where our points round to dlib's and our chips are dlib's."""
+    if not (data / "lfw").is_dir():
+        pytest.skip("LFW not found")
+    pytest.importorskip("dlib")
+    out = tmp_path / "align.json"
+    assert bench_main(["align", "--images", "3", "--passes", "1", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["faces"] >= 2
+    assert result["points_equal_to_dlib"] == result["chips_equal_to_dlib"] == result["faces"]
+    who = [(r["stage"], r["who"]) for r in result["rows"]]
+    isas = bench.kernels.available_isas()
+    assert who == [("landmarks", "ours"), ("landmarks", "dlib-bin"), *[("chip", f"ours [{i}]") for i in isas], ("chip", "dlib-bin")]
+    for r in result["rows"]:
+        assert r["hot_ms"] > 0 and r["evicted_ms"] > 0 and r["dlib_over_ours"]["hot_ms"] > 0
+    assert "chips equal to dlib's, byte for byte" in capsys.readouterr().out

@@ -106,6 +106,8 @@ def test_damaged_counts_are_refused(synthetic: bytes) -> None:
 
 def test_out_of_range_indices_are_refused() -> None:
     parse_shape_predictor(_model_bytes(np.random.default_rng(1), first_split=5, first_anchor=2))
+    # More feature pixels than the kernel's 16-bit indices reach: refused at the count.
+    _refused(_model_bytes(np.random.default_rng(1), cascades=1, trees=1, depth=1, pixels=65537), "feature pixel count")
     _refused(_model_bytes(np.random.default_rng(1), first_split=6), "feature pixel 6")
     _refused(_model_bytes(np.random.default_rng(1), first_split=-1), "negative feature pixel")
     _refused(_model_bytes(np.random.default_rng(1), first_anchor=3), "anchor landmark out of")
@@ -185,6 +187,20 @@ def test_parity_with_dlib_on_lfw_faces(real_model, data: Path) -> None:
         np.testing.assert_array_equal(fast.predict(gray, box), ours)
     assert np.mean(diffs) <= 0.05
     assert np.max(diffs) == 0.0  # bit-exact up to dlib's rounding
+
+
+def test_kernel_and_numpy_agree_on_real_faces_across_the_edges(real_model, data: Path) -> None:
+    """Boxes shifted and scaled so that feature pixels fall outside the image on every side."""
+    _, model = real_model
+    fast, slow = ShapePredictor(model), ShapePredictor(model)
+    slow.use_kernel = False
+    rng = np.random.default_rng(5)
+    for bgr, rect, _ in _lfw_faces(data, 4):
+        box = np.array([rect.left(), rect.top(), rect.right() + 1, rect.bottom() + 1], float)
+        for _ in range(4):
+            shift = rng.uniform(-0.8, 0.8, 2) * (box[2] - box[0])
+            moved = box * rng.uniform(0.9, 1.1) + np.tile(shift, 2)
+            np.testing.assert_array_equal(fast.predict(bgr, moved), slow.predict(bgr, moved))
 
 
 # --- YuNet + dlib's predictor -------------------------------------------------------------------------

@@ -3,58 +3,19 @@
 // source, this fills the chip. Double arithmetic in dlib's order, term by term
 // (the build has -ffp-contract=off), so every pixel is dlib's, bit for bit.
 #include <cstdint>
+#include <cstring>
 
 #if defined(__SSE2__)
 #include <emmintrin.h>
 #endif
 
+#include "chip_simd.h"
+#include "dispatch.h"
 #include "facesdk/kernels.h"
 
 namespace facesdk {
 
 namespace {
-
-// Pixel values as doubles: a table load instead of an int-to-double conversion per neighbour
-// (measured: the conversions were most of the kernel's time).
-struct ByteToDouble {
-  double v[256];
-  ByteToDouble() {
-    for (int i = 0; i < 256; ++i) v[i] = double(i);
-  }
-};
-const ByteToDouble kByte;
-
-// One chip pixel from its 4 neighbours (top-left at `top`), as dlib's interpolate_bilinear.
-template <std::size_t Channels>
-inline void blend(const std::uint8_t* top, std::size_t stride, std::size_t channels, double lr, double tb,
-                  std::uint8_t* pixel) {
-  const std::size_t ch = Channels ? Channels : channels;  // a constant for RGB: unrolled
-  const std::uint8_t* bottom = top + stride;
-  const double ilr = 1 - lr, itb = 1 - tb;
-  for (std::size_t k = 0; k < ch; ++k) {
-    const double upper = (kByte.v[top[k]] * ilr + kByte.v[top[k + ch]] * lr) * itb;
-    const double lower = (kByte.v[bottom[k]] * ilr + kByte.v[bottom[k + ch]] * lr) * tb;
-    pixel[k] = std::uint8_t(upper + lower);  // truncated, as dlib's assign_pixel
-  }
-}
-
-// Chip pixel (c, r).
-template <std::size_t Channels>
-inline void sample_one(const std::uint8_t* image, std::size_t rows, std::size_t cols, std::size_t channels,
-                       const double mx[3], const double my[3], std::size_t r, std::size_t c, std::uint8_t* pixel) {
-  const std::size_t ch = Channels ? Channels : channels;
-  const double x = (mx[0] * double(c) + mx[1] * double(r)) + mx[2];
-  const double y = (my[0] * double(c) + my[1] * double(r)) + my[2];
-  // dlib: black unless all 4 neighbours lie inside. For an integer k, floor(x) >= 0 and
-  // floor(x) < k hold exactly when x >= 0 and x < k (NaN fails both), and inside that
-  // range truncation is floor: no libm call per pixel.
-  if (!(x >= 0 && y >= 0 && x < double(cols) - 1 && y < double(rows) - 1)) {
-    for (std::size_t k = 0; k < ch; ++k) pixel[k] = 0;
-    return;
-  }
-  const auto left = std::size_t(x), top = std::size_t(y);
-  blend<Channels>(image + (top * cols + left) * ch, cols * ch, ch, x - double(left), y - double(top), pixel);
-}
 
 template <std::size_t Channels>
 void sample(const std::uint8_t* image, std::size_t rows, std::size_t cols, std::size_t channels,
@@ -117,8 +78,14 @@ void sample_rgb_pairs(const std::uint8_t* image, std::size_t rows, std::size_t c
 
 void sample_chip(const std::uint8_t* image, std::size_t rows, std::size_t cols, std::size_t channels,
                  const double mx[3], const double my[3], std::size_t n, std::uint8_t* out) {
+  const bool int32_lanes = rows < (std::size_t(1) << 30) && cols < (std::size_t(1) << 30);
+  static const detail::SampleRgb avx512 = detail::avx512_sample_rgb();
+  if (channels == 3 && int32_lanes && avx512 && std::strcmp(detail::active_kernels().name, "avx512") == 0) {
+    avx512(image, rows, cols, mx, my, n, out);
+    return;
+  }
 #if defined(__SSE2__)
-  if (channels == 3 && rows < (std::size_t(1) << 30) && cols < (std::size_t(1) << 30)) {  // int32 lanes
+  if (channels == 3 && int32_lanes) {
     sample_rgb_pairs(image, rows, cols, mx, my, n, out);
     return;
   }

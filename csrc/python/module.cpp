@@ -247,18 +247,15 @@ py::tuple mls_topk(const Embeddings& Q_mu, const Embeddings& Q_s, const Embeddin
   return py::make_tuple(idx, score);
 }
 
-// dlib's shape predictor on one face; the model arrays are sdk/landmarks.py's,
-// checked for size here (indices are checked as they are used).
 template <class T>
 using Array = py::array_t<T, py::array::c_style>;
 
-py::array_t<double> shape_predict(const Array<std::uint8_t>& image, const std::vector<double>& box,
-                                  const Array<float>& initial, const Array<std::int32_t>& anchors,
-                                  const Array<float>& deltas, const Array<std::int32_t>& split_a,
-                                  const Array<std::int32_t>& split_b, const Array<float>& thresholds,
-                                  const Array<float>& leaves) {
-  if (image.ndim() != 2 && image.ndim() != 3) throw py::value_error("image must be HxW or HxWxC uint8");
-  if (box.size() != 4) throw py::value_error("box must be (x1, y1, x2, y2)");
+// dlib's shape predictor, packed once from sdk/landmarks.py's model arrays (checked for
+// size here, for every index by the C++ constructor).
+facesdk::ShapePredictor make_shape_predictor(const Array<float>& initial, const Array<std::int32_t>& anchors,
+                                             const Array<float>& deltas, const Array<std::int32_t>& split_a,
+                                             const Array<std::int32_t>& split_b, const Array<float>& thresholds,
+                                             const Array<float>& leaves) {
   if (initial.ndim() != 2 || initial.shape(1) != 2 || anchors.ndim() != 2 || deltas.ndim() != 3 ||
       split_a.ndim() != 3 || leaves.ndim() != 4)
     throw py::value_error("shape model arrays have the wrong number of dimensions");
@@ -284,13 +281,20 @@ py::array_t<double> shape_predict(const Array<std::uint8_t>& image, const std::v
   m.split_b = split_b.data();
   m.thresholds = thresholds.data();
   m.leaves = leaves.data();
+  return facesdk::ShapePredictor(m);
+}
+
+// Landmarks [P, 2] of the face in box (x1, y1, x2, y2) of a uint8 HxW or HxWxC image.
+py::array_t<double> shape_predict(const facesdk::ShapePredictor& predictor, const Array<std::uint8_t>& image,
+                                  double x1, double y1, double x2, double y2) {
+  if (image.ndim() != 2 && image.ndim() != 3) throw py::value_error("image must be HxW or HxWxC uint8");
   const std::size_t channels = image.ndim() == 3 ? std::size_t(image.shape(2)) : 1;
-  py::array_t<double> out({py::ssize_t(m.parts), py::ssize_t(2)});
+  const double box[4] = {x1, y1, x2, y2};
+  py::array_t<double> out({py::ssize_t(predictor.parts()), py::ssize_t(2)});
   double* o = out.mutable_data();
   {
     py::gil_scoped_release nogil;
-    facesdk::shape_predict(m, image.data(), std::size_t(image.shape(0)), std::size_t(image.shape(1)), channels,
-                           box.data(), o);
+    predictor.predict(image.data(), std::size_t(image.shape(0)), std::size_t(image.shape(1)), channels, box, o);
   }
   return out;
 }
@@ -316,6 +320,7 @@ py::array_t<std::uint8_t> sample_chip(const Array<std::uint8_t>& image, const st
 }  // namespace
 
 PYBIND11_MODULE(_kernels, m) {
+
   m.doc() =
       "C++ kernels: batched squared-L2 distances, threshold match, top-k, and the same for the "
       "mutual likelihood score of PFE (see sdk.kernels)";
@@ -335,8 +340,10 @@ PYBIND11_MODULE(_kernels, m) {
   m.def("mls_topk", &mls_topk, py::arg("Q_mu"), py::arg("Q_s"), py::arg("G_mu"), py::arg("G_s"), py::arg("k"));
   m.attr("MLS_MIN_VARIANCE") = facesdk::kMlsMinVariance;
   m.attr("MLS_MAX_VARIANCE") = facesdk::kMlsMaxVariance;
-  m.def("shape_predict", &shape_predict, py::arg("image"), py::arg("box"), py::arg("initial"), py::arg("anchors"),
-        py::arg("deltas"), py::arg("split_a"), py::arg("split_b"), py::arg("thresholds"), py::arg("leaves"));
+  py::class_<facesdk::ShapePredictor>(m, "ShapePredictor")
+      .def(py::init(&make_shape_predictor), py::arg("initial"), py::arg("anchors"), py::arg("deltas"),
+           py::arg("split_a"), py::arg("split_b"), py::arg("thresholds"), py::arg("leaves"))
+      .def("predict", &shape_predict, py::arg("image"), py::arg("x1"), py::arg("y1"), py::arg("x2"), py::arg("y2"));
   m.def("sample_chip", &sample_chip, py::arg("image"), py::arg("mx"), py::arg("my"), py::arg("n"));
   m.def("isa", &facesdk::isa);
   m.def("available_isas", &facesdk::available_isas);

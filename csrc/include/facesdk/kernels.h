@@ -17,6 +17,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -180,13 +181,30 @@ struct ShapeModelView {
   const float* leaves;
 };
 
-// Landmarks of the face in box (x1, y1, x2, y2), x2 and y2 one past the last
-// pixel, on a uint8 image [rows x cols x channels] (row-major, contiguous);
-// channels >= 3 read as (c0 + c1 + c2) / 3 (dlib's gray). out: P*2 doubles
-// (x, y image pixels, before dlib's rounding to integers). Bit-exact with dlib
-// up to that rounding. Throws std::invalid_argument on an index out of range.
-void shape_predict(const ShapeModelView& model, const std::uint8_t* image, std::size_t rows,
-                   std::size_t cols, std::size_t channels, const double box[4], double* out);
+// The model packed for prediction: checked once (every index in range, at most
+// kMaxFeaturePixels feature pixels, else std::invalid_argument), then copied into
+// compact tables (8-byte split nodes, each level of a cascade's trees together;
+// leaf rows on cache lines; on Linux in 2 MB pages where the kernel grants them),
+// so that a prediction reads few cache lines and pages when the model is not in
+// cache, as in a frame after the embedder. Copies share the tables.
+class ShapePredictor {
+ public:
+  static constexpr std::size_t kMaxFeaturePixels = 65536;
+  explicit ShapePredictor(const ShapeModelView& model);
+  std::size_t parts() const;
+
+  // Landmarks of the face in box (x1, y1, x2, y2), x2 and y2 one past the last
+  // pixel, on a uint8 image [rows x cols x channels] (row-major, contiguous);
+  // channels >= 3 read as (c0 + c1 + c2) / 3 (dlib's gray). out: P*2 doubles
+  // (x, y image pixels, before dlib's rounding to integers). Bit-exact with dlib
+  // up to that rounding. Thread-safe.
+  void predict(const std::uint8_t* image, std::size_t rows, std::size_t cols, std::size_t channels,
+               const double box[4], double* out) const;
+
+ private:
+  struct Packed;  // landmarks.cpp
+  std::shared_ptr<const Packed> packed_;
+};
 
 // ---- Face chips: dlib's bilinear sampling (extract_image_chip) ----
 //
