@@ -25,9 +25,9 @@ import numpy as np
 def _session(path: Path, threads: int, prefix: str) -> Any:
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as sdk.embed runs it
+    from sdk.sessions import session_options
+
+    options = session_options(threads)  # as sdk.embed runs it
     options.enable_profiling = True
     options.profile_file_prefix = prefix
     options.log_severity_level = 3

@@ -47,6 +47,7 @@ import cv2
 import numpy as np
 
 from sdk.paths import package_file
+from sdk.sessions import session_options
 
 log = logging.getLogger("sdk")
 
@@ -138,9 +139,9 @@ def _relaxed_model(path: Path) -> bytes:
     return model.SerializeToString()
 
 
-# Inputs up to this many pixels (after max_side) run on one thread: measured on 2 cores, one
-# thread wins below 640x360 and two win above (README, "A 5 ms frame").
-SMALL_INPUT_PIXELS = 640 * 360
+# Inputs up to this many pixels (after max_side, padded) run on one thread: measured on 2 cores,
+# one thread wins up to about 192x192 and two above (README, "A 5 ms frame").
+SMALL_INPUT_PIXELS = 192 * 192
 
 
 class YuNetDetector:
@@ -151,7 +152,8 @@ class YuNetDetector:
     after scaling are lost. None (default, as OpenCV) runs at full size. The name says it
     (``yunet_n_dynamic_max160``), so caches keyed by detector name keep the two apart.
     threads: ONNX Runtime intra-op threads (default: one for inputs up to ``SMALL_INPUT_PIXELS``
-    after max_side, ONNX Runtime's own pool, one per physical core, for larger ones).
+    after max_side, ONNX Runtime's own pool, one per physical core, for larger ones); threads
+    spin only inside a run (``sdk.sessions``).
     """
 
     scheme = "yunet5"
@@ -178,26 +180,18 @@ class YuNetDetector:
         self.nms_threshold = nms_threshold
         self.top_k = top_k
         providers = providers or ["CPUExecutionProvider"]
-        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-            raise ValueError(f"threads must be a positive integer, got {threads!r}")
-
-        def session(intra_op_threads: int | None) -> Any:
-            options = ort.SessionOptions()
-            # Idle threads must not spin: on a 2-core device they would steal the cores from the
-            # embedder and the matching kernels that run right after detection.
-            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-            if intra_op_threads is not None:
-                options.intra_op_num_threads = intra_op_threads
-            return ort.InferenceSession(model, options, providers=providers)
-
-        model: Any = str(self.model_path)
-        self.session = session(threads)
+        options = session_options(threads)
+        self.session = ort.InferenceSession(str(self.model_path), options, providers=providers)
         if any(isinstance(d, int) for d in self.session.get_inputs()[0].shape[2:]):
             model = _relaxed_model(self.model_path)
-            self.session = session(threads)
-        # Small inputs run on one thread unless told otherwise: waking the pool for each of YuNet's
-        # 60 small convolutions costs more than the second core saves (README, "A 5 ms frame").
-        self._small_session = session(1) if threads is None and providers == ["CPUExecutionProvider"] else self.session
+            self.session = ort.InferenceSession(model, options, providers=providers)
+        else:
+            model = str(self.model_path)
+        # Small inputs run on one thread unless told otherwise: YuNet's ~60 convolutions are too
+        # small to share between cores.
+        self._small_session = self.session
+        if threads is None and providers == ["CPUExecutionProvider"]:
+            self._small_session = ort.InferenceSession(model, session_options(1), providers=providers)
         self._input = self.session.get_inputs()[0].name
         # Output order cls_8..32, obj_8..32, bbox_8..32, kps_8..32, as the decoder indexes them.
         self._outputs = [f"{kind}_{s}" for kind in ("cls", "obj", "bbox", "kps") for s in _STRIDES]

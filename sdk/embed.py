@@ -57,6 +57,7 @@ import onnxruntime as ort
 from sdk.chips import ChipScheme
 from sdk.errors import InvalidModelError
 from sdk.paths import home
+from sdk.sessions import session_options
 
 __all__ = [
     "Embedder",
@@ -271,8 +272,8 @@ class OnnxEmbedder:
     ``(name, options)`` pairs; default CPU only. A requested provider that this onnxruntime build
     lacks, or that fails to start, raises RuntimeError: ONNX Runtime's own behaviour would be
     to run on the CPU, silently and many times slower. ``threads``: intra-op threads (default:
-    ONNX Runtime's, one per physical core; but one chip of an ``int8-cpu`` model on the CPU runs
-    on one thread, which is faster there). ``embed`` may be called from several threads at once.
+    ONNX Runtime's, one per physical core), spinning only inside a run (``sdk.sessions``).
+    ``embed`` may be called from several threads at once.
     """
 
     backend = "onnxruntime"
@@ -299,19 +300,7 @@ class OnnxEmbedder:
                 f"{', '.join(absent)} not available in this onnxruntime {ort.__version__} "
                 f"(available: {', '.join(available)}); CUDA needs the onnxruntime-gpu package"
             )
-        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-            raise ValueError(f"threads must be a positive integer, got {threads!r}")
-
-        def session(intra_op_threads: int | None) -> ort.InferenceSession:
-            options = ort.SessionOptions()
-            # Idle threads must not spin: on a 2-core device they would steal the cores from the
-            # detector and the matching kernels that run between two inferences.
-            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-            if intra_op_threads is not None:
-                options.intra_op_num_threads = intra_op_threads
-            return ort.InferenceSession(str(self.path), options, providers=requested)
-
-        self._session = session(threads)
+        self._session = ort.InferenceSession(str(self.path), session_options(threads), providers=requested)
         self.providers: list[str] = self._session.get_providers()
         # A provider whose libraries fail to load (e.g. CUDA without cuDNN) is dropped with a log line.
         failed = [n for n in names if n not in self.providers]
@@ -327,11 +316,6 @@ class OnnxEmbedder:
         self.has_uncertainty: bool = self.metadata.get("uncertainty") == SIGMA_SQ_NAME
         self._check_graph()
         self.name: str = self.metadata["model_name"]
-        # One chip (a door's frame) of an INT8 model for CPUs: waking a second thread for each
-        # of its small integer convolutions costs more than it saves (README, "A 5 ms frame").
-        self._one_chip = self._session
-        if threads is None and names == ["CPUExecutionProvider"] and self.metadata.get("precision") == "int8-cpu":
-            self._one_chip = session(1)
         logger.info(
             "embedder %s %s (%s) on %s",
             self.name,
@@ -378,8 +362,7 @@ class OnnxEmbedder:
         check_chips(chips, self.input_size)
         if len(chips) == 0:
             return np.zeros((0, self.embedding_dim), np.float32)
-        session = self._one_chip if len(chips) == 1 else self._session
-        (embeddings,) = session.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(chips)})
+        (embeddings,) = self._session.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(chips)})
         return embeddings
 
     def embed_with_uncertainty(self, chips: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
