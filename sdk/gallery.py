@@ -403,8 +403,6 @@ def _checked_threshold(value: object, minimum: float = -np.inf) -> float:
 def _distinct(labels: np.ndarray, found: int) -> tuple[np.ndarray, np.ndarray]:
     """Columns ``[q, found]`` of each query's first ``found`` distinct identities in a ranked
     ``[q, rows]`` label matrix (best first), and those identities' labels."""
-    if found == 1:  # the nearest face's identity: no sort (a door's search, every frame)
-        return np.zeros((len(labels), 1), np.intp), labels[:, :1]
     # Mark each identity's first (best) column per query: a stable sort keeps the columns
     # of one identity in rank order, so the first of a run is its best.
     order = np.argsort(labels, axis=1, kind="stable")
@@ -1108,6 +1106,8 @@ class Gallery:
 
         snap, (idx, dist) = self._scan(snap, nearest)
         found = min(k, len(snap.names))  # every query gets exactly this many identities
+        if found == k == 1:  # the nearest face is the nearest identity (a door's search, every frame)
+            return [[snap.names[j]] for j in snap.labels[idx[:, 0]].tolist()], dist
         cols, labels = _distinct(snap.labels[idx], found)
         distances[:, :found] = np.take_along_axis(dist, cols, axis=1)
         for i, row in enumerate(labels.tolist()):
