@@ -232,7 +232,7 @@ def ratios(rows: list[dict]) -> list[dict]:
 def print_frame(result: dict) -> None:
     d = result["device"]
     print(f"device: {d['cpu']}, {d['cores']} cores [{' '.join(d['isa'])}]; onnxruntime {result['versions']['onnxruntime']}, "
-          f"threads {result['threads'] or 'the SDK default (one for small YuNet inputs and one INT8 chip)'}, cv2 threads {result['cv2_threads']}")  # fmt: skip
+          f"threads {result['threads'] or 'the SDK default (one for YuNet inputs up to 192x192)'}, cv2 threads {result['cv2_threads']}")  # fmt: skip
     print(f"{result['frames']} single-face LFW frames (250x250 JPEG) x {result['passes']} passes; "
           f"match: top-1 of {result['gallery']:,}; p50 ms per stage; each pipeline runs its frames in a row, as a door")  # fmt: skip
     width = max(len(r["label"]) for r in result["rows"])
