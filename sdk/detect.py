@@ -139,8 +139,8 @@ def _relaxed_model(path: Path) -> bytes:
     return model.SerializeToString()
 
 
-# Inputs up to this many pixels (after max_side, padded) run on one thread: measured on 2 cores,
-# one thread wins up to about 192x192 and two above (README, "A 5 ms frame").
+# Inputs up to this many pixels (after max_side, padded) run on one thread: on 2 cores one thread
+# wins up to about 192x192 and two above (README, "A single-face frame, per stage").
 SMALL_INPUT_PIXELS = 192 * 192
 
 

@@ -11,7 +11,8 @@ def session_options(threads: int | None = None) -> Any:
 
     Spinning between runs would steal the cores from the next stage (landmarks, align, match)
     on a 2-core device; never spinning costs a thread wake-up per operator, which at batch 1
-    costs more than the second core saves (README, "A 5 ms frame"). ValueError for a bad count.
+    costs more than the second core saves (README, "A single-face frame, per stage").
+    ValueError for a bad thread count.
     """
     import onnxruntime as ort
 
