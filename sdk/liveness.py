@@ -34,6 +34,7 @@ import numpy as np
 from sdk.detect import as_bgr
 from sdk.errors import BackendUnavailableError, InvalidArgumentError, InvalidImageError, InvalidModelError
 from sdk.paths import home
+from sdk.sessions import session_options
 
 INPUT_NAME, OUTPUT_NAME = "crop", "probabilities"
 LIVE_CLASS, CLASSES = 1, 3
@@ -143,12 +144,8 @@ class LivenessModel:
         absent = [p for p in requested if (p if isinstance(p, str) else p[0]) not in ort.get_available_providers()]
         if absent:
             raise BackendUnavailableError(f"{absent} not available in this onnxruntime {ort.__version__}")
-        options = ort.SessionOptions()
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # leave the cores to the rest
-        if threads is not None:
-            options.intra_op_num_threads = threads
         try:
-            self._session = ort.InferenceSession(str(self.path), options, providers=requested)
+            self._session = ort.InferenceSession(str(self.path), session_options(threads), providers=requested)
         except Exception as e:  # onnxruntime's errors for a corrupt or foreign file
             raise InvalidModelError(f"{self.path}: not a loadable ONNX model ({type(e).__name__}: {e})") from e
         self.metadata = dict(self._session.get_modelmeta().custom_metadata_map)
